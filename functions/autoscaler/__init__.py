@@ -1,0 +1,1 @@
+"""Buildkite agent autoscaler for EC2: the scaler and reaper Lambdas."""

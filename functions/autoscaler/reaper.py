@@ -1,0 +1,158 @@
+"""Reaper Lambda: terminate the fleet's instances whose bootstrap failed or never finished."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from autoscaler.config import ReaperSettings
+from autoscaler.fleet import Ec2Fleet, Fleet
+from autoscaler.invocation import Clock, SystemClock, dry_run_requested
+from autoscaler.lifecycle import Timeouts
+from autoscaler.reaping import REASONS, ReapDecision, plan_reap
+from autoscaler.redact import redacted_tail
+from autoscaler.telemetry import emit, logger
+
+# The same client settings as the scaler's; not imported from it, so the
+# reaper does not load the scaler's Buildkite and user-data modules.
+AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=3, read_timeout=10)
+
+TERMINATED = "terminated"
+WOULD_TERMINATE = "would_terminate"
+FAILED = "error"
+DEFERRED = "deferred"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    decision: ReapDecision
+    action: str
+    error: str = ""
+
+
+@logger.inject_lambda_context(clear_state=True)
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    settings = ReaperSettings.from_env(os.environ)
+    dry_run = settings.dry_run or dry_run_requested(event)
+    fleet = Ec2Fleet(boto3.client("ec2", config=AWS_CONFIG), settings.fleet_name)
+    return run(fleet, settings, SystemClock(), dry_run)
+
+
+def run(fleet: Fleet, settings: ReaperSettings, clock: Clock, dry_run: bool) -> dict[str, Any]:
+    # Read before listing: a slow listing then makes instances look younger, never older.
+    now = clock.now()
+    try:
+        instances = fleet.list_instances()
+    except (ClientError, BotoCoreError):
+        # Raised, not swallowed: the invocation fails and its error alarm
+        # fires, instead of stuck instances staying unnoticed.
+        logger.exception("DescribeInstances failed; nothing reaped")
+        raise
+    timeouts = Timeouts(bootstrap_seconds=settings.bootstrap_timeout_seconds, ready_grace_seconds=0)
+    plan = plan_reap(instances, settings.fleet_name, now, timeouts, settings.max_terminations)
+    outcomes = [_reap(fleet, decision, dry_run) for decision in plan.reap]
+    outcomes += [_defer(decision, dry_run, settings.max_terminations) for decision in plan.deferred]
+    _emit_metrics(settings.fleet_name, outcomes)
+    summary = summarize(outcomes, dry_run)
+    logger.info(
+        "reaper run",
+        extra={
+            "dry_run": dry_run,
+            "listed": len(instances),
+            **{key: len(summary[key]) for key in ("terminated", "would_terminate", "deferred", "errors")},
+        },
+    )
+    return summary
+
+
+def _reap(fleet: Fleet, decision: ReapDecision, dry_run: bool) -> Outcome:
+    # Read first: once terminated, the console output is gone.
+    console_tail, console_error = _console_tail(fleet, decision.instance_id)
+    outcome = Outcome(decision, WOULD_TERMINATE if dry_run else TERMINATED)
+    if not dry_run:
+        try:
+            fleet.terminate(decision.instance_id)
+        except (ClientError, BotoCoreError) as error:
+            outcome = Outcome(decision, FAILED, str(error))
+    fields = {**_fields(outcome, dry_run), "console_tail": console_tail}
+    if console_error:
+        fields["console_error"] = console_error
+    if outcome.action == FAILED:
+        logger.error("terminating an instance failed; the next run retries", extra=fields)
+    elif dry_run:
+        logger.info("would terminate instance (dry run)", extra=fields)
+    else:
+        logger.warning("terminated instance", extra=fields)
+    return outcome
+
+
+def _console_tail(fleet: Fleet, instance_id: str) -> tuple[str, str]:
+    """The redacted end of the console output, and why it could not be read.
+
+    Without it the operator loses the clue, but the instance must still go.
+    """
+    try:
+        return redacted_tail(fleet.console_output(instance_id)), ""
+    except (ClientError, BotoCoreError) as error:
+        return "", str(error)
+
+
+def _defer(decision: ReapDecision, dry_run: bool, cap: int) -> Outcome:
+    outcome = Outcome(decision, DEFERRED)
+    logger.info("instance due but over the per-run cap; next run", extra={**_fields(outcome, dry_run), "cap": cap})
+    return outcome
+
+
+def _fields(outcome: Outcome, dry_run: bool) -> dict[str, Any]:
+    fields = {**_decision_json(outcome.decision), "action": outcome.action, "dry_run": dry_run}
+    if outcome.error:
+        fields["error"] = outcome.error
+    return fields
+
+
+def _emit_metrics(fleet_name: str, outcomes: list[Outcome]) -> None:
+    terminated = [outcome for outcome in outcomes if outcome.action == TERMINATED]
+    emit(
+        {"fleet": fleet_name},
+        {
+            "InstancesReaped": len(terminated),
+            "TerminationErrors": sum(outcome.action == FAILED for outcome in outcomes),
+            "ReapsDeferred": sum(outcome.action == DEFERRED for outcome in outcomes),
+        },
+    )
+    for reason in REASONS:
+        count = sum(outcome.decision.reason == reason for outcome in terminated)
+        emit({"fleet": fleet_name, "reason": reason}, {"InstancesReaped": count})
+
+
+def summarize(outcomes: list[Outcome], dry_run: bool) -> dict[str, Any]:
+    def ids(action: str) -> list[str]:
+        return [outcome.decision.instance_id for outcome in outcomes if outcome.action == action]
+
+    return {
+        "dry_run": dry_run,
+        "terminated": ids(TERMINATED),
+        "would_terminate": ids(WOULD_TERMINATE),
+        "deferred": ids(DEFERRED),
+        "errors": [
+            {"instance_id": outcome.decision.instance_id, "error": outcome.error}
+            for outcome in outcomes
+            if outcome.action == FAILED
+        ],
+        "decisions": [{**_decision_json(outcome.decision), "action": outcome.action} for outcome in outcomes],
+    }
+
+
+def _decision_json(decision: ReapDecision) -> dict[str, Any]:
+    return {
+        "instance_id": decision.instance_id,
+        "queue": decision.queue,
+        "reason": decision.reason,
+        "age_seconds": decision.age_seconds,
+        "launch_time": decision.launch_time.isoformat(),
+    }

@@ -1,0 +1,81 @@
+"""Scaler Lambda: poll the Buildkite metrics and launch instances, until the time is up."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import asdict
+from functools import partial
+from typing import Any
+
+import boto3
+from aws_lambda_powertools.utilities import parameters
+from botocore.config import Config
+
+from autoscaler.buildkite import MetricsClient, Secret
+from autoscaler.config import ScalerSettings
+from autoscaler.fleet import Ec2Fleet
+from autoscaler.invocation import Clock, SystemClock, dry_run_requested
+from autoscaler.scaling import PollResult, Scaler
+from autoscaler.telemetry import logger
+from autoscaler.userdata import render_user_data
+
+# Stop starting polls this long before the Lambda timeout: one poll (metrics
+# call with its timeouts, DescribeInstances, launches) fits in it.
+SAFETY_SECONDS = 15.0
+TOKEN_CACHE_SECONDS = 300
+AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=3, read_timeout=10)
+
+
+class AllPollsFailed(RuntimeError):
+    """Every poll of the invocation failed; raised so the error alarm fires."""
+
+
+@logger.inject_lambda_context(clear_state=True)
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    settings = ScalerSettings.from_env(os.environ)
+    dry_run = settings.dry_run or dry_run_requested(event)
+    scaler = Scaler(
+        settings,
+        MetricsClient(settings.endpoint, partial(_agent_token, settings.agent_token_parameter)),
+        Ec2Fleet(boto3.client("ec2", config=AWS_CONFIG), settings.fleet_name),
+        partial(render_user_data, settings.user_data, fleet_name=settings.fleet_name),
+    )
+    return run(scaler, SystemClock(), lambda: context.get_remaining_time_in_millis() / 1000, dry_run)
+
+
+def run(scaler: Scaler, clock: Clock, remaining_seconds: Callable[[], float], dry_run: bool) -> dict[str, Any]:
+    """Poll at the interval the API asks for until the invocation's time is nearly up."""
+    polls: list[PollResult] = []
+    while True:
+        polls.append(scaler.poll(clock.now(), dry_run))
+        wait = polls[-1].next_poll_seconds
+        if remaining_seconds() - wait < SAFETY_SECONDS:
+            break
+        clock.sleep(wait)
+    summary = summarize(polls, dry_run)
+    if all(not poll.ok for poll in polls):
+        raise AllPollsFailed(f"all {len(polls)} poll(s) failed; last: {polls[-1].error}")
+    return summary
+
+
+def summarize(polls: list[PollResult], dry_run: bool) -> dict[str, Any]:
+    queues: dict[str, dict[str, Any]] = {}
+    for poll in polls:
+        for name, result in poll.queues.items():
+            entry = queues.setdefault(name, {"launched": [], "failures": [], "unmet_polls": 0})
+            entry["launched"].extend(result.instance_ids)
+            entry["failures"].extend(asdict(failure) for failure in result.failures)
+            entry["unmet_polls"] += bool(result.plan.unmet_instances)
+            entry["last_plan"] = {**asdict(result.plan), "launch_total": result.plan.launch_total}
+    return {
+        "dry_run": dry_run,
+        "polls": len(polls),
+        "failed_polls": sum(not poll.ok for poll in polls),
+        "errors": [poll.error for poll in polls if not poll.ok],
+        "queues": queues,
+    }
+
+
+def _agent_token(name: str) -> Secret:
+    return Secret(parameters.get_parameter(name, decrypt=True, max_age=TOKEN_CACHE_SECONDS))

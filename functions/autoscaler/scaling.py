@@ -1,0 +1,174 @@
+"""One scaler poll: read the metrics, read the fleet, plan, launch, report.
+
+Wires the metrics source, the fleet and the pure planner; the Lambda
+handler, the tests and the simulation all drive the same `Scaler`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from autoscaler.buildkite import DEFAULT_POLL_SECONDS, MetricsError, MetricsRateLimited, MetricsSnapshot
+from autoscaler.config import QueueConfig, ScalerSettings
+from autoscaler.fleet import Fleet
+from autoscaler.launching import LaunchFailure, LaunchOutcome, launch
+from autoscaler.lifecycle import BOOTSTRAP_PENDING, Instance, Timeouts
+from autoscaler.planner import QueuePlan, plan_queue
+from autoscaler.telemetry import emit, logger
+
+RenderUserData = Callable[[QueueConfig, str], bytes]
+
+
+class MetricsSource(Protocol):
+    def fetch(self, queues: Iterable[str]) -> MetricsSnapshot: ...
+
+
+@dataclass
+class QueueResult:
+    plan: QueuePlan
+    instance_ids: list[str] = field(default_factory=list)
+    failures: list[LaunchFailure] = field(default_factory=list)
+
+
+@dataclass
+class PollResult:
+    time: datetime
+    next_poll_seconds: float
+    error: str = ""
+    queues: dict[str, QueueResult] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+
+class Scaler:
+    def __init__(
+        self,
+        settings: ScalerSettings,
+        source: MetricsSource,
+        fleet: Fleet,
+        render_user_data: RenderUserData,
+    ) -> None:
+        self._settings = settings
+        self._source = source
+        self._fleet = fleet
+        self._render = render_user_data
+        self._user_data: dict[tuple[str, str], bytes] = {}
+        # Instances launched by this object that DescribeInstances may not
+        # list yet (it is eventually consistent): counted as booting until
+        # seen, so a lagging listing cannot cause a second launch.
+        self._unlisted: dict[str, Instance] = {}
+        self._timeouts = Timeouts(settings.bootstrap_timeout_seconds, settings.ready_grace_seconds)
+
+    def poll(self, now: datetime, dry_run: bool) -> PollResult:
+        fleet_dims = {"fleet": self._settings.fleet_name}
+        names = [queue.name for queue in self._settings.queues]
+        try:
+            snapshot = self._source.fetch(names)
+        except MetricsError as error:
+            logger.error(
+                "metrics API call failed; no action this poll", extra={"kind": error.kind, "error": str(error)}
+            )
+            emit(fleet_dims, {"MetricsApiErrors": 1})
+            wait = error.retry_after if isinstance(error, MetricsRateLimited) and error.retry_after else 0.0
+            return PollResult(now, max(wait, DEFAULT_POLL_SECONDS), error=f"metrics {error.kind}: {error}")
+        try:
+            instances = self._listed_and_unlisted(self._fleet.list_instances(), now)
+        except (ClientError, BotoCoreError) as error:
+            logger.error("DescribeInstances failed; no action this poll", extra={"error": str(error)})
+            emit(fleet_dims, {"FleetApiErrors": 1})
+            return PollResult(now, snapshot.poll_seconds, error=f"ec2: {error}")
+
+        result = PollResult(now, snapshot.poll_seconds)
+        for queue in self._settings.queues:
+            result.queues[queue.name] = self._scale_queue(queue, snapshot, instances, now, dry_run)
+        launched = sum(len(queue.instance_ids) for queue in result.queues.values())
+        errors = sum(len(queue.failures) for queue in result.queues.values())
+        emit(fleet_dims, {"MetricsApiErrors": 0, "InstancesLaunched": launched, "LaunchErrors": errors})
+        return result
+
+    def _scale_queue(
+        self,
+        queue: QueueConfig,
+        snapshot: MetricsSnapshot,
+        instances: list[Instance],
+        now: datetime,
+        dry_run: bool,
+    ) -> QueueResult:
+        metrics = snapshot.for_queue(queue.name)
+        plan = plan_queue(queue, metrics, instances, now, self._timeouts)
+        result = QueueResult(plan)
+        if not dry_run:
+            for role, count in (("floor", plan.launch_floor), ("burst", plan.launch_burst)):
+                if count:
+                    self._record(result, self._launch(queue, role, count, now))
+        logger.info(
+            "scaling decision",
+            extra={
+                "queue": queue.name,
+                "dry_run": dry_run,
+                "metrics": vars(metrics),
+                "plan": {**vars(plan), "launch_total": plan.launch_total},
+                "launched": result.instance_ids,
+                "failures": [vars(failure) for failure in result.failures],
+            },
+        )
+        emit(
+            {"fleet": self._settings.fleet_name, "queue": queue.name},
+            {
+                "ScheduledJobs": metrics.scheduled,
+                "RunningJobs": metrics.running,
+                "WaitingJobs": metrics.waiting,
+                "ConnectedAgents": metrics.total,
+                "NeededAgents": plan.needed_agents,
+                "ExpectedAgents": plan.expected_agents,
+                "BootingInstances": plan.booting,
+                "StuckInstances": plan.stuck,
+                "LiveInstances": plan.live,
+                "InstancesLaunched": len(result.instance_ids),
+                "LaunchErrors": len(result.failures),
+            },
+        )
+        return result
+
+    def _launch(self, queue: QueueConfig, role: str, count: int, now: datetime) -> LaunchOutcome:
+        try:
+            outcome = launch(
+                self._fleet, self._settings.fleet_name, queue, role, count, self._user_data_for(queue, role), now
+            )
+        except Exception as error:  # noqa: BLE001 - one queue's failure must not stop the others
+            logger.exception("launch failed", extra={"queue": queue.name, "role": role})
+            outcome = LaunchOutcome(requested=count)
+            outcome.failures.append(LaunchFailure("", "", type(error).__name__, str(error)))
+        for instance_id in outcome.instance_ids:
+            self._unlisted[instance_id] = Instance(
+                instance_id, self._settings.fleet_name, queue.name, role, BOOTSTRAP_PENDING, now
+            )
+        return outcome
+
+    @staticmethod
+    def _record(result: QueueResult, outcome: LaunchOutcome) -> None:
+        result.instance_ids.extend(outcome.instance_ids)
+        result.failures.extend(outcome.failures)
+
+    def _user_data_for(self, queue: QueueConfig, role: str) -> bytes:
+        key = (queue.name, role)
+        if key not in self._user_data:
+            self._user_data[key] = self._render(queue, role)
+        return self._user_data[key]
+
+    def _listed_and_unlisted(self, listed: list[Instance], now: datetime) -> list[Instance]:
+        seen = {instance.instance_id for instance in listed}
+        horizon = now - timedelta(seconds=self._settings.bootstrap_timeout_seconds)
+        self._unlisted = {
+            instance_id: instance
+            for instance_id, instance in self._unlisted.items()
+            if instance_id not in seen and instance.launch_time > horizon
+        }
+        return listed + list(self._unlisted.values())

@@ -1,0 +1,153 @@
+"""The planner's rule, by example and by property."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from autoscaler.config import QueueConfig
+from autoscaler.lifecycle import Instance, Stage, Timeouts, stage_of
+from autoscaler.planner import QueueMetrics, QueuePlan, plan_queue
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+TIMEOUTS = Timeouts(bootstrap_seconds=1200, ready_grace_seconds=60)
+QUEUE = "nixos-x86-aws"
+
+
+def queue(**overrides: object) -> QueueConfig:
+    base = {
+        "name": QUEUE,
+        "launch_template_id": "lt-1",
+        "instance_types": ("c7i.4xlarge",),
+        "subnet_ids": ("subnet-1",),
+        "max_instances": 10,
+        "agents_per_instance": 5,
+    }
+    return QueueConfig(**{**base, **overrides})  # type: ignore[arg-type]
+
+
+def instance(age_seconds: int, bootstrap: str = "pending", role: str = "burst", ready_ago: int | None = None) -> Instance:
+    return Instance(
+        instance_id=f"i-{age_seconds}-{bootstrap}-{role}-{ready_ago}",
+        fleet="f",
+        queue=QUEUE,
+        role=role,
+        bootstrap=bootstrap,
+        launch_time=NOW - timedelta(seconds=age_seconds),
+        state="running",
+        ready_at=None if ready_ago is None else NOW - timedelta(seconds=ready_ago),
+    )
+
+
+def plan(config: QueueConfig, metrics: QueueMetrics, instances: list[Instance]) -> QueuePlan:
+    return plan_queue(config, metrics, instances, NOW, TIMEOUTS)
+
+
+def test_shortfall_is_covered_by_whole_instances() -> None:
+    result = plan(queue(), QueueMetrics(scheduled=12), [])
+    assert (result.launch_burst, result.launch_floor, result.needed_agents) == (3, 0, 12)
+
+
+def test_waiting_jobs_count_only_when_the_queue_includes_them() -> None:
+    metrics = QueueMetrics(scheduled=1, waiting=9)
+    assert plan(queue(), metrics, []).launch_burst == 1
+    assert plan(queue(include_waiting=True), metrics, []).launch_burst == 2
+
+
+def test_booting_and_settling_instances_count_as_expected_agents() -> None:
+    booting = instance(age_seconds=300)
+    settling = instance(age_seconds=600, bootstrap="complete", ready_ago=10)
+    result = plan(queue(), QueueMetrics(scheduled=10), [booting, settling])
+    assert (result.booting, result.expected_agents, result.launch_burst) == (2, 10, 0)
+
+
+def test_ready_instances_past_the_grace_count_through_the_metrics_only() -> None:
+    ready = instance(age_seconds=600, bootstrap="complete", ready_ago=120)
+    result = plan(queue(), QueueMetrics(scheduled=5, total=0), [ready])
+    assert (result.ready, result.expected_agents, result.launch_burst) == (1, 0, 1)
+
+
+def test_stuck_and_failed_instances_fill_the_ceiling_but_bring_no_capacity() -> None:
+    stuck = [instance(age_seconds=1300) for _ in range(3)] + [instance(age_seconds=5, bootstrap="failed")]
+    result = plan(queue(max_instances=5), QueueMetrics(scheduled=20), stuck)
+    assert (result.stuck, result.expected_agents, result.launch_burst, result.unmet_instances) == (4, 0, 1, 3)
+
+
+def test_floor_instances_also_serve_jobs() -> None:
+    result = plan(queue(min_instances=2), QueueMetrics(scheduled=12), [])
+    assert (result.launch_floor, result.launch_burst) == (2, 1)
+
+
+def test_stuck_floor_instances_are_replaced() -> None:
+    result = plan(queue(min_instances=1), QueueMetrics(), [instance(age_seconds=1300, role="floor")])
+    assert result.launch_floor == 1
+
+
+counts = st.integers(min_value=0, max_value=200)
+metrics_strategy = st.builds(QueueMetrics, scheduled=counts, running=counts, waiting=counts, total=counts)
+instance_strategy = st.builds(
+    instance,
+    age_seconds=st.integers(min_value=0, max_value=4000),
+    bootstrap=st.sampled_from(["pending", "complete", "failed", ""]),
+    role=st.sampled_from(["floor", "burst"]),
+    ready_ago=st.one_of(st.none(), st.integers(min_value=0, max_value=300)),
+)
+config_strategy = st.builds(
+    lambda low, extra, per, waiting: queue(
+        min_instances=low, max_instances=max(1, low + extra), agents_per_instance=per, include_waiting=waiting
+    ),
+    st.integers(min_value=0, max_value=5),
+    st.integers(min_value=0, max_value=30),
+    st.integers(min_value=1, max_value=8),
+    st.booleans(),
+)
+
+
+@given(config_strategy, metrics_strategy, st.lists(instance_strategy, max_size=40))
+def test_never_above_max_instances(config: QueueConfig, metrics: QueueMetrics, instances: list[Instance]) -> None:
+    result = plan(config, metrics, instances)
+    assert result.launch_floor >= 0
+    assert result.launch_burst >= 0
+    assert len(instances) + result.launch_total <= max(config.max_instances, len(instances))
+    if len(instances) >= config.max_instances:
+        assert result.launch_total == 0
+
+
+@given(config_strategy, metrics_strategy, st.lists(instance_strategy, max_size=40))
+def test_no_launch_when_expected_agents_cover_the_need_and_the_floor_holds(
+    config: QueueConfig, metrics: QueueMetrics, instances: list[Instance]
+) -> None:
+    result = plan(config, metrics, instances)
+    healthy_floor = sum(
+        1 for i in instances if i.role == "floor" and stage_of(i, NOW, TIMEOUTS) in (Stage.BOOTING, Stage.READY)
+    )
+    if result.expected_agents >= result.needed_agents and healthy_floor >= config.min_instances:
+        assert result.launch_total == 0
+
+
+@given(config_strategy, metrics_strategy, st.lists(instance_strategy, max_size=40), counts)
+def test_more_jobs_never_mean_fewer_launches(
+    config: QueueConfig, metrics: QueueMetrics, instances: list[Instance], more: int
+) -> None:
+    busier = QueueMetrics(
+        scheduled=metrics.scheduled + more, running=metrics.running, waiting=metrics.waiting, total=metrics.total
+    )
+    assert plan(config, busier, instances).launch_total >= plan(config, metrics, instances).launch_total
+
+
+@given(config_strategy, metrics_strategy, st.lists(instance_strategy, max_size=40))
+def test_launches_cover_the_shortfall_unless_the_ceiling_refuses(
+    config: QueueConfig, metrics: QueueMetrics, instances: list[Instance]
+) -> None:
+    result = plan(config, metrics, instances)
+    capacity_after = result.expected_agents + result.launch_total * config.agents_per_instance
+    assert capacity_after >= result.needed_agents or result.unmet_instances > 0
+
+
+def test_the_plan_has_no_way_to_terminate() -> None:
+    # The planner's output type is its whole vocabulary: launches only.
+    fields = set(QueuePlan.__dataclass_fields__)
+    assert not {name for name in fields if "terminat" in name or "remove" in name or "stop" in name}
+    assert {"launch_floor", "launch_burst"} <= fields

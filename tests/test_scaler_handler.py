@@ -1,0 +1,345 @@
+"""The scaler Lambda end to end: moto for EC2 and SSM, the fake Buildkite API over HTTP."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from freezegun import freeze_time
+
+from autoscaler import scaler
+from autoscaler.config import ConfigError, ScalerSettings
+from autoscaler.userdata import render_user_data
+from tests.conftest import FAKE_TOKEN, FLEET, Stack, scaler_env
+from tests.fake_buildkite import FakeBuildkite, Reply, metrics_body
+from tests.lambda_context import LambdaContext
+
+X86 = "nixos-x86-aws"
+ARM = "nixos-arm-aws"
+EVENTS = Path(__file__).parent.parent / "events"
+
+
+def invoke(
+    monkeypatch: pytest.MonkeyPatch,
+    buildkite: FakeBuildkite,
+    queues: list[dict[str, Any]],
+    event: str = "scaler-scheduled.json",
+    budget: float = 5.0,
+    **env: str,
+) -> dict[str, Any]:
+    """One invocation; a 5 s budget leaves room for exactly one poll."""
+    for key, value in scaler_env(buildkite.endpoint, queues, **env).items():
+        monkeypatch.setenv(key, value)
+    return scaler.handler(json.loads((EVENTS / event).read_text()), LambdaContext(budget))
+
+
+def fleet_instances(stack: Stack) -> list[dict[str, Any]]:
+    pages = stack.ec2.get_paginator("describe_instances").paginate(
+        Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}]
+    )
+    return [instance for page in pages for r in page["Reservations"] for instance in r["Instances"]]
+
+
+def tags_of(instance: dict[str, Any]) -> dict[str, str]:
+    return {tag["Key"]: tag["Value"] for tag in instance.get("Tags", [])}
+
+
+def by_queue(stack: Stack, queue: str) -> list[dict[str, Any]]:
+    return [i for i in fleet_instances(stack) if tags_of(i).get("buildkite-autoscaler:queue") == queue]
+
+
+def user_data_of(stack: Stack, instance_id: str) -> bytes:
+    value = stack.ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")["UserData"]["Value"]
+    return base64.b64decode(value)
+
+
+def emf_records(output: str) -> list[dict[str, Any]]:
+    records = []
+    for line in output.splitlines():
+        if line.startswith("{") and '"_aws"' in line:
+            records.append(json.loads(line))
+    return records
+
+
+def metric_total(output: str, name: str) -> float:
+    return sum(record.get(name, 0) for record in emf_records(output) if "queue" not in record)
+
+
+def launch_busy_queues(stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    buildkite.serve_metrics({X86: {"scheduled": 12}, ARM: {"scheduled": 2}})
+    return invoke(monkeypatch, buildkite, [stack.queue(X86), stack.queue(ARM)])
+
+
+def test_scheduled_jobs_launch_whole_instances_with_the_queue_launch_settings(
+    stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    summary = launch_busy_queues(stack, buildkite, monkeypatch)
+
+    x86, arm = by_queue(stack, X86), by_queue(stack, ARM)
+    assert (len(x86), len(arm)) == (3, 1)
+    assert len(summary["queues"][X86]["launched"]) == 3
+    settings = ScalerSettings.from_env(scaler_env(buildkite.endpoint, [stack.queue(X86), stack.queue(ARM)]) | {
+        "AWS_REGION": "us-east-1"
+    })
+    for queue, instances, first_type in ((X86, x86, "c7i.4xlarge"), (ARM, arm, "m7g.2xlarge")):
+        expected_user_data = render_user_data(settings.user_data, settings.queues[queue == ARM], "burst", FLEET)
+        for instance in instances:
+            tags = tags_of(instance)
+            assert tags["buildkite-autoscaler:fleet"] == FLEET
+            assert tags["buildkite-autoscaler:role"] == "burst"
+            assert tags["buildkite-autoscaler:bootstrap"] == "pending"
+            assert tags["Name"] == f"buildkite-{queue}"
+            assert tags["aws:ec2launchtemplate:id"] == stack.templates[queue]
+            assert instance["InstanceType"] == first_type
+            assert instance["SubnetId"] == stack.subnets[0]
+            assert user_data_of(stack, instance["InstanceId"]) == expected_user_data
+    for call in stack.behaviour.run_calls:
+        assert call["InstanceInitiatedShutdownBehavior"] == "terminate"
+        assert {spec["ResourceType"] for spec in call["TagSpecifications"]} == {"instance", "volume"}
+    assert buildkite.requests[0]["authorization"] == f"Token {FAKE_TOKEN}"
+
+
+def test_next_poll_with_the_same_demand_counts_booting_instances(
+    stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    launch_busy_queues(stack, buildkite, monkeypatch)
+    stack.behaviour.run_calls.clear()
+
+    summary = invoke(monkeypatch, buildkite, [stack.queue(X86), stack.queue(ARM)])
+
+    assert stack.behaviour.run_calls == []
+    assert summary["queues"][X86]["last_plan"]["booting"] == 3
+    assert summary["queues"][X86]["last_plan"]["expected_agents"] == 15
+    assert len(fleet_instances(stack)) == 4
+
+
+def test_connected_agents_covering_the_jobs_launch_nothing(
+    stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    buildkite.serve_metrics({X86: {"scheduled": 4, "running": 6, "idle": 4, "busy": 6, "total": 10}})
+
+    summary = invoke(monkeypatch, buildkite, [stack.queue(X86), stack.queue(ARM)])
+
+    assert fleet_instances(stack) == []
+    assert summary["queues"][X86]["last_plan"]["reason"].startswith("covered")
+
+
+def test_at_max_instances_nothing_launches_and_the_shortfall_is_logged(
+    stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    buildkite.serve_metrics({X86: {"scheduled": 100}})
+    invoke(monkeypatch, buildkite, [stack.queue(X86, max_instances=2)])
+    assert len(by_queue(stack, X86)) == 2
+    capfd.readouterr()
+
+    summary = invoke(monkeypatch, buildkite, [stack.queue(X86, max_instances=2)])
+
+    assert len(by_queue(stack, X86)) == 2
+    plan = summary["queues"][X86]["last_plan"]
+    assert plan["launch_total"] == 0
+    assert plan["unmet_instances"] == 18
+    decision = next(
+        json.loads(line) for line in capfd.readouterr().out.splitlines() if '"scaling decision"' in line
+    )
+    assert decision["plan"]["unmet_instances"] == 18
+    assert "at max_instances" in decision["plan"]["reason"]
+
+
+def test_stuck_instances_count_toward_max_but_not_capacity(
+    stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    two_hours_ago = datetime.now(UTC) - timedelta(hours=2)
+    with freeze_time(two_hours_ago):
+        buildkite.serve_metrics({X86: {"scheduled": 10}})
+        invoke(monkeypatch, buildkite, [stack.queue(X86, max_instances=4)])
+    assert len(by_queue(stack, X86)) == 2
+
+    summary = invoke(monkeypatch, buildkite, [stack.queue(X86, max_instances=4)])
+
+    plan = summary["queues"][X86]["last_plan"]
+    assert (plan["stuck"], plan["expected_agents"]) == (2, 0)
+    assert len(summary["queues"][X86]["launched"]) == 2
+    assert plan["unmet_instances"] == 0
+    assert len(by_queue(stack, X86)) == 4
+
+
+def test_ready_instances_within_the_grace_period_still_count_as_booting(
+    stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    buildkite.serve_metrics({X86: {"scheduled": 5}})
+    invoke(monkeypatch, buildkite, [stack.queue(X86)])
+    (instance,) = by_queue(stack, X86)
+    just_now = datetime.now(UTC).isoformat()
+    stack.ec2.create_tags(
+        Resources=[instance["InstanceId"]],
+        Tags=[
+            {"Key": "buildkite-autoscaler:bootstrap", "Value": "complete"},
+            {"Key": "buildkite-autoscaler:ready-at", "Value": just_now},
+        ],
+    )
+
+    summary = invoke(monkeypatch, buildkite, [stack.queue(X86)])
+
+    assert summary["queues"][X86]["last_plan"]["booting"] == 1
+    assert summary["queues"][X86]["launched"] == []
+
+
+BAD_REPLIES = {
+    "timeout": Reply(body=metrics_body({X86: {"scheduled": 50}}), delay=6),
+    "server error": Reply(status=500, body="oops"),
+    "unauthorized": Reply(status=401, body={"message": "bad token"}),
+    "rate limited": Reply(status=429, body={"message": "slow down"}, headers={"Retry-After": "30"}),
+    "not json": Reply(body="<html>maintenance</html>"),
+    "negative count": Reply(body=metrics_body({X86: {"scheduled": -3}})),
+    "count not a number": Reply(body=metrics_body({X86: {"scheduled": "lots"}})),
+    "no jobs section": Reply(body={"agents": {"queues": {}}}),
+}
+
+
+@pytest.mark.parametrize("reply", BAD_REPLIES.values(), ids=BAD_REPLIES.keys())
+def test_a_failed_metrics_call_launches_nothing_counts_an_error_and_leaks_no_token(
+    reply: Reply,
+    stack: Stack,
+    buildkite: FakeBuildkite,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    buildkite.answer(reply)
+
+    with pytest.raises(scaler.AllPollsFailed) as failure:
+        invoke(monkeypatch, buildkite, [stack.queue(X86), stack.queue(ARM)])
+
+    assert fleet_instances(stack) == []
+    assert "RunInstances" not in stack.behaviour.operations
+    output = capfd.readouterr()
+    assert metric_total(output.out, "MetricsApiErrors") == 1
+    for text in (output.out, output.err, str(failure.value), repr(failure.value)):
+        assert FAKE_TOKEN not in text
+
+
+def test_the_invocation_succeeds_when_a_later_poll_works_and_honours_retry_after(
+    stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good = Reply(body=metrics_body({X86: {"scheduled": 5}}), headers={"Buildkite-Agent-Metrics-Poll-Duration": "1"})
+    buildkite.answer(Reply(status=429, headers={"Retry-After": "1"}, body={}), good)
+
+    summary = invoke(monkeypatch, buildkite, [stack.queue(X86)], budget=17.5)
+
+    assert summary["failed_polls"] == 1
+    assert summary["polls"] >= 2
+    assert len(summary["queues"][X86]["launched"]) == 1
+
+
+def test_capacity_errors_fall_back_to_the_next_type_then_the_next_subnet(
+    stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = stack.subnets
+    stack.behaviour.no_capacity = {("c7i.4xlarge", None), ("m7i.4xlarge", first)}
+    buildkite.serve_metrics({X86: {"scheduled": 10}})
+
+    summary = invoke(monkeypatch, buildkite, [stack.queue(X86)])
+
+    tried = [(call["InstanceType"], call["SubnetId"]) for call in stack.behaviour.run_calls]
+    assert tried == [("c7i.4xlarge", first), ("m7i.4xlarge", first), ("c7i.4xlarge", second), ("m7i.4xlarge", second)]
+    instances = by_queue(stack, X86)
+    assert {(i["InstanceType"], i["SubnetId"]) for i in instances} == {("m7i.4xlarge", second)}
+    assert len(instances) == 2
+    failures = summary["queues"][X86]["failures"]
+    assert [f["code"] for f in failures] == ["InsufficientInstanceCapacity"] * 3
+
+
+def test_a_partial_launch_carries_the_remainder_to_the_next_type(
+    stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack.behaviour.full_launches = False  # moto's own behaviour: one instance per call here
+    buildkite.serve_metrics({X86: {"scheduled": 10}})
+
+    summary = invoke(monkeypatch, buildkite, [stack.queue(X86)])
+
+    assert [call["MaxCount"] for call in stack.behaviour.run_calls] == [2, 1]
+    assert len(by_queue(stack, X86)) == 2
+    assert [f["code"] for f in summary["queues"][X86]["failures"]] == ["PartialLaunch"]
+
+
+def test_one_queue_failing_to_launch_does_not_stop_the_other(
+    stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    buildkite.serve_metrics({X86: {"scheduled": 5}, ARM: {"scheduled": 5}})
+    broken_x86 = stack.queue(X86, launch_template_id="lt-0doesnotexist00000")
+
+    summary = invoke(monkeypatch, buildkite, [broken_x86, stack.queue(ARM)])
+
+    assert by_queue(stack, X86) == []
+    assert len(by_queue(stack, ARM)) == 1
+    assert summary["queues"][X86]["failures"]
+
+
+@pytest.mark.parametrize("how", ["event", "environment"])
+def test_dry_run_reports_the_same_plan_and_launches_nothing(
+    how: str, stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    buildkite.serve_metrics({X86: {"scheduled": 12}, ARM: {"scheduled": 2}})
+    queues = [stack.queue(X86), stack.queue(ARM)]
+    if how == "event":
+        summary = invoke(monkeypatch, buildkite, queues, event="scaler-dry-run.json")
+    else:
+        summary = invoke(monkeypatch, buildkite, queues, DRY_RUN="true")
+
+    assert summary["dry_run"] is True
+    assert fleet_instances(stack) == []
+    assert stack.behaviour.run_calls == []
+    assert summary["queues"][X86]["last_plan"]["launch_burst"] == 3
+    assert summary["queues"][ARM]["last_plan"]["launch_burst"] == 1
+
+
+def test_bad_configuration_fails_at_start_naming_field_and_value(
+    stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queues = [stack.queue(X86), stack.queue(ARM, min_instances=2, max_instances=0)]
+
+    with pytest.raises(ConfigError, match=r"QUEUES\[1\]\.max_instances must be >= 1 \(got 0\)"):
+        invoke(monkeypatch, buildkite, queues)
+    with pytest.raises(ConfigError, match=r"QUEUES\[1\]\.max_instances must be >= min_instances \(got 1 < 2\)"):
+        invoke(monkeypatch, buildkite, [stack.queue(X86), stack.queue(ARM, min_instances=2, max_instances=1)])
+    assert buildkite.requests == []
+
+
+def test_the_floor_is_held_with_floor_instances_without_churn(
+    stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    buildkite.serve_metrics({})
+    queues = [stack.queue(X86, min_instances=2)]
+    invoke(monkeypatch, buildkite, queues)
+    invoke(monkeypatch, buildkite, queues)
+    invoke(monkeypatch, buildkite, queues)
+
+    instances = by_queue(stack, X86)
+    assert [tags_of(i)["buildkite-autoscaler:role"] for i in instances] == ["floor", "floor"]
+    assert len(stack.behaviour.run_calls) == 1
+
+
+def test_a_poll_costs_one_metrics_call_and_one_describe_in_steady_state(
+    stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    buildkite.serve_metrics({X86: {"scheduled": 3, "total": 5}, ARM: {"running": 1, "total": 5}})
+
+    invoke(monkeypatch, buildkite, [stack.queue(X86), stack.queue(ARM)])
+
+    assert len(buildkite.requests) == 1
+    assert buildkite.requests[0]["path"] == "/v3/metrics"
+    assert stack.behaviour.operations == ["DescribeInstances"]
+
+
+def test_user_data_is_gzip_or_cloud_config(stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch) -> None:
+    buildkite.serve_metrics({X86: {"scheduled": 1}})
+    invoke(monkeypatch, buildkite, [stack.queue(X86)])
+    (instance,) = by_queue(stack, X86)
+    data = user_data_of(stack, instance["InstanceId"])
+    text = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+    assert text.startswith(b"#cloud-config")
+    assert FAKE_TOKEN.encode() not in text
