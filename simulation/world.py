@@ -1,0 +1,286 @@
+"""The simulated world: jobs on Buildkite, instances on EC2, agents on the instances.
+
+Event-driven on simulated seconds. Instances behave as the real user-data
+makes them: they boot for a while, tag themselves complete (or hang, or
+tag failed and power off), connect their agents a few seconds later, and
+power off when their agents exit for idleness or uptime. A job is never
+interrupted: agents only exit when idle.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from autoscaler.lifecycle import BOOTSTRAP_COMPLETE, BOOTSTRAP_FAILED, BOOTSTRAP_PENDING
+from simulation.trace import Job
+
+
+@dataclass(frozen=True)
+class WorldSettings:
+    boot_seconds: float = 420.0  # two boots, Nix and the agent: about 7 minutes
+    boot_jitter: float = 0.25  # each boot takes boot_seconds × (1 ± jitter)
+    connect_delay: float = 5.0  # ready-at → agents visible in the metrics
+    failure_share: float = 0.04  # of launches: half hang, half report failed
+    seed: int = 7
+
+
+@dataclass
+class SimJob:
+    job: Job
+    state: str = "pending"  # pending (not yet created), waiting, scheduled, running, done
+    ready_at: float | None = None  # when it became runnable
+    started_at: float | None = None
+    finished_at: float | None = None
+    instance_id: str = ""
+    runs: int = 0
+
+
+@dataclass
+class SimInstance:
+    instance_id: str
+    queue: str
+    role: str
+    agents_per_instance: int
+    idle_timeout: float | None  # None: floor instances never idle out
+    max_uptime: float | None
+    launched_at: float
+    fate: str  # ok, hang, fail
+    boot_seconds: float
+    bootstrap: str = BOOTSTRAP_PENDING
+    ready_at: float | None = None
+    connected_at: float | None = None
+    ended_at: float | None = None
+    reaped: bool = False
+    exiting: bool = False  # max uptime reached: agents leave after their job
+    idle_epoch: int = 0
+    busy: list[SimJob] = field(default_factory=list)
+    idle_agent_seconds: float = 0.0
+    accounted_until: float = 0.0
+
+    @property
+    def live(self) -> bool:
+        return self.ended_at is None
+
+    @property
+    def connected(self) -> bool:
+        return self.connected_at is not None and self.live
+
+    def free_agents(self) -> int:
+        return self.agents_per_instance - len(self.busy) if self.connected and not self.exiting else 0
+
+    def account(self, now: float) -> None:
+        """Add up idle agent-seconds until `now`; called before every change of busy or connected."""
+        self.idle_agent_seconds += self.free_agents() * (now - self.accounted_until)
+        self.accounted_until = now
+
+
+CloudListener = Callable[[str, SimInstance], None]
+
+
+class World:
+    def __init__(self, jobs: list[Job], start: datetime, settings: WorldSettings) -> None:
+        self.start = start
+        self.settings = settings
+        self.now = 0.0
+        self.jobs = {job.job_id: SimJob(job) for job in jobs}
+        self.instances: dict[str, SimInstance] = {}
+        self.launch_count = 0
+        self.peak_live: dict[str, int] = {}
+        self._events: list[tuple[float, int, Callable[[], None]]] = []
+        self._sequence = itertools.count()
+        self._rng = random.Random(settings.seed)
+        self._dependents: dict[str, list[SimJob]] = {}
+        self._listeners: list[CloudListener] = []
+        for sim in self.jobs.values():
+            if sim.job.waits_on:
+                self._dependents.setdefault(sim.job.waits_on, []).append(sim)
+            self.schedule(sim.job.scheduled_at, lambda sim=sim: self._arrive(sim))
+
+    # -- time ---------------------------------------------------------------
+
+    def time(self, seconds: float | None = None) -> datetime:
+        return self.start + timedelta(seconds=self.now if seconds is None else seconds)
+
+    def advance_to(self, until: float) -> None:
+        while self._events and self._events[0][0] <= until:
+            when, _, action = heapq.heappop(self._events)
+            self.now = max(self.now, when)
+            action()
+        self.now = max(self.now, until)
+
+    def schedule(self, when: float, action: Callable[[], None]) -> None:
+        heapq.heappush(self._events, (when, next(self._sequence), action))
+
+    def on_change(self, listener: CloudListener) -> None:
+        """Tell `listener(what, instance)` when an instance tags itself or ends."""
+        self._listeners.append(listener)
+
+    def _notify(self, what: str, instance: SimInstance) -> None:
+        for listener in self._listeners:
+            listener(what, instance)
+
+    # -- Buildkite's view -----------------------------------------------------
+
+    def queue_counts(self, queue: str) -> dict[str, int]:
+        counts = dict.fromkeys(("scheduled", "running", "waiting", "idle", "busy", "total"), 0)
+        for sim in self.jobs.values():
+            if sim.job.queue == queue and sim.state in ("scheduled", "running", "waiting"):
+                counts[sim.state] += 1
+        for instance in self.instances.values():
+            if instance.queue == queue and instance.connected:
+                counts["busy"] += len(instance.busy)
+                counts["idle"] += instance.agents_per_instance - len(instance.busy)
+        counts["total"] = counts["idle"] + counts["busy"]
+        return counts
+
+    def unfinished_jobs(self) -> int:
+        return sum(sim.state != "done" for sim in self.jobs.values())
+
+    # -- EC2's view -----------------------------------------------------------
+
+    def launch(
+        self,
+        instance_id: str,
+        queue: str,
+        role: str,
+        agents_per_instance: int,
+        idle_timeout: float | None,
+        max_uptime: float | None,
+    ) -> SimInstance:
+        settings = self.settings
+        # Drawn in launch order, so two runs making the same decisions get the same fates.
+        roll = self._rng.random()
+        fate = "ok" if roll >= settings.failure_share else ("hang" if roll < settings.failure_share / 2 else "fail")
+        boot = settings.boot_seconds * self._rng.uniform(1 - settings.boot_jitter, 1 + settings.boot_jitter)
+        instance = SimInstance(
+            instance_id, queue, role, agents_per_instance, idle_timeout, max_uptime, self.now, fate, boot
+        )
+        self.instances[instance_id] = instance
+        self.launch_count += 1
+        live = sum(1 for other in self.instances.values() if other.queue == queue and other.live)
+        self.peak_live[queue] = max(self.peak_live.get(queue, 0), live)
+        if fate != "hang":
+            self.schedule(self.now + boot, lambda: self._boot_done(instance))
+        return instance
+
+    def terminate(self, instance_id: str, reaped: bool) -> None:
+        instance = self.instances[instance_id]
+        if not instance.live:
+            return
+        # Only instances whose agents never connected are reaped, so no job is lost.
+        if instance.busy:
+            raise AssertionError(f"{instance_id} terminated while running {len(instance.busy)} job(s)")
+        instance.reaped = reaped
+        self._end(instance)
+
+    # -- instance life --------------------------------------------------------
+
+    def _boot_done(self, instance: SimInstance) -> None:
+        if not instance.live:
+            return
+        if instance.fate == "fail":
+            instance.bootstrap = BOOTSTRAP_FAILED
+            self._notify("tagged", instance)
+            self._end(instance)  # the user-data powers off after tagging failed
+            return
+        instance.bootstrap = BOOTSTRAP_COMPLETE
+        instance.ready_at = self.now
+        self._notify("tagged", instance)
+        self.schedule(self.now + self.settings.connect_delay, lambda: self._connect(instance))
+
+    def _connect(self, instance: SimInstance) -> None:
+        if not instance.live:
+            return
+        instance.account(self.now)
+        instance.connected_at = self.now
+        if instance.max_uptime is not None:
+            self.schedule(self.now + instance.max_uptime, lambda: self._uptime_reached(instance))
+        self._became_idle(instance)
+        self._dispatch(instance.queue)
+
+    def _uptime_reached(self, instance: SimInstance) -> None:
+        if not instance.live:
+            return
+        instance.account(self.now)
+        instance.exiting = True
+        if not instance.busy:
+            self._end(instance)
+
+    def _became_idle(self, instance: SimInstance) -> None:
+        instance.idle_epoch += 1
+        if instance.idle_timeout is None:
+            return
+        epoch = instance.idle_epoch
+        self.schedule(self.now + instance.idle_timeout, lambda: self._idle_check(instance, epoch))
+
+    def _idle_check(self, instance: SimInstance, epoch: int) -> None:
+        # With spawn=N the agent process exits once all N have idled this long.
+        if instance.live and not instance.busy and instance.idle_epoch == epoch:
+            self._end(instance)
+
+    def _end(self, instance: SimInstance) -> None:
+        # The agent service stopped for good, a failed bootstrap powered off,
+        # or the reaper terminated it: the instance is gone. Timers set
+        # earlier (uptime, idle) may still fire; they find it ended.
+        if not instance.live:
+            return
+        instance.account(self.now)
+        instance.ended_at = self.now
+        self._notify("ended", instance)
+
+    # -- jobs -----------------------------------------------------------------
+
+    def _arrive(self, sim: SimJob) -> None:
+        dependency = self.jobs.get(sim.job.waits_on)
+        if dependency is not None and dependency.state != "done":
+            sim.state = "waiting"
+            return
+        self._make_ready(sim)
+
+    def _make_ready(self, sim: SimJob) -> None:
+        sim.state = "scheduled"
+        sim.ready_at = self.now
+        self._dispatch(sim.job.queue)
+
+    def _dispatch(self, queue: str) -> None:
+        ready = sorted(
+            (sim for sim in self.jobs.values() if sim.state == "scheduled" and sim.job.queue == queue),
+            key=lambda sim: (sim.ready_at, sim.job.job_id),
+        )
+        for instance in self.instances.values():
+            if not ready:
+                return
+            if instance.queue != queue:
+                continue
+            while ready and instance.free_agents() > 0:
+                self._start(ready.pop(0), instance)
+
+    def _start(self, sim: SimJob, instance: SimInstance) -> None:
+        instance.account(self.now)
+        sim.state = "running"
+        sim.started_at = self.now
+        sim.instance_id = instance.instance_id
+        sim.runs += 1
+        instance.busy.append(sim)
+        instance.idle_epoch += 1
+        self.schedule(self.now + sim.job.duration, lambda: self._finish(sim, instance))
+
+    def _finish(self, sim: SimJob, instance: SimInstance) -> None:
+        sim.state = "done"
+        sim.finished_at = self.now
+        instance.account(self.now)
+        instance.busy.remove(sim)
+        for dependent in self._dependents.get(sim.job.job_id, []):
+            if dependent.state == "waiting":
+                self._make_ready(dependent)
+        if instance.exiting and not instance.busy:
+            self._end(instance)
+            return
+        if not instance.busy:
+            self._became_idle(instance)
+        self._dispatch(instance.queue)

@@ -1,0 +1,119 @@
+"""Secrets that a failed bootstrap may print to the console, and what is left of them."""
+
+from __future__ import annotations
+
+import pytest
+
+from autoscaler.redact import MARK, TAIL_CHARS, TAIL_LINES, redact, redacted_tail
+
+# All fake; shaped like the real thing.
+AGENT_TOKEN = "bkct_4f9c2a7e1b3d5f6a8c0e2b4d6f8a1c3e5b7d9f0a"
+API_TOKEN = "bkua_0123456789abcdef0123456789abcdef01234567"
+HEX_TOKEN = "3f1a9c0e7d2b4a6f8e1c3b5d7a9f0e2c4b6d8a1f3e5c7b9d"
+ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"
+SESSION_KEY = "ASIAY34FZKBOKMUTVV7A"
+SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+SESSION_TOKEN = "IQoJb3JpZ2luX2VjEPT//////////wEaCXVzLWVhc3QtMSJGMEQCIBx5"
+NIX_SECRET = "cache.example.org-1:" + "A" * 86 + "=="
+GITHUB_TOKEN = "ghp_" + "x1Y2z3" * 6
+PEM_BODY = "MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gun"
+
+
+@pytest.mark.parametrize(
+    ("line", "secret"),
+    [
+        (f"agent token is {AGENT_TOKEN}", AGENT_TOKEN),
+        (f"curl -H 'Authorization: Bearer {API_TOKEN}'", API_TOKEN),
+        (f"BUILDKITE_AGENT_TOKEN={HEX_TOKEN}", HEX_TOKEN),
+        (f"export TOKEN='{HEX_TOKEN}'", HEX_TOKEN),
+        (f"token: {HEX_TOKEN}", HEX_TOKEN),
+        (f'{{"token": "{HEX_TOKEN}"}}', HEX_TOKEN),
+        (f"buildkite-agent start --token {HEX_TOKEN} --tags queue=x", HEX_TOKEN),
+        (f"Authorization: Token {HEX_TOKEN}", HEX_TOKEN),
+        (f"Authorization: Basic {SESSION_TOKEN}", SESSION_TOKEN),
+        (f"aws_access_key_id = {ACCESS_KEY}", ACCESS_KEY),
+        (f"credentials from {SESSION_KEY} expired", SESSION_KEY),
+        (f"aws_secret_access_key = {SECRET_KEY}", SECRET_KEY),
+        (f"AWS_SECRET_ACCESS_KEY={SECRET_KEY}", SECRET_KEY),
+        (f'  "SecretAccessKey" : "{SECRET_KEY}",', SECRET_KEY),
+        (f'  "Token" : "{SESSION_TOKEN}",', SESSION_TOKEN),
+        (f"AWS_SESSION_TOKEN={SESSION_TOKEN}", SESSION_TOKEN),
+        (f"password=hunter2hunter2 user=ci", "hunter2hunter2"),
+        (f"echo {NIX_SECRET} > /etc/nix/signing-key", NIX_SECRET.split(":", 1)[1]),
+        (f"git clone https://x-access-token:{GITHUB_TOKEN}@github.com/o/r", GITHUB_TOKEN),
+        (f"GITHUB_TOKEN leaked as {GITHUB_TOKEN}", GITHUB_TOKEN),
+    ],
+)
+def test_a_secret_on_a_line_is_redacted(line: str, secret: str) -> None:
+    redacted = redact(line)
+
+    assert secret not in redacted
+    assert MARK in redacted
+
+
+def test_a_private_key_block_is_removed_whole() -> None:
+    text = "\n".join(
+        [
+            "writing key",
+            "-----BEGIN OPENSSH PRIVATE KEY-----",
+            PEM_BODY,
+            PEM_BODY[::-1],
+            "-----END OPENSSH PRIVATE KEY-----",
+            "done",
+        ]
+    )
+
+    assert redact(text) == f"writing key\n{MARK}\ndone"
+
+
+def test_a_key_block_cut_at_either_end_is_removed() -> None:
+    began_before = f"{PEM_BODY}\n-----END RSA PRIVATE KEY-----\nafter"
+    ends_after = f"before\n-----BEGIN PRIVATE KEY-----\n{PEM_BODY}\n"
+
+    assert redact(began_before) == f"{MARK}\nafter"
+    assert redact(ends_after) == f"before\n{MARK}"
+
+
+def test_ordinary_boot_output_is_kept() -> None:
+    text = "\n".join(
+        [
+            "[  OK  ] Started buildkite-bootstrap.service.",
+            "ci-bootstrap: fetching /buildkite/agent-token from SSM",
+            "ci-bootstrap: token parameter not found; retrying in 10s",
+            "nix: unable to download 'https://cache.nixos.org/nix-cache-info': HTTP error 503",
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKqLZ3JZ root@ip-10-0-0-1",
+            "password authentication disabled",
+        ]
+    )
+
+    assert redact(text) == text
+
+
+def test_the_tail_keeps_the_last_lines_redacted() -> None:
+    lines = [f"line {number}" for number in range(100)]
+    lines[-2] = f"BUILDKITE_AGENT_TOKEN={HEX_TOKEN}"
+    text = "\r\n".join(lines) + "\r\n"
+
+    tail = redacted_tail(text)
+
+    assert tail.split("\n") == [*lines[-TAIL_LINES:-2], f"BUILDKITE_AGENT_TOKEN={MARK}", "line 99"]
+
+
+def test_the_tail_is_bounded_in_characters_and_cut_only_after_redaction() -> None:
+    # One very long last line: a cut at TAIL_CHARS falls inside the token's
+    # line; its recognisable start must not be cut off before redaction.
+    text = f"token={HEX_TOKEN} " + "x" * (TAIL_CHARS - 10) + "\n"
+    assert HEX_TOKEN[-8:] in text[-TAIL_CHARS:]  # a cut-then-redact tail would show this
+
+    tail = redacted_tail(text)
+
+    assert len(tail) == TAIL_CHARS
+    assert HEX_TOKEN[-8:] not in tail
+
+
+def test_the_tail_drops_terminal_codes() -> None:
+    assert redacted_tail("\x1b[0;32m  OK  \x1b[0m Started cloud-init.\n") == "  OK   Started cloud-init."
+
+
+def test_no_output_gives_an_empty_tail() -> None:
+    assert redacted_tail("") == ""

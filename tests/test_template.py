@@ -1,0 +1,676 @@
+"""template.yaml, read as data: handlers, environment, IAM, launch templates, schedules, operations.
+
+Policies and environments are checked with their placeholders filled in (a small
+resolver of the intrinsic functions the template uses), as AWS would see them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import warnings
+from collections.abc import Iterator, Mapping
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tools.invoke import load_template
+
+from autoscaler.config import ReaperSettings, ScalerSettings
+from autoscaler.lifecycle import BOOTSTRAP_TAG, FLEET_TAG, READY_AT_TAG
+
+with warnings.catch_warnings():
+    # parliament imports pkg_resources, which warns that it is deprecated.
+    warnings.simplefilter("ignore")
+    import parliament
+
+ROOT = Path(__file__).resolve().parent.parent
+REGION = "eu-west-1"
+ACCOUNT = "123456789012"
+STACK = "bk-test"
+FLEET = "test-fleet"
+QUEUE_NAMES = ("nixos-x86-aws", "nixos-arm-aws")
+
+# Values for the parameters without a default, and for the SSM-typed AMI parameters
+# (which CloudFormation resolves to the AMI id at deploy time).
+REQUIRED_PARAMETERS: dict[str, Any] = {
+    "FleetName": FLEET,
+    "NixCacheBucket": "test-nix-cache",
+    "NixCachePublicKey": "test-cache-1:AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
+    "SubnetIds": ["subnet-0aaa1111", "subnet-0bbb2222"],
+    "VpcId": "vpc-0123abcd",
+    "X86ImageId": "ami-0aaaaaaaaaaaaaaa1",
+    "ArmImageId": "ami-0bbbbbbbbbbbbbbb2",
+}
+# Non-default queue settings, to see each parameter land in its own queue's field.
+CUSTOM_QUEUES: dict[str, Any] = {
+    "X86InstanceTypes": ["m7i.4xlarge", "m6i.4xlarge"],
+    "X86MinInstances": "1",
+    "X86MaxInstances": "7",
+    "X86AgentsPerInstance": "3",
+    "X86IdleTimeoutSeconds": "300",
+    "X86MaxUptimeSeconds": "0",
+    "X86IncludeWaiting": "true",
+    "ArmInstanceTypes": ["c8g.xlarge"],
+    "ArmMinInstances": "0",
+    "ArmMaxInstances": "2",
+    "ArmAgentsPerInstance": "8",
+    "ArmIdleTimeoutSeconds": "900",
+    "ArmMaxUptimeSeconds": "3600",
+    "ArmIncludeWaiting": "false",
+    "NixCacheRegion": "us-west-2",
+}
+
+# parliament findings that are wrong about this template, each with the reason.
+FALSE_POSITIVES = {
+    ("ScalerRole", "LaunchFromStackTemplates", "RESOURCE_MISMATCH"): (
+        "parliament wants every RunInstances resource type in each statement; the instance and volume "
+        "are in LaunchTaggedInstances, because only they carry the request's tags. Together the two "
+        "statements name every type (test_run_instances_statements_together_name_every_resource_type)."
+    ),
+    ("ScalerRole", "LaunchTaggedInstances", "RESOURCE_MISMATCH"): (
+        "The same split seen from the other statement: image, subnet, network interface and security "
+        "group are in LaunchFromStackTemplates."
+    ),
+    ("AgentRole", "TagSelfBootstrapState", "UNKNOWN_CONDITION_FOR_ACTION"): (
+        "aws:ARN (the ARN of the resource acted on) is a global key parliament does not know; compared "
+        "with ${ec2:SourceInstanceARN} it limits the instance role to tagging its own instance."
+    ),
+}
+
+# ----------------------------------------------------------------- resolver
+
+_PSEUDO = {"AWS::Region": REGION, "AWS::AccountId": ACCOUNT, "AWS::Partition": "aws", "AWS::StackName": STACK}
+_NO_VALUE = object()
+_SUB_VARIABLE = re.compile(r"\$\{([^}]*)\}")
+
+
+def parameter_values(template: Mapping[str, Any], **overrides: Any) -> dict[str, Any]:
+    """Every parameter: its default (list types split), then REQUIRED_PARAMETERS, then overrides."""
+    values: dict[str, Any] = {}
+    for name, spec in template["Parameters"].items():
+        if "Default" in spec:
+            is_list = spec["Type"].startswith("List<") or spec["Type"] == "CommaDelimitedList"
+            values[name] = spec["Default"].split(",") if is_list else str(spec["Default"])
+    return {**values, **REQUIRED_PARAMETERS, **overrides}
+
+
+class Resolver:
+    """Evaluates Ref, Sub, GetAtt, Join, If and conditions for one set of parameter values."""
+
+    def __init__(self, template: Mapping[str, Any], parameters: Mapping[str, Any]) -> None:
+        self.template = template
+        self.parameters = dict(parameters)
+
+    def physical_id(self, logical_id: str) -> str:
+        kind = self.template["Resources"][logical_id]["Type"]
+        prefixes = {"AWS::EC2::LaunchTemplate": "lt-0", "AWS::EC2::SecurityGroup": "sg-0"}
+        if kind == "AWS::Logs::LogGroup":
+            return self.resolve(self.template["Resources"][logical_id]["Properties"]["LogGroupName"])
+        if kind == "AWS::SNS::Topic":
+            return f"arn:aws:sns:{REGION}:{ACCOUNT}:{STACK}-{logical_id}"
+        return prefixes.get(kind, f"{STACK}-") + logical_id.lower()
+
+    def attribute(self, logical_id: str, name: str) -> str:
+        kind = self.template["Resources"][logical_id]["Type"]
+        arns = {
+            "AWS::IAM::Role": f"arn:aws:iam::{ACCOUNT}:role/{STACK}-{logical_id}",
+            "AWS::IAM::InstanceProfile": f"arn:aws:iam::{ACCOUNT}:instance-profile/{STACK}-{logical_id}",
+            "AWS::Logs::LogGroup": f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{self.physical_id(logical_id)}:*",
+        }
+        if name != "Arn" or kind not in arns:
+            raise NotImplementedError(f"GetAtt {logical_id}.{name}")
+        return arns[kind]
+
+    def ref(self, name: str) -> Any:
+        if name == "AWS::NoValue":
+            return _NO_VALUE
+        if name in _PSEUDO:
+            return _PSEUDO[name]
+        if name in self.template["Parameters"]:
+            return self.parameters[name]
+        return self.physical_id(name)
+
+    def condition(self, name: str) -> bool:
+        return bool(self.resolve(self.template["Conditions"][name]))
+
+    def sub(self, value: str | list[Any]) -> str:
+        text, variables = (value, {}) if isinstance(value, str) else value
+        bound = {name: self.resolve(item) for name, item in variables.items()}
+
+        def replace(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name.startswith("!"):  # ${!Literal} is the literal ${Literal}
+                return "${" + name[1:] + "}"
+            if name in bound:
+                return str(bound[name])
+            if "." in name:
+                return self.attribute(*name.split(".", 1))
+            return str(self.ref(name))
+
+        return _SUB_VARIABLE.sub(replace, text)
+
+    def resolve(self, node: Any) -> Any:
+        if isinstance(node, list):
+            return [item for item in map(self.resolve, node) if item is not _NO_VALUE]
+        if not isinstance(node, dict):
+            return node
+        if len(node) == 1 and next(iter(node)) in _FUNCTIONS:
+            ((name, argument),) = node.items()
+            return _FUNCTIONS[name](self, argument)
+        resolved = {key: self.resolve(value) for key, value in node.items()}
+        return {key: value for key, value in resolved.items() if value is not _NO_VALUE}
+
+
+_FUNCTIONS = {
+    "Ref": lambda r, a: r.ref(a),
+    "Fn::Sub": lambda r, a: r.sub(a),
+    "Fn::GetAtt": lambda r, a: r.attribute(*a),
+    "Fn::Join": lambda r, a: a[0].join(str(item) for item in r.resolve(a[1])),
+    "Fn::If": lambda r, a: r.resolve(a[1] if r.condition(a[0]) else a[2]),
+    "Fn::Equals": lambda r, a: r.resolve(a[0]) == r.resolve(a[1]),
+    "Fn::Not": lambda r, a: not r.resolve(a[0]),
+    "Condition": lambda r, a: r.condition(a),
+}
+
+# ----------------------------------------------------------------- fixtures and helpers
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    return load_template()
+
+
+@pytest.fixture(scope="module")
+def resolver(template: dict[str, Any]) -> Resolver:
+    return Resolver(template, parameter_values(template))
+
+
+def of_type(template: Mapping[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {name: spec for name, spec in template["Resources"].items() if spec["Type"] == kind}
+
+
+def function_environment(template: Mapping[str, Any], resolver: Resolver, logical_id: str) -> dict[str, str]:
+    """The function's environment as Lambda gets it: its own variables over the Globals'."""
+    shared = template["Globals"]["Function"]["Environment"]["Variables"]
+    own = template["Resources"][logical_id]["Properties"].get("Environment", {}).get("Variables", {})
+    return {name: str(value) for name, value in resolver.resolve({**shared, **own}).items()}
+
+
+def lambda_environment(template: Mapping[str, Any], resolver: Resolver, logical_id: str) -> dict[str, str]:
+    # Lambda itself sets AWS_REGION.
+    return {**function_environment(template, resolver, logical_id), "AWS_REGION": REGION}
+
+
+def listed(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else value
+
+
+def statements(template: Mapping[str, Any], resolver: Resolver, role: str) -> list[dict[str, Any]]:
+    policies = template["Resources"][role]["Properties"]["Policies"]
+    return [s for policy in policies for s in resolver.resolve(policy["PolicyDocument"])["Statement"]]
+
+
+def lambda_roles(template: Mapping[str, Any]) -> list[str]:
+    roles = {
+        resolve_role(spec["Properties"]["Role"]) for spec in of_type(template, "AWS::Serverless::Function").values()
+    }
+    return sorted(roles)
+
+
+def resolve_role(reference: dict[str, Any]) -> str:
+    return reference["Fn::GetAtt"][0]
+
+
+def allows(statement: Mapping[str, Any], action: str) -> bool:
+    return statement["Effect"] == "Allow" and any(
+        fnmatchcase(action.lower(), pattern.lower()) for pattern in listed(statement["Action"])
+    )
+
+
+def arn_type(arn: str) -> str:
+    """arn:aws:ec2:region:account:instance/* -> instance."""
+    return arn.split(":", 5)[5].split("/", 1)[0]
+
+
+def launch_template_arns(resolver: Resolver) -> set[str]:
+    return {
+        f"arn:aws:ec2:{REGION}:{ACCOUNT}:launch-template/{resolver.ref(name)}"
+        for name in ("X86LaunchTemplate", "ArmLaunchTemplate")
+    }
+
+
+def identity_policies(template: Mapping[str, Any], resolver: Resolver) -> Iterator[tuple[str, dict[str, Any]]]:
+    for role, spec in of_type(template, "AWS::IAM::Role").items():
+        for policy in spec["Properties"]["Policies"]:
+            yield role, resolver.resolve(policy["PolicyDocument"])
+
+
+def parliament_findings(document: Mapping[str, Any]) -> list[Any]:
+    return parliament.analyze_policy_string(json.dumps(document)).findings
+
+
+def findings_by_statement(role: str, document: Mapping[str, Any]) -> set[tuple[str, str, str]]:
+    found = set()
+    for statement in document["Statement"]:
+        alone = {"Version": document["Version"], "Statement": [statement]}
+        found |= {(role, statement["Sid"], finding.issue) for finding in parliament_findings(alone)}
+    return found
+
+
+# ----------------------------------------------------------------- functions
+
+
+@pytest.mark.parametrize("function", ["ScalerFunction", "ReaperFunction"])
+def test_handler_resolves_to_a_callable_in_the_package(template: dict[str, Any], function: str) -> None:
+    module_name, _, attribute = template["Resources"][function]["Properties"]["Handler"].rpartition(".")
+    assert module_name.startswith("autoscaler.")
+    assert callable(getattr(importlib.import_module(module_name), attribute))
+
+
+def test_functions_run_python313_on_arm64_from_one_shared_build(template: dict[str, Any]) -> None:
+    function_globals = template["Globals"]["Function"]
+    assert function_globals["Runtime"] == "python3.13"
+    assert function_globals["Architectures"] == ["arm64"]
+    functions = of_type(template, "AWS::Serverless::Function").values()
+    # Identical metadata and code: SAM builds the artifact once for both.
+    assert len({json.dumps(spec["Metadata"], sort_keys=True) for spec in functions}) == 1
+    assert all(spec["Metadata"]["BuildMethod"] == "makefile" for spec in functions)
+    assert all("CodeUri" not in spec["Properties"] and "Runtime" not in spec["Properties"] for spec in functions)
+
+
+def test_code_uri_is_small_so_sam_does_not_copy_the_virtualenvs(template: dict[str, Any]) -> None:
+    code_dir = ROOT / template["Globals"]["Function"]["CodeUri"]
+    assert code_dir.resolve() != ROOT
+    assert not list(code_dir.glob(".venv*"))
+
+
+@pytest.mark.parametrize(
+    "overrides", [{}, CUSTOM_QUEUES, {"SecurityGroupId": "sg-0existing1"}], ids=["defaults", "custom", "own-sg"]
+)
+def test_scaler_configuration_loads_from_the_template_environment(
+    template: dict[str, Any], overrides: dict[str, Any]
+) -> None:
+    values = parameter_values(template, **overrides)
+    resolver = Resolver(template, values)
+    settings = ScalerSettings.from_env(lambda_environment(template, resolver, "ScalerFunction"))
+
+    assert settings.fleet_name == FLEET
+    assert [queue.name for queue in settings.queues] == list(QUEUE_NAMES)
+    for queue, prefix in zip(settings.queues, ("X86", "Arm"), strict=True):
+        assert queue.launch_template_id == resolver.ref(f"{prefix}LaunchTemplate")
+        assert list(queue.instance_types) == values[f"{prefix}InstanceTypes"]
+        assert list(queue.subnet_ids) == values["SubnetIds"]
+        assert queue.min_instances == int(values[f"{prefix}MinInstances"])
+        assert queue.max_instances == int(values[f"{prefix}MaxInstances"])
+        assert queue.agents_per_instance == int(values[f"{prefix}AgentsPerInstance"])
+        assert queue.idle_timeout_seconds == int(values[f"{prefix}IdleTimeoutSeconds"])
+        assert queue.max_uptime_seconds == int(values[f"{prefix}MaxUptimeSeconds"])
+        assert queue.include_waiting == (values[f"{prefix}IncludeWaiting"] == "true")
+    assert settings.user_data.cache_region == (values["NixCacheRegion"] or REGION)
+    assert settings.user_data.cache_bucket == values["NixCacheBucket"]
+    assert settings.agent_token_parameter == values["AgentTokenParameter"]
+    assert settings.dry_run is (values["DryRun"] == "true")
+
+
+def test_reaper_configuration_loads_from_the_template_environment(template: dict[str, Any], resolver: Resolver) -> None:
+    settings = ReaperSettings.from_env(lambda_environment(template, resolver, "ReaperFunction"))
+    assert settings.fleet_name == FLEET
+    assert settings.max_terminations == int(resolver.parameters["ReaperMaxTerminations"])
+    assert settings.bootstrap_timeout_seconds == int(resolver.parameters["BootstrapTimeoutSeconds"])
+
+
+class RecordingEnvironment(dict[str, str]):
+    """An environment that records every variable the configuration asks for."""
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        super().__init__(values)
+        self.asked: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.asked.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> str:
+        self.asked.add(key)
+        return super().__getitem__(key)
+
+
+@pytest.mark.parametrize(
+    ("function", "settings"), [("ScalerFunction", ScalerSettings), ("ReaperFunction", ReaperSettings)]
+)
+def test_every_variable_the_configuration_reads_is_set(
+    template: dict[str, Any], resolver: Resolver, function: str, settings: type
+) -> None:
+    environment = RecordingEnvironment(lambda_environment(template, resolver, function))
+    settings.from_env(environment)
+    # Optional ones too: the deployment, not a code default, decides them.
+    assert environment.asked - set(environment) == set()
+
+
+def test_scaler_timeout_concurrency_and_schedule(template: dict[str, Any]) -> None:
+    scaler = template["Resources"]["ScalerFunction"]["Properties"]
+    assert scaler["Timeout"] == 70
+    assert scaler["ReservedConcurrentExecutions"] == 1
+    assert scaler["EventInvokeConfig"]["MaximumRetryAttempts"] == 0
+    (event,) = scaler["Events"].values()
+    assert event["Type"] == "ScheduleV2"
+    properties = event["Properties"]
+    assert properties["ScheduleExpression"] == "rate(1 minute)"
+    assert properties["RetryPolicy"]["MaximumRetryAttempts"] == 0
+    assert properties["FlexibleTimeWindow"] == {"Mode": "OFF"}
+    assert json.loads(properties["Input"]) == {"scheduled_time": "<aws.scheduler.scheduled-time>", "dry_run": False}
+
+
+def test_reaper_schedule(template: dict[str, Any]) -> None:
+    reaper = template["Resources"]["ReaperFunction"]["Properties"]
+    (event,) = reaper["Events"].values()
+    assert event["Type"] == "ScheduleV2"
+    assert event["Properties"]["ScheduleExpression"] == "rate(5 minutes)"
+    assert json.loads(event["Properties"]["Input"])["dry_run"] is False
+    assert reaper["Timeout"] >= 60
+
+
+def test_schedules_pause_together(template: dict[str, Any]) -> None:
+    states = [
+        event["Properties"]["State"]
+        for spec in of_type(template, "AWS::Serverless::Function").values()
+        for event in spec["Properties"]["Events"].values()
+    ]
+    assert states == [{"Ref": "SchedulesState"}] * 2
+    assert template["Parameters"]["SchedulesState"]["AllowedValues"] == ["ENABLED", "DISABLED"]
+
+
+def test_each_function_logs_to_its_own_group_with_retention(template: dict[str, Any], resolver: Resolver) -> None:
+    for spec in of_type(template, "AWS::Serverless::Function").values():
+        group = spec["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
+        assert template["Resources"][group]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+    assert len({resolver.physical_id(name) for name in of_type(template, "AWS::Logs::LogGroup")}) == 2
+
+
+# ----------------------------------------------------------------- IAM
+
+
+def test_policies_pass_parliament_but_for_listed_false_positives(template: dict[str, Any], resolver: Resolver) -> None:
+    found: set[tuple[str, str, str]] = set()
+    for role, document in identity_policies(template, resolver):
+        by_statement = findings_by_statement(role, document)
+        # Nothing about the policy as a whole beyond what its statements show.
+        assert {f.issue for f in parliament_findings(document)} == {issue for _, _, issue in by_statement}
+        found |= by_statement
+    assert found - set(FALSE_POSITIVES) == set()
+    # And the list does not outlive the findings it explains.
+    assert set(FALSE_POSITIVES) - found == set()
+
+
+def test_run_instances_statements_together_name_every_resource_type(
+    template: dict[str, Any], resolver: Resolver
+) -> None:
+    launch = [s for s in statements(template, resolver, "ScalerRole") if allows(s, "ec2:RunInstances")]
+    resources = sorted({arn for s in launch for arn in listed(s["Resource"])})
+    merged = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "ec2:RunInstances", "Resource": resources}],
+    }
+    assert parliament_findings(merged) == []
+    required = {"image", "instance", "volume", "network-interface", "security-group", "subnet", "launch-template"}
+    assert {arn_type(arn) for arn in resources} >= required
+
+
+def test_run_instances_only_with_the_stacks_launch_templates(template: dict[str, Any], resolver: Resolver) -> None:
+    stack_templates = launch_template_arns(resolver)
+    for role in lambda_roles(template):
+        for statement in statements(template, resolver, role):
+            if allows(statement, "ec2:RunInstances"):
+                assert set(listed(statement["Condition"]["ArnEquals"]["ec2:LaunchTemplate"])) == stack_templates
+                named = {arn for arn in listed(statement["Resource"]) if arn_type(arn) == "launch-template"}
+                assert named <= stack_templates
+                assert "*" not in listed(statement["Resource"])
+    launch = [s for s in statements(template, resolver, "ScalerRole") if allows(s, "ec2:RunInstances")]
+    assert {
+        arn for s in launch for arn in listed(s["Resource"]) if arn_type(arn) == "launch-template"
+    } == stack_templates
+
+
+def test_instances_and_volumes_are_launched_only_with_the_fleet_tag(
+    template: dict[str, Any], resolver: Resolver
+) -> None:
+    for role in lambda_roles(template):
+        for statement in statements(template, resolver, role):
+            if not allows(statement, "ec2:RunInstances"):
+                continue
+            created = [arn for arn in listed(statement["Resource"]) if arn_type(arn) in ("instance", "volume")]
+            if created:
+                assert statement["Condition"]["StringEquals"][f"aws:RequestTag/{FLEET_TAG}"] == FLEET
+
+
+def test_lambdas_tag_only_while_launching(template: dict[str, Any], resolver: Resolver) -> None:
+    tagging = [
+        statement
+        for role in lambda_roles(template)
+        for statement in statements(template, resolver, role)
+        if allows(statement, "ec2:CreateTags")
+    ]
+    assert tagging
+    for statement in tagging:
+        assert statement["Condition"]["StringEquals"]["ec2:CreateAction"] == "RunInstances"
+
+
+@pytest.mark.parametrize("action", ["ec2:TerminateInstances", "ec2:GetConsoleOutput"])
+def test_terminate_and_console_output_only_on_the_fleets_instances(
+    template: dict[str, Any], resolver: Resolver, action: str
+) -> None:
+    granting = [
+        statement
+        for role in lambda_roles(template)
+        for statement in statements(template, resolver, role)
+        if allows(statement, action)
+    ]
+    assert granting, f"no Lambda may {action}"
+    for statement in granting:
+        assert statement["Condition"]["StringEquals"][f"aws:ResourceTag/{FLEET_TAG}"] == FLEET
+        assert {arn_type(arn) for arn in listed(statement["Resource"])} == {"instance"}
+
+
+def test_scaler_passes_only_the_agent_role_to_ec2(template: dict[str, Any], resolver: Resolver) -> None:
+    passing = [
+        s for r in lambda_roles(template) for s in statements(template, resolver, r) if allows(s, "iam:PassRole")
+    ]
+    assert len(passing) == 1
+    assert passing[0]["Resource"] == resolver.attribute("AgentRole", "Arn")
+    assert passing[0]["Condition"]["StringEquals"]["iam:PassedToService"] == "ec2.amazonaws.com"
+
+
+def test_scaler_reads_and_decrypts_only_the_agent_token(template: dict[str, Any], resolver: Resolver) -> None:
+    token = f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/buildkite/agent-token"
+    scaler = statements(template, resolver, "ScalerRole")
+    reading = [s for s in scaler if any(action.startswith("ssm:") for action in listed(s["Action"]))]
+    assert [(listed(s["Action"]), s["Resource"]) for s in reading] == [(["ssm:GetParameter"], token)]
+    (decrypt,) = [s for s in scaler if allows(s, "kms:Decrypt")]
+    assert decrypt["Condition"]["StringEquals"]["kms:EncryptionContext:PARAMETER_ARN"] == token
+    assert decrypt["Condition"]["StringEquals"]["kms:ViaService"] == f"ssm.{REGION}.amazonaws.com"
+    assert not any(allows(s, "ssm:GetParameter") for s in statements(template, resolver, "ReaperRole"))
+
+
+def test_agent_reads_exactly_the_three_secrets(template: dict[str, Any], resolver: Resolver) -> None:
+    secrets = {
+        f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter{resolver.parameters[name]}"
+        for name in ("AgentTokenParameter", "SshKeyParameter", "NixSigningKeyParameter")
+    }
+    agent = statements(template, resolver, "AgentRole")
+    reading = [s for s in agent if any(action.startswith("ssm:") for action in listed(s["Action"]))]
+    assert {arn for s in reading for arn in listed(s["Resource"])} == secrets
+    (decrypt,) = [s for s in agent if allows(s, "kms:Decrypt")]
+    assert set(decrypt["Condition"]["StringEquals"]["kms:EncryptionContext:PARAMETER_ARN"]) == secrets
+
+
+def test_agent_uses_only_the_cache_bucket(template: dict[str, Any], resolver: Resolver) -> None:
+    storage = [
+        s for s in statements(template, resolver, "AgentRole") if any(a.startswith("s3:") for a in listed(s["Action"]))
+    ]
+    resources = {arn for s in storage for arn in listed(s["Resource"])}
+    assert resources == {"arn:aws:s3:::test-nix-cache", "arn:aws:s3:::test-nix-cache/*"}
+    assert {a for s in storage for a in listed(s["Action"])} >= {"s3:GetObject", "s3:PutObject", "s3:ListBucket"}
+
+
+def test_agent_tags_only_itself_and_only_its_bootstrap_state(template: dict[str, Any], resolver: Resolver) -> None:
+    agent = statements(template, resolver, "AgentRole")
+    (tagging,) = [s for s in agent if allows(s, "ec2:CreateTags")]
+    assert tagging["Condition"]["StringEquals"]["aws:ARN"] == "${ec2:SourceInstanceARN}"
+    assert set(tagging["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"]) == {BOOTSTRAP_TAG, READY_AT_TAG}
+    ec2_actions = {a for s in agent for a in listed(s["Action"]) if a.startswith("ec2:")}
+    assert ec2_actions == {"ec2:CreateTags"}
+
+
+def test_no_statement_allows_every_action_or_uses_not_action(template: dict[str, Any], resolver: Resolver) -> None:
+    for _, document in identity_policies(template, resolver):
+        for statement in document["Statement"]:
+            assert "NotAction" not in statement
+            assert "NotResource" not in statement
+            assert all("*" not in action for action in listed(statement["Action"]))
+
+
+# ----------------------------------------------------------------- launch templates and network
+
+
+@pytest.mark.parametrize("launch_template", ["X86LaunchTemplate", "ArmLaunchTemplate"])
+def test_launch_template_requires_imdsv2_and_encrypts_the_root_volume(
+    template: dict[str, Any], resolver: Resolver, launch_template: str
+) -> None:
+    data = resolver.resolve(template["Resources"][launch_template]["Properties"]["LaunchTemplateData"])
+    assert data["MetadataOptions"]["HttpTokens"] == "required"
+    assert data["MetadataOptions"]["HttpEndpoint"] == "enabled"
+    (root,) = data["BlockDeviceMappings"]
+    # Canonical's Ubuntu root device: any other name would add a second, unencrypted-by-this volume.
+    assert root["DeviceName"] == "/dev/sda1"
+    assert root["Ebs"]["Encrypted"] is True
+    assert root["Ebs"]["VolumeType"] == "gp3"
+    assert root["Ebs"]["DeleteOnTermination"] is True
+    assert data["InstanceInitiatedShutdownBehavior"] == "terminate"
+    assert data["IamInstanceProfile"]["Arn"] == resolver.attribute("AgentInstanceProfile", "Arn")
+    tagged = {spec["ResourceType"]: {t["Key"]: t["Value"] for t in spec["Tags"]} for spec in data["TagSpecifications"]}
+    assert tagged == {"instance": {FLEET_TAG: FLEET}, "volume": {FLEET_TAG: FLEET}}
+
+
+def test_launch_templates_use_their_architectures_ami(template: dict[str, Any], resolver: Resolver) -> None:
+    for launch_template, image in (("X86LaunchTemplate", "X86ImageId"), ("ArmLaunchTemplate", "ArmImageId")):
+        data = template["Resources"][launch_template]["Properties"]["LaunchTemplateData"]
+        assert data["ImageId"] == {"Ref": image}
+    assert template["Parameters"]["X86ImageId"]["Default"].endswith("/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id")
+    assert template["Parameters"]["ArmImageId"]["Default"].endswith("/24.04/stable/current/arm64/hvm/ebs-gp3/ami-id")
+    assert all(
+        template["Parameters"][p]["Default"].startswith("/aws/service/canonical/") for p in ("X86ImageId", "ArmImageId")
+    )
+
+
+@pytest.mark.parametrize(("own", "expected"), [("", "sg-0agentsecuritygroup"), ("sg-0existing1", "sg-0existing1")])
+def test_launch_templates_use_the_stacks_or_the_given_security_group(
+    template: dict[str, Any], own: str, expected: str
+) -> None:
+    resolver = Resolver(template, parameter_values(template, SecurityGroupId=own))
+    for launch_template in of_type(template, "AWS::EC2::LaunchTemplate"):
+        data = resolver.resolve(template["Resources"][launch_template]["Properties"]["LaunchTemplateData"])
+        assert data["SecurityGroupIds"] == [expected]
+
+
+def test_security_group_is_egress_only(template: dict[str, Any]) -> None:
+    (group,) = of_type(template, "AWS::EC2::SecurityGroup").values()
+    assert "SecurityGroupIngress" not in group["Properties"]
+    assert not of_type(template, "AWS::EC2::SecurityGroupIngress")
+    assert {(rule["FromPort"], rule["ToPort"]) for rule in group["Properties"]["SecurityGroupEgress"]} == {
+        (443, 443),
+        (80, 80),
+        (22, 22),
+    }
+
+
+# ----------------------------------------------------------------- alarms and dashboard
+
+
+def emitted_metric_names() -> str:
+    return "\n".join(path.read_text(encoding="utf-8") for path in (ROOT / "functions" / "autoscaler").glob("*.py"))
+
+
+def test_alarms_cover_function_launch_and_metrics_api_errors(template: dict[str, Any], resolver: Resolver) -> None:
+    alarms = {
+        name: resolver.resolve(spec["Properties"]) for name, spec in of_type(template, "AWS::CloudWatch::Alarm").items()
+    }
+    watched = {(alarm["Namespace"], alarm["MetricName"], alarm["Dimensions"][0]["Value"]) for alarm in alarms.values()}
+    assert watched >= {
+        ("AWS/Lambda", "Errors", resolver.ref("ScalerFunction")),
+        ("AWS/Lambda", "Errors", resolver.ref("ReaperFunction")),
+        ("BuildkiteAutoscaler", "LaunchErrors", FLEET),
+        ("BuildkiteAutoscaler", "MetricsApiErrors", FLEET),
+    }
+    source = emitted_metric_names()
+    for alarm in alarms.values():
+        if alarm["Namespace"] == "BuildkiteAutoscaler":
+            assert [d["Name"] for d in alarm["Dimensions"]] == ["fleet"]
+            assert f'"{alarm["MetricName"]}"' in source
+
+
+@pytest.mark.parametrize(("email", "notified"), [("", False), ("ops@example.com", True)])
+def test_alarms_notify_the_topic_only_when_an_email_is_given(
+    template: dict[str, Any], email: str, notified: bool
+) -> None:
+    resolver = Resolver(template, parameter_values(template, AlarmEmail=email))
+    for spec in of_type(template, "AWS::CloudWatch::Alarm").values():
+        actions = resolver.resolve(spec["Properties"]).get("AlarmActions")
+        assert actions == ([resolver.ref("AlarmTopic")] if notified else None)
+    assert template["Resources"]["AlarmTopic"]["Condition"] == "HasAlarmEmail"
+
+
+def dashboard_metrics(template: Mapping[str, Any], resolver: Resolver) -> dict[str, list[list[Any]]]:
+    """Each metric widget's title and its metrics, with CloudWatch's "." / "..." shorthand expanded."""
+    body = json.loads(resolver.resolve(template["Resources"]["Dashboard"]["Properties"]["DashboardBody"]))
+    widgets = {}
+    for widget in body["widgets"]:
+        if widget["type"] == "metric":
+            widgets[widget["properties"]["title"]] = expand(widget["properties"]["metrics"])
+    return widgets
+
+
+def expand(rows: list[list[Any]]) -> list[list[Any]]:
+    expanded: list[list[Any]] = []
+    for row in rows:
+        fields = [field for field in row if not isinstance(field, dict)]
+        if fields and fields[0] == "...":
+            # "..." repeats the previous row's leading fields; the given ones replace its tail.
+            fields = expanded[-1][: len(expanded[-1]) - len(fields) + 1] + fields[1:]
+        fields = [expanded[-1][i] if field == "." else field for i, field in enumerate(fields)]
+        expanded.append(fields)
+    return expanded
+
+
+def test_dashboard_shows_jobs_agents_and_instances_per_queue(template: dict[str, Any], resolver: Resolver) -> None:
+    widgets = dashboard_metrics(template, resolver)
+    for queue in QUEUE_NAMES:
+        (metrics,) = [rows for title, rows in widgets.items() if title.startswith(f"{queue}: jobs")]
+        shown = {row[1] for row in metrics if row[2:] == ["fleet", FLEET, "queue", queue]}
+        assert shown >= {"ScheduledJobs", "RunningJobs", "ConnectedAgents", "LiveInstances", "BootingInstances"}
+    reaped = [rows for title, rows in widgets.items() if "reaped" in title]
+    reasons = {row[5] for rows in reaped for row in rows if row[1] == "InstancesReaped" and len(row) == 6}
+    assert reasons == {"failed", "stuck"}
+
+
+def test_dashboard_shows_only_metrics_the_code_emits(template: dict[str, Any], resolver: Resolver) -> None:
+    source = emitted_metric_names()
+    for rows in dashboard_metrics(template, resolver).values():
+        for row in rows:
+            if row[0] == "BuildkiteAutoscaler":
+                assert f'"{row[1]}"' in source, row
+
+
+# ----------------------------------------------------------------- checkov suppressions
+
+
+def test_every_checkov_suppression_says_why(template: dict[str, Any]) -> None:
+    skips = [
+        skip
+        for spec in template["Resources"].values()
+        for skip in spec.get("Metadata", {}).get("checkov", {}).get("skip", [])
+    ]
+    assert skips
+    assert all(re.fullmatch(r"CKV_AWS_\d+", skip["id"]) and len(skip["comment"]) > 40 for skip in skips)

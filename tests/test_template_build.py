@@ -1,0 +1,109 @@
+"""The SAM CLI on template.yaml: `sam validate --lint`, and a Docker-free `sam build` whose
+artifact imports both handlers with its own dependencies and carries userdata/.
+
+Slow-ish (the build fetches arm64 wheels from PyPI): the build runs once per module.
+Neither command may need AWS credentials, so they run without any.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FUNCTIONS = ("ScalerFunction", "ReaperFunction")
+HANDLERS = ("autoscaler.scaler", "autoscaler.reaper")
+
+
+def sam() -> str:
+    path = shutil.which("sam")
+    assert path, "sam not on PATH: run the tests through `make pytest` (it puts .venv-sam/bin first)"
+    return path
+
+
+def without_credentials() -> dict[str, str]:
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
+    return {
+        **environment,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "SAM_CLI_TELEMETRY": "0",
+    }
+
+
+def run_sam(*arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sam(), *arguments],
+        cwd=ROOT,
+        env=without_credentials(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    build_dir = tmp_path_factory.mktemp("sam") / "build"
+    result = run_sam("build", "--template-file", "template.yaml", "--build-dir", str(build_dir))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return build_dir
+
+
+def test_sam_validate_lint_passes_without_credentials() -> None:
+    result = run_sam("validate", "--lint", "--template-file", "template.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "is a valid SAM Template" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_built_artifact_imports_both_handlers_with_its_own_dependencies(build_dir: Path, function: str) -> None:
+    artifact = build_dir / function
+    probe = (
+        "import importlib, sys\n"
+        f"sys.path.insert(0, {str(artifact)!r})\n"
+        "import aws_lambda_powertools, requests\n"
+        f"for name in {HANDLERS!r}:\n"
+        "    module = importlib.import_module(name)\n"
+        "    assert callable(module.handler), name\n"
+        "    print(module.__file__)\n"
+        "print(requests.__file__)\n"
+        "print(aws_lambda_powertools.__file__)\n"
+    )
+    # -E -s: nothing from the environment or user site decides what gets imported.
+    result = subprocess.run(
+        [sys.executable, "-E", "-s", "-c", probe], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    imported = result.stdout.split()
+    assert len(imported) == 4
+    assert all(Path(path).is_relative_to(artifact) for path in imported), imported
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_built_artifact_carries_userdata_and_nothing_of_the_dev_tree(build_dir: Path, function: str) -> None:
+    artifact = build_dir / function
+
+    def files(directory: Path) -> set[Path]:
+        return {p.relative_to(directory) for p in directory.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+
+    assert files(artifact / "userdata") == files(ROOT / "userdata")
+    assert files(artifact / "autoscaler") == files(ROOT / "functions" / "autoscaler")
+    top_level = {path.name for path in artifact.iterdir()}
+    assert not top_level & {"tests", "simulation", "events", "functions", "template.yaml", "Makefile"}
+    assert not [name for name in top_level if name.startswith(".venv")]
+    assert not (artifact / "boto3").exists(), "boto3 comes with the Lambda runtime"
+
+
+def test_built_artifact_is_small(build_dir: Path, tmp_path: Path) -> None:
+    archive = Path(shutil.make_archive(str(tmp_path / "artifact"), "zip", build_dir / FUNCTIONS[0]))
+    # Far under Lambda's 50 MB direct-upload limit; a jump means a dependency crept in.
+    assert archive.stat().st_size < 10 * 1024 * 1024

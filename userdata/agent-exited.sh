@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# ExecStopPost of buildkite-agent.service. The agent exits 0 when it
+# disconnects for good (disconnect-after-idle-timeout, disconnect-after-uptime,
+# or a stop): then the instance powers off and is terminated. After a crash
+# systemd restarts the agent, and the instance stays.
+set -euo pipefail
+
+main() {
+    local result=${SERVICE_RESULT:-unknown}
+    if [[ "$result" == success ]]; then
+        printf 'buildkite-agent exited cleanly: powering off\n' >&2
+        systemctl --no-block poweroff
+    else
+        printf 'buildkite-agent stopped (%s, %s=%s): systemd restarts it\n' \
+            "$result" "${EXIT_CODE:-?}" "${EXIT_STATUS:-?}" >&2
+    fi
+}
+
+main
