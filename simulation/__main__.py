@@ -40,7 +40,9 @@ def _run_all(trace: list[Job], scenarios: dict[str, Scenario], args: argparse.Na
         result = simulate(trace, scenario, progress=None if args.json else _progress(label))
         summaries[label] = summarize(result)
         if not args.json:
-            print(f"{label}: simulated {result.end / 3600:.1f} h in {time.monotonic() - started:.1f} s", file=sys.stderr)
+            print(
+                f"{label}: simulated {result.end / 3600:.1f} h in {time.monotonic() - started:.1f} s", file=sys.stderr
+            )
         if args.chart:
             path = chart(result, OUT / f"simulation-{_slug(label)}.png", f"{label}: {len(trace)} jobs")
             if not args.json:
@@ -99,11 +101,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--trace", type=Path, help="CSV: queue,scheduled_at,duration[,id,waits_on] (seconds)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the default trace (default 7)")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="a setting, e.g. max_instances=10, nixos-arm-aws.max_instances=2, boot_seconds=90",
     )
     parser.add_argument(
-        "--compare", action="append", default=[], metavar="LABEL:KEY=VALUE[,...]",
+        "--compare",
+        action="append",
+        default=[],
+        metavar="LABEL:KEY=VALUE[,...]",
         help="also run with these settings and print side by side, e.g. prebaked:boot_seconds=90",
     )
     parser.add_argument("--json", action="store_true", help="print the summaries as JSON")

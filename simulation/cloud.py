@@ -43,7 +43,9 @@ class SimBuildkite:
         names = list(queues)
         counts = {name: self._world.queue_counts(name) for name in names}
         body = {
-            "jobs": {"queues": {name: {k: c[k] for k in ("scheduled", "running", "waiting")} for name, c in counts.items()}},
+            "jobs": {
+                "queues": {name: {k: c[k] for k in ("scheduled", "running", "waiting")} for name, c in counts.items()}
+            },
             "agents": {"queues": {name: {k: c[k] for k in ("idle", "busy", "total")} for name, c in counts.items()}},
         }
         for name, c in counts.items():

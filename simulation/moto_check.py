@@ -30,7 +30,9 @@ def run_on_moto(trace: list[Job], scenario: Scenario, seconds: float) -> RunResu
             template = ec2.create_launch_template(
                 LaunchTemplateName=queue.name, LaunchTemplateData={"ImageId": "ami-12345678"}
             )["LaunchTemplate"]["LaunchTemplateId"]
-            queues.append(queue.__class__(**{**queue.__dict__, "launch_template_id": template, "subnet_ids": (subnet,)}))
+            queues.append(
+                queue.__class__(**{**queue.__dict__, "launch_template_id": template, "subnet_ids": (subnet,)})
+            )
         on_moto = Scenario(**{**scenario.__dict__, "queues": tuple(queues)})
         return simulate(trace, on_moto, until=seconds, ec2=_full_launches(ec2))
 
@@ -51,7 +53,9 @@ def same_decisions(trace: list[Job], scenario: Scenario, seconds: float) -> bool
     elapsed = time.monotonic() - started
     launches = sum(d.launch_floor + d.launch_burst for d in memory)
     if _key(memory) == _key(moto):
-        print(f"same decisions: {len(memory)} queue-polls, {launches} launches, {seconds / 60:.0f} min in {elapsed:.1f} s")
+        print(
+            f"same decisions: {len(memory)} queue-polls, {launches} launches, {seconds / 60:.0f} min in {elapsed:.1f} s"
+        )
         return True
     for ours, theirs in zip(_key(memory), _key(moto), strict=False):
         if ours != theirs:

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import contextmanager
-
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -162,11 +161,11 @@ def _simulate(
     invocation = 0.0
     while invocation < stop and not (until is None and _settled(world, fleet, invocation, last_arrival)):
         world.advance_to(invocation)
-        started = invocation
+        deadline = invocation + LAMBDA_TIMEOUT
         poller = _RecordingScaler(
             decisions, lambda: world.now, settings=settings, source=source, fleet=fleet, render_user_data=render
         )
-        scaler.run(poller, clock, lambda: started + LAMBDA_TIMEOUT - world.now, dry_run=False)
+        scaler.run(poller, clock, lambda deadline=deadline: deadline - world.now, dry_run=False)
         if progress is not None:
             progress(world.now, stop if until is not None else max(last_arrival, world.now))
         invocation += INVOCATION_PERIOD
@@ -196,7 +195,7 @@ def _scaler_settings(scenario: Scenario) -> ScalerSettings:
     # the real user-data but no instance ever reads it.
     user_data = UserDataSettings(
         region="us-east-1",
-        agent_token_parameter="/sim/agent-token",
+        agent_token_parameter="/sim/agent-token",  # noqa: S106 - a parameter name, not a secret
         ssh_key_parameter="/sim/ssh-key",
         signing_key_parameter="/sim/nix-signing-key",
         cache_bucket="sim-nix-cache",
@@ -251,9 +250,7 @@ def _override_queues(scenario: Scenario, queue_name: str, name: str, text: str) 
     if queue_name and queue_name not in names:
         raise ValueError(f"{queue_name}.{name}: no queue {queue_name!r} (queues: {', '.join(names)})")
     queues = tuple(
-        replace(queue, **{name: _typed(name, text, getattr(queue, name))})
-        if queue_name in ("", queue.name)
-        else queue
+        replace(queue, **{name: _typed(name, text, getattr(queue, name))}) if queue_name in ("", queue.name) else queue
         for queue in scenario.queues
     )
     # The product's own validation, so the simulation accepts exactly what a deployment would.

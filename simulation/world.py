@@ -23,7 +23,7 @@ from simulation.trace import Job
 @dataclass(frozen=True)
 class WorldSettings:
     boot_seconds: float = 420.0  # two boots, Nix and the agent: about 7 minutes
-    boot_jitter: float = 0.25  # each boot takes boot_seconds × (1 ± jitter)
+    boot_jitter: float = 0.25  # each boot takes boot_seconds x (1 ± jitter)
     connect_delay: float = 5.0  # ready-at → agents visible in the metrics
     failure_share: float = 0.04  # of launches: half hang, half report failed
     seed: int = 7

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,8 +13,9 @@ import pytest
 from aws_lambda_powertools.utilities import parameters
 from botocore.exceptions import ClientError
 from moto import mock_aws
-
 from tests.fake_buildkite import FakeBuildkite
+
+from autoscaler.telemetry import logger
 
 REGION = "us-east-1"
 FLEET = "test-fleet"
@@ -34,6 +36,35 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     }.items():
         monkeypatch.setenv(key, value)
     parameters.clear_caches()
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> Callable[[], list[dict[str, Any]]]:
+    """The Lambdas' log lines as they write them: Powertools' JSON."""
+    caplog.set_level(logging.INFO, logger=logger.name)
+
+    def lines() -> list[dict[str, Any]]:
+        return [
+            json.loads(logger.registered_formatter.format(record))
+            for record in caplog.records
+            if record.name == logger.name
+        ]
+
+    return lines
+
+
+def emf_records(output: str) -> list[dict[str, Any]]:
+    """EMF records printed to stdout, each metric summed over its values."""
+    records = []
+    for line in output.splitlines():
+        if line.startswith('{"_aws"'):
+            record = json.loads(line)
+            (directive,) = record["_aws"]["CloudWatchMetrics"]
+            for metric in directive["Metrics"]:
+                # Powertools writes each metric's values as a list.
+                record[metric["Name"]] = sum(record[metric["Name"]])
+            records.append(record)
+    return records
 
 
 @pytest.fixture
@@ -107,9 +138,9 @@ def stack() -> Iterator[Stack]:
             ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{index}.0/24")["Subnet"]["SubnetId"] for index in (1, 2)
         ]
         templates = {
-            queue: ec2.create_launch_template(
-                LaunchTemplateName=queue, LaunchTemplateData={"ImageId": "ami-12345678"}
-            )["LaunchTemplate"]["LaunchTemplateId"]
+            queue: ec2.create_launch_template(LaunchTemplateName=queue, LaunchTemplateData={"ImageId": "ami-12345678"})[
+                "LaunchTemplate"
+            ]["LaunchTemplateId"]
             for queue in ("nixos-x86-aws", "nixos-arm-aws")
         }
         boto3.client("ssm", region_name=REGION).put_parameter(

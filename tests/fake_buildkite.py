@@ -30,8 +30,6 @@ def metrics_body(queues: dict[str, dict[str, int]]) -> dict[str, Any]:
         for name, counts in queues.items()
     }
     agents = {name: {key: counts.get(key, 0) for key in ("idle", "busy", "total")} for name, counts in queues.items()}
-    for name, counts in jobs.items():
-        counts["total"] = sum(counts.values())
     return {
         "agents": {"idle": 0, "busy": 0, "total": 0, "queues": agents},
         "jobs": {"scheduled": 0, "running": 0, "waiting": 0, "total": 0, "queues": jobs},
@@ -42,7 +40,7 @@ def metrics_body(queues: dict[str, dict[str, int]]) -> dict[str, Any]:
 class FakeBuildkite:
     def __init__(self) -> None:
         self.replies: list[Reply] = [Reply(body=metrics_body({}))]
-        self.requests: list[dict[str, str]] = []
+        self.requests: list[dict[str, Any]] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
 
@@ -75,7 +73,13 @@ class FakeBuildkite:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                fake.requests.append({"path": self.path, "authorization": self.headers.get("Authorization", "")})
+                fake.requests.append(
+                    {
+                        "path": self.path,
+                        "authorization": self.headers.get("Authorization", ""),
+                        "time": time.monotonic(),
+                    }
+                )
                 reply = fake._next_reply()
                 time.sleep(reply.delay)
                 payload = reply.body if isinstance(reply.body, str) else json.dumps(reply.body)

@@ -50,6 +50,7 @@ REAL_COMMANDS = (
 )
 STUBBED = ["curl", "aws", "apt-get", "apt-cache", "gpg", "systemctl", "uname", "usermod", "groupadd", "chgrp"]
 STUBBED += ["chown", "id", "update-grub", "update-initramfs", "unzip", "sleep", "poweroff", "nix-installer", "nix"]
+STUBBED += ["jq", "yq", "git", "git-lfs", "aws-installer"]
 
 # One stub for every command (bash, for speed): logs its argv as one line of
 # fields ending in \x1f, exits with the code of the first STUB_FAIL line
@@ -57,11 +58,17 @@ STUBBED += ["chown", "id", "update-grub", "update-initramfs", "unzip", "sleep", 
 # for the script to go on.
 STUB = r"""#!/bin/bash
 name=${0##*/}
-{ printf '%s\x1f' "$name" "$@"; printf '\n'; } >>"$STUB_LOG"
+# One write per call: stubs in a pipeline run at the same time.
+line=$(printf '%s\x1f' "$name" "$@")
+printf '%s\n' "$line" >>"$STUB_LOG"
 call="$name $*"
 while IFS=$'\t' read -r prefix code; do
     if [[ -n "$prefix" && "$call" == "$prefix"* ]]; then exit "$code"; fi
 done <<<"${STUB_FAIL:-}"
+# What systemd does when the service's start timeout passes.
+if [[ "$name" == "${STUB_TERM_PARENT_FROM:-}" ]]; then
+    kill -TERM "$PPID"
+fi
 option() {
     local flag=$1
     shift
@@ -102,6 +109,11 @@ aws)
     fi
     ;;
 apt-cache) printf '%s\n' "$STUB_MADISON" ;;
+unzip)
+    mkdir -p "$(option -d "$@")/aws"
+    printf '#!/bin/sh\nexec aws-installer "$@"\n' >"$(option -d "$@")/aws/install"
+    chmod +x "$(option -d "$@")/aws/install"
+    ;;
 esac
 exit 0
 """
@@ -144,6 +156,9 @@ X86_QUEUE = QueueConfig(
     idle_timeout_seconds=600,
     max_uptime_seconds=21600,
 )
+
+
+ARM_QUEUE = dataclasses.replace(X86_QUEUE, name="nixos-arm-aws", instance_types=("c7g.4xlarge",))
 
 
 @pytest.fixture
@@ -207,6 +222,7 @@ def boot(
     fail: dict[str, int] | None = None,
     root_type: str = "overlay",
     madison: str = "",
+    term_from: str = "",
 ) -> Run:
     root = tmp_path / "root"
     install_user_data(root, render_user_data(settings or make_settings(), queue, role, "ci-fleet"))
@@ -214,7 +230,15 @@ def boot(
     (root / "proc/mounts").write_text(f"/dev/root /media/root-ro ext4 ro 0 0\noverlayroot / {root_type} rw 0 0\n")
     log = tmp_path / "calls.log"
     failures = "\n".join(f"{prefix}\t{code}" for prefix, code in (fail or {}).items())
-    env = stub_env(stubs, root, log, STUB_MACHINE=machine, STUB_FAIL=failures, STUB_MADISON=madison)
+    env = stub_env(
+        stubs,
+        root,
+        log,
+        STUB_MACHINE=machine,
+        STUB_FAIL=failures,
+        STUB_MADISON=madison,
+        STUB_TERM_PARENT_FROM=term_from,
+    )
     script = root / "usr/local/sbin/buildkite-bootstrap"
     result = subprocess.run(
         ["/bin/bash", str(script), mode], check=False, env=env, cwd=tmp_path, capture_output=True, text=True
@@ -252,8 +276,7 @@ def test_floor_agent_never_idles_out_but_still_recycles(tmp_path: Path, stubs: P
 
 
 def test_arm_queue_boots_on_arm(tmp_path: Path, stubs: Path) -> None:
-    queue = dataclasses.replace(X86_QUEUE, name="nixos-arm-aws", instance_types=("c7g.4xlarge",))
-    run = boot(tmp_path, stubs, queue=queue, machine="aarch64", settings=make_settings(root_mode="ebs"))
+    run = boot(tmp_path, stubs, queue=ARM_QUEUE, machine="aarch64", settings=make_settings(root_mode="ebs"))
 
     assert run.returncode == 0, run.console
     assert "arch=arm64,queue=nixos-arm-aws" in agent_config(run)["tags"]
@@ -377,6 +400,15 @@ def test_failed_step_tags_failed_and_powers_off(
     assert not any("Value=complete" in " ".join(call) for call in run.calls)
 
 
+def test_bootstrap_stopped_by_its_timeout_reports_the_step_and_powers_off(tmp_path: Path, stubs: Path) -> None:
+    run = boot(tmp_path, stubs, term_from="sleep")
+
+    assert run.returncode == 143
+    assert "FAILED step=start_agent exit=143" in run.console
+    assert run.aws_calls()[-1][-1] == "Key=buildkite-autoscaler:bootstrap,Value=failed"
+    assert run.calls[-1] == ["systemctl", "--no-block", "poweroff"]
+
+
 def test_failed_step_stops_before_the_next_one(tmp_path: Path, stubs: Path) -> None:
     run = boot(tmp_path, stubs, fail={"nix-installer": 1})
 
@@ -450,3 +482,33 @@ def test_instance_powers_off_only_when_the_agent_exits_for_good(
     subprocess.run(["/bin/bash", str(script)], env=env, check=True, capture_output=True)
 
     assert (["systemctl", "--no-block", "poweroff"] in read_calls(log)) is powers_off
+
+
+def test_prepare_with_a_package_missing_fails_before_changing_the_root(tmp_path: Path, stubs: Path) -> None:
+    (stubs / "git-lfs").unlink()
+
+    run = boot(tmp_path, stubs, mode="prepare")
+
+    assert "FAILED step=check_packages exit=1" in run.console
+    assert "git-lfs is missing" in run.console
+    assert run.calls[-1] == ["systemctl", "--no-block", "poweroff"]
+    assert not (run.root / "etc/overlayroot.local.conf").exists()
+
+
+def test_prepare_installs_the_aws_cli_for_the_machine(tmp_path: Path, stubs: Path) -> None:
+    (stubs / "aws").unlink()
+
+    run = boot(tmp_path, stubs, mode="prepare", machine="aarch64", queue=ARM_QUEUE)
+
+    assert run.returncode == 0, run.console
+    downloads = [call for call in run.calls if call[0] == "curl" and call[-1].endswith(".zip")]
+    assert downloads[0][-1] == "https://awscli.amazonaws.com/awscli-exe-linux-aarch64.zip"
+    installer = next(call for call in run.calls if call[0] == "aws-installer")
+    assert installer[1:] == [
+        "--update",
+        "--install-dir",
+        f"{run.root}/usr/local/aws-cli",
+        "--bin-dir",
+        f"{run.root}/usr/local/bin",
+    ]
+    assert not (run.root / "run/buildkite-bootstrap/awscli").exists()

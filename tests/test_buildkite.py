@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from tests.fake_buildkite import FakeBuildkite, Reply, metrics_body
 
 from autoscaler.buildkite import (
     MetricsAuthError,
@@ -13,7 +14,6 @@ from autoscaler.buildkite import (
     Secret,
 )
 from autoscaler.planner import QueueMetrics
-from tests.fake_buildkite import FakeBuildkite, Reply, metrics_body
 
 TOKEN = "bkt_clientTESTtoken0123456789abcdef"
 
@@ -29,7 +29,7 @@ def test_one_call_reads_every_queue_and_absent_queues_are_zero(buildkite: FakeBu
 
     assert snapshot.for_queue("a") == QueueMetrics(scheduled=3, running=1, waiting=0, idle=2, busy=1, total=3)
     assert snapshot.for_queue("b") == QueueMetrics()
-    assert buildkite.requests == [{"path": "/v3/metrics", "authorization": f"Token {TOKEN}"}]
+    assert [(r["path"], r["authorization"]) for r in buildkite.requests] == [("/v3/metrics", f"Token {TOKEN}")]
 
 
 def test_missing_waiting_count_is_zero(buildkite: FakeBuildkite) -> None:
@@ -45,7 +45,9 @@ def test_missing_waiting_count_is_zero(buildkite: FakeBuildkite) -> None:
 def test_poll_duration_header_is_honoured_within_bounds(
     buildkite: FakeBuildkite, header: str | None, seconds: float
 ) -> None:
-    buildkite.answer(Reply(body=metrics_body({}), headers={"Buildkite-Agent-Metrics-Poll-Duration": header} if header else {}))
+    buildkite.answer(
+        Reply(body=metrics_body({}), headers={"Buildkite-Agent-Metrics-Poll-Duration": header} if header else {})
+    )
     assert client(buildkite).fetch([]).poll_seconds == seconds
 
 

@@ -53,14 +53,20 @@ def test_any_number_of_queues() -> None:
     [
         ("not json", r"QUEUES must be a JSON array \(Expecting value at char 0\)"),
         ("{}", r"QUEUES must be a non-empty JSON array \(got \{\}\)"),
-        ([QUEUE, {**QUEUE, "min_instances": 2, "max_instances": 0}], r"QUEUES\[1\]\.max_instances must be >= 1 \(got 0\)"),
+        (
+            [QUEUE, {**QUEUE, "min_instances": 2, "max_instances": 0}],
+            r"QUEUES\[1\]\.max_instances must be >= 1 \(got 0\)",
+        ),
         (
             [QUEUE, {**QUEUE, "name": "b", "min_instances": 3, "max_instances": 2}],
             r"QUEUES\[1\]\.max_instances must be >= min_instances \(got 2 < 3\)",
         ),
         ([{**QUEUE, "max_instances": "4"}], r"QUEUES\[0\]\.max_instances must be an integer \(got '4'\)"),
         ([{**QUEUE, "max_instances": True}], r"QUEUES\[0\]\.max_instances must be an integer \(got true\)"),
-        ([{**QUEUE, "instance_types": []}], r"QUEUES\[0\]\.instance_types must be a non-empty list of strings \(got \[\]\)"),
+        (
+            [{**QUEUE, "instance_types": []}],
+            r"QUEUES\[0\]\.instance_types must be a non-empty list of strings \(got \[\]\)",
+        ),
         ([{**QUEUE, "subnet_ids": ["a", ""]}], r"QUEUES\[0\]\.subnet_ids\[1\] must be a non-empty string \(got ''\)"),
         ([{**QUEUE, "idle_timeout_seconds": 0}], r"QUEUES\[0\]\.idle_timeout_seconds must be >= 1 \(got 0\)"),
         ([{**QUEUE, "include_waiting": "yes"}], r"QUEUES\[0\]\.include_waiting must be true or false \(got 'yes'\)"),

@@ -28,7 +28,9 @@ def queue(**overrides: object) -> QueueConfig:
     return QueueConfig(**{**base, **overrides})  # type: ignore[arg-type]
 
 
-def instance(age_seconds: int, bootstrap: str = "pending", role: str = "burst", ready_ago: int | None = None) -> Instance:
+def instance(
+    age_seconds: int, bootstrap: str = "pending", role: str = "burst", ready_ago: int | None = None
+) -> Instance:
     return Instance(
         instance_id=f"i-{age_seconds}-{bootstrap}-{role}-{ready_ago}",
         fleet="f",

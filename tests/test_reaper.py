@@ -22,11 +22,11 @@ from moto import mock_aws
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ec2.models import ec2_backends
 from moto.ec2.models.instances import InstanceState
+from tests.lambda_context import LambdaContext
 
 from autoscaler import reaper
 from autoscaler.invocation import EventError
 from autoscaler.telemetry import logger
-from tests.lambda_context import LambdaContext
 
 FLEET = "ci"
 QUEUE = "nixos-x86-aws"
@@ -37,6 +37,7 @@ LONG_AGO = "2026-11-25 11:00:00"
 RECENTLY = "2026-11-25 11:55:00"
 RUN_AT = "2026-11-25 12:00:00"
 MOTO_CONSOLE_LAST_LINE = "Enabling fast FPU save and restore... done."
+REASONS = ("failed", "stuck")
 IMAGE_ID = "ami-0123456789abcdef0"  # moto does not check AMIs by default
 FAKE_TOKEN = "bkct_9d8c7b6a5f4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c"
 
@@ -153,9 +154,6 @@ def fleet_metrics(capsys: pytest.CaptureFixture[str]) -> dict[str, dict[str, flo
     found = metrics(capsys)
     by_reason = {reason: found[(("fleet", FLEET), ("reason", reason))]["InstancesReaped"] for reason in REASONS}
     return {"fleet": found[(("fleet", FLEET),)], "reaped_by_reason": by_reason}
-
-
-REASONS = ("failed", "stuck")
 
 
 def fail_on(operation: str, instance_id: str, code: str) -> Callable[..., None]:
@@ -328,7 +326,11 @@ def test_termination_protection_is_a_termination_error_not_a_crash(ec2: Any, clo
 
 
 def test_the_cap_terminates_exactly_that_many_and_the_rest_go_next_run(
-    ec2: Any, clock: FrozenDateTimeFactory, monkeypatch: pytest.MonkeyPatch, capsys: Any
+    ec2: Any,
+    clock: FrozenDateTimeFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: Any,
+    logs: Callable[[], list[dict[str, Any]]],
 ) -> None:
     monkeypatch.setenv("REAPER_MAX_TERMINATIONS", "2")
     stuck_by_age = []
@@ -345,6 +347,9 @@ def test_the_cap_terminates_exactly_that_many_and_the_rest_go_next_run(
     assert first["deferred"] == stuck_by_age[1:]
     assert sum(state == "terminated" for state in states(ec2).values()) == 2
     assert fleet_metrics(capsys)["fleet"] == {"InstancesReaped": 2, "TerminationErrors": 0, "ReapsDeferred": 3}
+    deferred_lines = [line for line in logs() if line["message"] == "instance due, left for the next run"]
+    assert [line["instance_id"] for line in deferred_lines] == stuck_by_age[1:]
+    assert all("cap of 2" in line["deferred_because"] for line in deferred_lines)
 
     clock.move_to("2026-11-25 12:05:00")
     second = invoke("reaper-scheduled.json")
@@ -454,3 +459,18 @@ def test_a_malformed_event_fails_before_anything_is_touched(ec2: Any, clock: Fro
         reaper.handler({"dry_run": "yes"}, LambdaContext())
 
     assert states(ec2)[failed] == "running"
+
+
+def test_near_the_lambda_timeout_the_rest_wait_for_the_next_run(
+    ec2: Any, clock: FrozenDateTimeFactory, capsys: Any
+) -> None:
+    stuck = launch(ec2, managed("pending"))
+    clock.move_to(RUN_AT)
+    event = json.loads((EVENTS / "reaper-scheduled.json").read_text())
+
+    summary = reaper.handler(event, LambdaContext(reaper.SAFETY_SECONDS - 0.001))
+
+    assert summary["terminated"] == []
+    assert summary["deferred"] == [stuck]
+    assert states(ec2)[stuck] == "running"
+    assert fleet_metrics(capsys)["fleet"] == {"InstancesReaped": 0, "TerminationErrors": 0, "ReapsDeferred": 1}

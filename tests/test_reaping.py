@@ -160,7 +160,9 @@ def instance_lists(draw: st.DrawFn) -> list[Instance]:
     ]
 
 
-timeout_lists = st.builds(Timeouts, st.integers(min_value=60, max_value=2 * OLD), st.integers(min_value=0, max_value=300))
+timeout_lists = st.builds(
+    Timeouts, st.integers(min_value=60, max_value=2 * OLD), st.integers(min_value=0, max_value=300)
+)
 caps = st.integers(min_value=0, max_value=30)
 
 
@@ -188,9 +190,7 @@ def test_property_due_means_stuck_or_failed_by_stage_of(
     expected = {
         candidate.instance_id: reasons[stage_of(candidate, NOW, timeouts)]
         for candidate in instances
-        if candidate.fleet == FLEET
-        and candidate.state in LIVE_STATES
-        and stage_of(candidate, NOW, timeouts) in reasons
+        if candidate.fleet == FLEET and candidate.state in LIVE_STATES and stage_of(candidate, NOW, timeouts) in reasons
     }
     decided = [(decision.instance_id, decision.reason) for decision in (*plan.reap, *plan.deferred)]
 

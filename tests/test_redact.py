@@ -38,7 +38,7 @@ PEM_BODY = "MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gun"
         (f'  "SecretAccessKey" : "{SECRET_KEY}",', SECRET_KEY),
         (f'  "Token" : "{SESSION_TOKEN}",', SESSION_TOKEN),
         (f"AWS_SESSION_TOKEN={SESSION_TOKEN}", SESSION_TOKEN),
-        (f"password=hunter2hunter2 user=ci", "hunter2hunter2"),
+        ("password=hunter2hunter2 user=ci", "hunter2hunter2"),
         (f"echo {NIX_SECRET} > /etc/nix/signing-key", NIX_SECRET.split(":", 1)[1]),
         (f"git clone https://x-access-token:{GITHUB_TOKEN}@github.com/o/r", GITHUB_TOKEN),
         (f"GITHUB_TOKEN leaked as {GITHUB_TOKEN}", GITHUB_TOKEN),

@@ -5,19 +5,20 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from freezegun import freeze_time
+from tests.conftest import FAKE_TOKEN, FLEET, Stack, emf_records, scaler_env
+from tests.fake_buildkite import FakeBuildkite, Reply, metrics_body
+from tests.lambda_context import LambdaContext
 
 from autoscaler import scaler
 from autoscaler.config import ConfigError, ScalerSettings
 from autoscaler.userdata import render_user_data
-from tests.conftest import FAKE_TOKEN, FLEET, Stack, scaler_env
-from tests.fake_buildkite import FakeBuildkite, Reply, metrics_body
-from tests.lambda_context import LambdaContext
 
 X86 = "nixos-x86-aws"
 ARM = "nixos-arm-aws"
@@ -58,14 +59,6 @@ def user_data_of(stack: Stack, instance_id: str) -> bytes:
     return base64.b64decode(value)
 
 
-def emf_records(output: str) -> list[dict[str, Any]]:
-    records = []
-    for line in output.splitlines():
-        if line.startswith("{") and '"_aws"' in line:
-            records.append(json.loads(line))
-    return records
-
-
 def metric_total(output: str, name: str) -> float:
     return sum(record.get(name, 0) for record in emf_records(output) if "queue" not in record)
 
@@ -83,9 +76,9 @@ def test_scheduled_jobs_launch_whole_instances_with_the_queue_launch_settings(
     x86, arm = by_queue(stack, X86), by_queue(stack, ARM)
     assert (len(x86), len(arm)) == (3, 1)
     assert len(summary["queues"][X86]["launched"]) == 3
-    settings = ScalerSettings.from_env(scaler_env(buildkite.endpoint, [stack.queue(X86), stack.queue(ARM)]) | {
-        "AWS_REGION": "us-east-1"
-    })
+    settings = ScalerSettings.from_env(
+        scaler_env(buildkite.endpoint, [stack.queue(X86), stack.queue(ARM)]) | {"AWS_REGION": "us-east-1"}
+    )
     for queue, instances, first_type in ((X86, x86, "c7i.4xlarge"), (ARM, arm, "m7g.2xlarge")):
         expected_user_data = render_user_data(settings.user_data, settings.queues[queue == ARM], "burst", FLEET)
         for instance in instances:
@@ -130,12 +123,12 @@ def test_connected_agents_covering_the_jobs_launch_nothing(
 
 
 def test_at_max_instances_nothing_launches_and_the_shortfall_is_logged(
-    stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+    stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch, logs: Callable[[], list[dict[str, Any]]]
 ) -> None:
     buildkite.serve_metrics({X86: {"scheduled": 100}})
     invoke(monkeypatch, buildkite, [stack.queue(X86, max_instances=2)])
     assert len(by_queue(stack, X86)) == 2
-    capfd.readouterr()
+    logged_before = len(logs())
 
     summary = invoke(monkeypatch, buildkite, [stack.queue(X86, max_instances=2)])
 
@@ -143,9 +136,7 @@ def test_at_max_instances_nothing_launches_and_the_shortfall_is_logged(
     plan = summary["queues"][X86]["last_plan"]
     assert plan["launch_total"] == 0
     assert plan["unmet_instances"] == 18
-    decision = next(
-        json.loads(line) for line in capfd.readouterr().out.splitlines() if '"scaling decision"' in line
-    )
+    (decision,) = [line for line in logs()[logged_before:] if line["message"] == "scaling decision"]
     assert decision["plan"]["unmet_instances"] == 18
     assert "at max_instances" in decision["plan"]["reason"]
 
@@ -207,7 +198,8 @@ def test_a_failed_metrics_call_launches_nothing_counts_an_error_and_leaks_no_tok
     stack: Stack,
     buildkite: FakeBuildkite,
     monkeypatch: pytest.MonkeyPatch,
-    capfd: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str],
+    logs: Callable[[], list[dict[str, Any]]],
 ) -> None:
     buildkite.answer(reply)
 
@@ -216,9 +208,10 @@ def test_a_failed_metrics_call_launches_nothing_counts_an_error_and_leaks_no_tok
 
     assert fleet_instances(stack) == []
     assert "RunInstances" not in stack.behaviour.operations
-    output = capfd.readouterr()
+    output = capsys.readouterr()
     assert metric_total(output.out, "MetricsApiErrors") == 1
-    for text in (output.out, output.err, str(failure.value), repr(failure.value)):
+    assert any(line["message"].startswith("metrics API call failed") for line in logs())
+    for text in (output.out, output.err, json.dumps(logs()), str(failure.value), repr(failure.value)):
         assert FAKE_TOKEN not in text
 
 
@@ -226,12 +219,14 @@ def test_the_invocation_succeeds_when_a_later_poll_works_and_honours_retry_after
     stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     good = Reply(body=metrics_body({X86: {"scheduled": 5}}), headers={"Buildkite-Agent-Metrics-Poll-Duration": "1"})
-    buildkite.answer(Reply(status=429, headers={"Retry-After": "1"}, body={}), good)
+    buildkite.answer(good, Reply(status=429, headers={"Retry-After": "2"}, body={}), good)
 
-    summary = invoke(monkeypatch, buildkite, [stack.queue(X86)], budget=17.5)
+    summary = invoke(monkeypatch, buildkite, [stack.queue(X86)], budget=19)
 
-    assert summary["failed_polls"] == 1
-    assert summary["polls"] >= 2
+    assert (summary["polls"], summary["failed_polls"]) == (3, 1)
+    first, limited, retried = (request["time"] for request in buildkite.requests)
+    assert 0.9 < limited - first < 1.5  # the poll duration the API asked for
+    assert 1.9 < retried - limited < 2.5  # Retry-After, longer than the poll duration
     assert len(summary["queues"][X86]["launched"]) == 1
 
 
@@ -330,12 +325,13 @@ def test_a_poll_costs_one_metrics_call_and_one_describe_in_steady_state(
 
     invoke(monkeypatch, buildkite, [stack.queue(X86), stack.queue(ARM)])
 
-    assert len(buildkite.requests) == 1
-    assert buildkite.requests[0]["path"] == "/v3/metrics"
+    assert [request["path"] for request in buildkite.requests] == ["/v3/metrics"]
     assert stack.behaviour.operations == ["DescribeInstances"]
 
 
-def test_user_data_is_gzip_or_cloud_config(stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_user_data_is_gzip_or_cloud_config(
+    stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch
+) -> None:
     buildkite.serve_metrics({X86: {"scheduled": 1}})
     invoke(monkeypatch, buildkite, [stack.queue(X86)])
     (instance,) = by_queue(stack, X86)

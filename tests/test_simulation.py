@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
-
 from simulation.__main__ import main
 from simulation.moto_check import same_decisions
 from simulation.report import HOUR, lifetime, summarize
@@ -58,7 +58,7 @@ def test_instance_hours_equal_the_sum_of_lifetimes_and_the_sampled_fleet_size(da
         instances = [i for i in day.world.instances.values() if i.queue == summary.queue]
         assert summary.instance_hours == pytest.approx(sum(lifetime(i, day.end) for i in instances) / HOUR)
         samples = [sample for sample in day.samples if sample.queue == summary.queue]
-        sampled = sum(a.instances * (b.time - a.time) for a, b in zip(samples, samples[1:], strict=False)) / HOUR
+        sampled = sum(a.instances * (b.time - a.time) for a, b in pairwise(samples)) / HOUR
         assert sampled == pytest.approx(summary.instance_hours, rel=0.03)
 
 
@@ -88,7 +88,9 @@ def test_one_instance_at_most_makes_jobs_wait_longer(day: RunResult) -> None:
 def test_the_same_seed_gives_the_same_summary(day: RunResult) -> None:
     again = simulate(default_trace(), default_scenario())
     assert summarize(again) == summarize(day)
-    other = simulate(default_trace(seed=8), replace(default_scenario(), world=replace(default_scenario().world, seed=8)))
+    other = simulate(
+        default_trace(seed=8), replace(default_scenario(), world=replace(default_scenario().world, seed=8))
+    )
     assert summarize(other) != summarize(day)
 
 

@@ -119,6 +119,7 @@ class Resolver:
             "AWS::IAM::Role": f"arn:aws:iam::{ACCOUNT}:role/{STACK}-{logical_id}",
             "AWS::IAM::InstanceProfile": f"arn:aws:iam::{ACCOUNT}:instance-profile/{STACK}-{logical_id}",
             "AWS::Logs::LogGroup": f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{self.physical_id(logical_id)}:*",
+            "AWS::Lambda::Function": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{STACK}-{logical_id}",
         }
         if name != "Arn" or kind not in arns:
             raise NotImplementedError(f"GetAtt {logical_id}.{name}")
@@ -255,8 +256,8 @@ def parliament_findings(document: Mapping[str, Any]) -> list[Any]:
 def findings_by_statement(role: str, document: Mapping[str, Any]) -> set[tuple[str, str, str]]:
     found = set()
     for statement in document["Statement"]:
-        alone = {"Version": document["Version"], "Statement": [statement]}
-        found |= {(role, statement["Sid"], finding.issue) for finding in parliament_findings(alone)}
+        alone = {**document, "Statement": [statement]}
+        found |= {(role, statement.get("Sid", ""), finding.issue) for finding in parliament_findings(alone)}
     return found
 
 
@@ -674,3 +675,12 @@ def test_every_checkov_suppression_says_why(template: dict[str, Any]) -> None:
     ]
     assert skips
     assert all(re.fullmatch(r"CKV_AWS_\d+", skip["id"]) and len(skip["comment"]) > 40 for skip in skips)
+
+
+def test_deploy_guide_lists_every_parameter_with_its_default(template: dict[str, Any]) -> None:
+    guide = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `(\w+)` \| (.*?) \|", guide, flags=re.MULTILINE))
+    for name, spec in template["Parameters"].items():
+        assert name in rows, name
+        if spec.get("Default", "") != "":
+            assert rows[name] == f"`{spec['Default']}`", name

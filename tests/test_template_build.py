@@ -1,5 +1,6 @@
-"""The SAM CLI on template.yaml: `sam validate --lint`, and a Docker-free `sam build` whose
-artifact imports both handlers with its own dependencies and carries userdata/.
+"""The SAM CLI on template.yaml: `sam validate --lint`; the SAM transform's generated roles and
+schedules; and a Docker-free `sam build` whose artifact imports both handlers with its own
+dependencies and carries userdata/.
 
 Slow-ish (the build fetches arm64 wheels from PyPI): the build runs once per module.
 Neither command may need AWS credentials, so they run without any.
@@ -7,13 +8,17 @@ Neither command may need AWS credentials, so they run without any.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from tests.test_template import Resolver, findings_by_statement, parameter_values
+from tools.invoke import load_template
 
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTIONS = ("ScalerFunction", "ReaperFunction")
@@ -56,6 +61,67 @@ def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = run_sam("build", "--template-file", "template.yaml", "--build-dir", str(build_dir))
     assert result.returncode == 0, result.stdout + result.stderr
     return build_dir
+
+
+# parliament findings in the roles SAM generates (for the schedules), each with the reason.
+GENERATED_FALSE_POSITIVES = {
+    (role, "", "NO_VERSION"): (
+        "SAM writes the schedule's role policy without a Version, so IAM reads it as 2008-10-17, which "
+        "lacks only policy variables; its one statement (lambda:InvokeFunction on its function) uses none."
+    )
+    for role in ("ScalerFunctionEveryMinuteRole", "ReaperFunctionEveryFiveMinutesRole")
+}
+# What the SAM transform needs: an S3 CodeUri in place of the local one, and a region.
+TRANSFORM = """
+import json, sys
+from samtranslator.translator.transform import transform
+from samtranslator.yaml_helper import yaml_parse
+
+class NoManagedPolicies:
+    def load(self):
+        return {}
+
+template = yaml_parse(open("template.yaml").read())
+template["Globals"]["Function"]["CodeUri"] = "s3://bucket/artifact.zip"
+json.dump(transform(template, {}, NoManagedPolicies()), sys.stdout)
+"""
+
+
+@pytest.fixture(scope="module")
+def transformed() -> dict[str, Any]:
+    """template.yaml after the SAM transform, by the translator of the SAM CLI's own environment."""
+    python = Path(sam()).parent / "python"
+    result = subprocess.run(  # the SAM CLI's interpreter, a fixed script
+        [str(python), "-c", TRANSFORM], cwd=ROOT, env=without_credentials(), capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_roles_sam_generates_invoke_only_their_function_and_pass_parliament(transformed: dict[str, Any]) -> None:
+    written = set(load_template()["Resources"])
+    generated = {
+        name: spec
+        for name, spec in transformed["Resources"].items()
+        if spec["Type"] == "AWS::IAM::Role" and name not in written
+    }
+    assert set(generated) == {role for role, _, _ in GENERATED_FALSE_POSITIVES}
+    resolver = Resolver(transformed, parameter_values(transformed))
+    found = set()
+    for role, spec in generated.items():
+        (policy,) = resolver.resolve(spec["Properties"]["Policies"])
+        (statement,) = policy["PolicyDocument"]["Statement"]
+        function = role.split("Function")[0] + "Function"
+        assert statement["Action"] == "lambda:InvokeFunction"
+        assert statement["Resource"] == resolver.attribute(function, "Arn")
+        found |= findings_by_statement(role, policy["PolicyDocument"])
+    assert found == set(GENERATED_FALSE_POSITIVES)
+
+
+def test_schedules_get_generated_names_so_two_stacks_can_coexist(transformed: dict[str, Any]) -> None:
+    schedules = [spec for spec in transformed["Resources"].values() if spec["Type"] == "AWS::Scheduler::Schedule"]
+    assert len(schedules) == 2
+    assert all("Name" not in schedule["Properties"] for schedule in schedules)
 
 
 def test_sam_validate_lint_passes_without_credentials() -> None:

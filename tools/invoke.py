@@ -97,9 +97,21 @@ def file_environment(path: Path, logical_id: str) -> dict[str, str]:
 
 
 def resolve_handler(dotted: str) -> Callable[[Any, Any], Any]:
-    sys.path.insert(0, str(ROOT / "functions"))
+    functions = str(ROOT / "functions")
+    if functions not in sys.path:
+        sys.path.insert(0, functions)
     module_name, _, attribute = dotted.rpartition(".")
     return getattr(importlib.import_module(module_name), attribute)
+
+
+def invoke(function: str, event: Any, environment: Mapping[str, str], region: str) -> Any:
+    """Call the function's handler here, in its environment, with a context that counts down its timeout."""
+    properties = function_properties(load_template(), function)
+    os.environ.update(environment)
+    # Lambda sets AWS_REGION itself; the configuration reads it.
+    os.environ.setdefault("AWS_REGION", region)
+    handler = resolve_handler(properties["Handler"])
+    return handler(event, FakeContext(function, float(properties["Timeout"]), int(properties["MemorySize"])))
 
 
 def aws_session() -> boto3.Session:
@@ -126,18 +138,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    properties = function_properties(load_template(), args.function)
     event = json.loads(args.event.read_text(encoding="utf-8"))
     session = aws_session()
+    environment: dict[str, str] = {}
     if args.stack:
-        os.environ.update(deployed_environment(session, args.stack, args.function))
+        environment = deployed_environment(session, args.stack, args.function)
     elif args.env_file:
-        os.environ.update(file_environment(args.env_file, args.function))
-    # Lambda sets AWS_REGION itself; the configuration reads it.
-    os.environ.setdefault("AWS_REGION", session.region_name)
-    handler = resolve_handler(properties["Handler"])
-    context = FakeContext(args.function, float(properties["Timeout"]), int(properties["MemorySize"]))
-    print(json.dumps(handler(event, context), indent=2, default=str))
+        environment = file_environment(args.env_file, args.function)
+    result = invoke(args.function, event, environment, session.region_name)
+    print(json.dumps(result, indent=2, default=str))
     return 0
 
 

@@ -108,7 +108,7 @@ load_settings() {
         BK_READY_AT_TAG BK_BOOTSTRAP_COMPLETE BK_BOOTSTRAP_FAILED; do
         [[ -n "${!name:-}" ]] || die "$SETTINGS does not set $name"
     done
-    # Counts are used in arithmetic, which would evaluate anything else.
+    # Counts go into the agent's config unquoted: they must be plain numbers.
     for name in BK_AGENTS_PER_INSTANCE BK_IDLE_TIMEOUT_SECONDS BK_MAX_UPTIME_SECONDS; do
         [[ "${!name:-0}" =~ ^[0-9]+$ ]] || die "$SETTINGS sets $name to a non-number"
     done
@@ -138,6 +138,16 @@ check_arch() {
     esac
     [[ "$arch" == "$BK_ARCH" ]] ||
         die "this is a $machine instance but queue $BK_QUEUE runs on $BK_ARCH: check the launch template's AMI and instance types"
+}
+
+# cloud-init goes on when apt fails (a mirror down): catch it here, not in
+# the first job that needs git.
+check_packages() {
+    local command
+    for command in curl gpg jq yq git git-lfs unzip; do
+        command -v "$command" >/dev/null ||
+            die "$command is missing: the package install failed, see /var/log/cloud-init-output.log"
+    done
 }
 
 # Ubuntu 24.04 has no awscli package: install AWS's own build (v2) in boot 1,
@@ -180,7 +190,8 @@ request_reboot() {
     touch "$REBOOT_MARKER"
 }
 
-# The service waits for cloud-final (After=), so it starts once cloud-init is done.
+# --no-block: cloud-init's runcmd must not wait for the whole bootstrap. Its
+# package install has run by now (runcmd comes after it in cloud-final).
 start_bootstrap_service() {
     systemctl start --no-block buildkite-bootstrap.service
 }
@@ -241,9 +252,10 @@ agent_package() {
         return 0
     fi
     local version
+    # awk reads all its input: exiting early would fail apt-cache with SIGPIPE.
     version=$(apt-cache madison buildkite-agent |
         awk -F' *[|] *' -v want="$BK_AGENT_VERSION" \
-            '$2 == want || index($2, want "-") == 1 { print $2; exit }')
+            '!found && ($2 == want || index($2, want "-") == 1) { print $2; found = 1 }')
     [[ -n "$version" ]] || die "buildkite-agent $BK_AGENT_VERSION is not in apt.buildkite.com"
     printf 'buildkite-agent=%s\n' "$version"
 }
@@ -338,8 +350,9 @@ mark_complete() {
 prepare() {
     run_step load_settings
     run_step load_instance_id
-    run_step check_arch
+    run_step check_packages
     run_step install_aws_cli
+    run_step check_arch
     if [[ "$BK_ROOT_MODE" == overlayroot ]]; then
         run_step configure_overlayroot
         run_step enable_bootstrap_service

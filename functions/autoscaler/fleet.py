@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+import boto3
+from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from autoscaler.lifecycle import (
@@ -22,6 +24,9 @@ from autoscaler.lifecycle import (
     ROLE_TAG,
     Instance,
 )
+
+# Bounded retries and timeouts: a poll must end well within the Lambda's time.
+AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=3, read_timeout=10)
 
 # Errors after which another instance type or subnet may succeed.
 CAPACITY_ERRORS = frozenset(
@@ -78,6 +83,10 @@ class Ec2Fleet:
     def __init__(self, ec2: Any, fleet: str) -> None:
         self._ec2 = ec2
         self._fleet = fleet
+
+    @classmethod
+    def connect(cls, fleet: str) -> Ec2Fleet:
+        return cls(boto3.client("ec2", config=AWS_CONFIG), fleet)
 
     def list_instances(self) -> list[Instance]:
         pages = self._ec2.get_paginator("describe_instances").paginate(

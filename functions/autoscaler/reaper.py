@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from autoscaler.config import ReaperSettings
@@ -18,9 +18,10 @@ from autoscaler.reaping import REASONS, ReapDecision, plan_reap
 from autoscaler.redact import redacted_tail
 from autoscaler.telemetry import emit, logger
 
-# The same client settings as the scaler's; not imported from it, so the
-# reaper does not load the scaler's Buildkite and user-data modules.
-AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=3, read_timeout=10)
+# Start no further termination with less time than this left: one console
+# read and one termination, with retries, fit in it, and the metrics and the
+# summary still get out. What is left waits for the next run.
+SAFETY_SECONDS = 30.0
 
 TERMINATED = "terminated"
 WOULD_TERMINATE = "would_terminate"
@@ -39,11 +40,21 @@ class Outcome:
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     settings = ReaperSettings.from_env(os.environ)
     dry_run = settings.dry_run or dry_run_requested(event)
-    fleet = Ec2Fleet(boto3.client("ec2", config=AWS_CONFIG), settings.fleet_name)
-    return run(fleet, settings, SystemClock(), dry_run)
+    fleet = Ec2Fleet.connect(settings.fleet_name)
+    return run(fleet, settings, SystemClock(), dry_run, lambda: context.get_remaining_time_in_millis() / 1000)
 
 
-def run(fleet: Fleet, settings: ReaperSettings, clock: Clock, dry_run: bool) -> dict[str, Any]:
+def _no_deadline() -> float:
+    return math.inf
+
+
+def run(
+    fleet: Fleet,
+    settings: ReaperSettings,
+    clock: Clock,
+    dry_run: bool,
+    remaining_seconds: Callable[[], float] = _no_deadline,
+) -> dict[str, Any]:
     # Read before listing: a slow listing then makes instances look younger, never older.
     now = clock.now()
     try:
@@ -51,11 +62,20 @@ def run(fleet: Fleet, settings: ReaperSettings, clock: Clock, dry_run: bool) -> 
     except (ClientError, BotoCoreError):
         # Raised, not swallowed: the invocation fails and its error alarm
         # fires, instead of stuck instances staying unnoticed.
-        return {}
+        logger.exception("DescribeInstances failed; nothing reaped")
+        raise
     timeouts = Timeouts(bootstrap_seconds=settings.bootstrap_timeout_seconds, ready_grace_seconds=0)
     plan = plan_reap(instances, settings.fleet_name, now, timeouts, settings.max_terminations)
-    outcomes = [_reap(fleet, decision, dry_run) for decision in plan.reap]
-    outcomes += [_defer(decision, dry_run, settings.max_terminations) for decision in plan.deferred]
+    outcomes = [
+        _reap(fleet, decision, dry_run)
+        if remaining_seconds() >= SAFETY_SECONDS
+        else _defer(decision, dry_run, "the invocation is nearly out of time")
+        for decision in plan.reap
+    ]
+    outcomes += [
+        _defer(decision, dry_run, f"over the cap of {settings.max_terminations} terminations per run")
+        for decision in plan.deferred
+    ]
     _emit_metrics(settings.fleet_name, outcomes)
     summary = summarize(outcomes, dry_run)
     logger.info(
@@ -101,9 +121,9 @@ def _console_tail(fleet: Fleet, instance_id: str) -> tuple[str, str]:
         return "", str(error)
 
 
-def _defer(decision: ReapDecision, dry_run: bool, cap: int) -> Outcome:
+def _defer(decision: ReapDecision, dry_run: bool, why: str) -> Outcome:
     outcome = Outcome(decision, DEFERRED)
-    logger.info("instance due but over the per-run cap; next run", extra={**_fields(outcome, dry_run), "cap": cap})
+    logger.info("instance due, left for the next run", extra={**_fields(outcome, dry_run), "deferred_because": why})
     return outcome
 
 

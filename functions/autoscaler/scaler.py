@@ -8,9 +8,7 @@ from dataclasses import asdict
 from functools import partial
 from typing import Any
 
-import boto3
 from aws_lambda_powertools.utilities import parameters
-from botocore.config import Config
 
 from autoscaler.buildkite import MetricsClient, Secret
 from autoscaler.config import ScalerSettings
@@ -24,7 +22,6 @@ from autoscaler.userdata import render_user_data
 # call with its timeouts, DescribeInstances, launches) fits in it.
 SAFETY_SECONDS = 15.0
 TOKEN_CACHE_SECONDS = 300
-AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=3, read_timeout=10)
 
 
 class AllPollsFailed(RuntimeError):
@@ -38,7 +35,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     scaler = Scaler(
         settings,
         MetricsClient(settings.endpoint, partial(_agent_token, settings.agent_token_parameter)),
-        Ec2Fleet(boto3.client("ec2", config=AWS_CONFIG), settings.fleet_name),
+        Ec2Fleet.connect(settings.fleet_name),
         partial(render_user_data, settings.user_data, fleet_name=settings.fleet_name),
     )
     return run(scaler, SystemClock(), lambda: context.get_remaining_time_in_millis() / 1000, dry_run)

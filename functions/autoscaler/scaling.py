@@ -65,6 +65,8 @@ class Scaler:
         # seen, so a lagging listing cannot cause a second launch.
         self._unlisted: dict[str, Instance] = {}
         self._timeouts = Timeouts(settings.bootstrap_timeout_seconds, settings.ready_grace_seconds)
+        # The interval the API last asked for; kept through failed polls.
+        self._poll_seconds = DEFAULT_POLL_SECONDS
 
     def poll(self, now: datetime, dry_run: bool) -> PollResult:
         fleet_dims = {"fleet": self._settings.fleet_name}
@@ -76,8 +78,9 @@ class Scaler:
                 "metrics API call failed; no action this poll", extra={"kind": error.kind, "error": str(error)}
             )
             emit(fleet_dims, {"MetricsApiErrors": 1})
-            wait = error.retry_after if isinstance(error, MetricsRateLimited) and error.retry_after else 0.0
-            return PollResult(now, max(wait, DEFAULT_POLL_SECONDS), error=f"metrics {error.kind}: {error}")
+            retry_after = error.retry_after if isinstance(error, MetricsRateLimited) and error.retry_after else 0.0
+            return PollResult(now, max(retry_after, self._poll_seconds), error=f"metrics {error.kind}: {error}")
+        self._poll_seconds = snapshot.poll_seconds
         try:
             instances = self._listed_and_unlisted(self._fleet.list_instances(), now)
         except (ClientError, BotoCoreError) as error:

@@ -32,7 +32,7 @@ SETTINGS_FILE = "settings.env"
 
 _PLACEHOLDER = re.compile(r"@@([A-Za-z0-9._-]+)@@")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]{1,2}")
+_REGION = re.compile(r"[a-z]{2,4}(-[a-z]+)+-[0-9]{1,2}")
 # SSM parameter names (letters, digits, . _ - /) or a shared parameter's ARN.
 _PARAMETER = re.compile(r"[A-Za-z0-9_./:-]{1,2048}")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -56,12 +56,12 @@ def render_user_data(settings: UserDataSettings, queue: QueueConfig, role: str, 
     Plain `#cloud-config` text when it fits EC2's limit, gzip otherwise
     (cloud-init detects and decompresses it).
     """
-    values = settings_values(settings, queue, role, fleet_name)
-    text = _fill_template(userdata_dir(), settings_env(values))
+    values = _settings_values(settings, queue, role, fleet_name)
+    text = _fill_template(userdata_dir(), _settings_env(values))
     return _fit(text.encode("ascii"))
 
 
-def settings_values(settings: UserDataSettings, queue: QueueConfig, role: str, fleet_name: str) -> dict[str, str]:
+def _settings_values(settings: UserDataSettings, queue: QueueConfig, role: str, fleet_name: str) -> dict[str, str]:
     """The validated BK_* variables the bootstrap script reads, in file order."""
     _check("role", role, role in ROLES, f"one of {', '.join(ROLES)}")
     _check("fleet_name", fleet_name, bool(_NAME.fullmatch(fleet_name)), "letters, digits, '.', '_' or '-'")
@@ -118,7 +118,7 @@ def queue_arch(queue: QueueConfig) -> str:
     return arches.pop()
 
 
-def settings_env(values: dict[str, str]) -> str:
+def _settings_env(values: dict[str, str]) -> str:
     lines = ["# Rendered by the autoscaler at launch; names of secrets, never their values."]
     lines += [f"{name}={shlex.quote(value)}" for name, value in values.items()]
     return "\n".join(lines) + "\n"

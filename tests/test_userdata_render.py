@@ -1,0 +1,290 @@
+"""The user-data the scaler renders at launch: valid, small, free of secrets."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import itertools
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from autoscaler import userdata
+from autoscaler.config import QueueConfig, UserDataSettings
+from autoscaler.userdata import UserDataError, queue_arch, render_user_data
+
+REPO = Path(__file__).resolve().parent.parent
+PUBLIC_KEY = "fleet-cache-1:" + "Q" * 43 + "="
+# The values the SSM stub of the bootstrap test serves; none may be rendered.
+FAKE_SECRETS = ("bkct_FAKE_TOKEN_7f3a9c", "FAKE-SSH-KEY-b64e1d", "FAKE-SIGNING-KEY-0d9c2e", "PRIVATE KEY")
+ODD = "q'\"$(touch${IFS}pwned)`id`:" + "Q" * 43 + "="
+
+SETTINGS = UserDataSettings(
+    region="us-west-2",
+    agent_token_parameter="/bk/agent-token",
+    ssh_key_parameter="/bk/ssh-key",
+    signing_key_parameter="/bk/nix-signing-key",
+    cache_bucket="fleet-nix-cache",
+    cache_region="eu-central-1",
+    cache_public_key=PUBLIC_KEY,
+)
+QUEUES = {
+    "x86": QueueConfig(
+        name="nixos-x86-aws",
+        launch_template_id="lt-0123",
+        instance_types=("m7i.4xlarge", "c7a.4xlarge"),
+        subnet_ids=("subnet-1",),
+        max_instances=4,
+    ),
+    "arm": QueueConfig(
+        name="nixos-arm-aws",
+        launch_template_id="lt-0456",
+        instance_types=("c7g.4xlarge", "m7gd.4xlarge"),
+        subnet_ids=("subnet-1",),
+        max_instances=2,
+    ),
+}
+VARIANTS = list(itertools.product(QUEUES, ("floor", "burst"), ("overlayroot", "ebs")))
+
+
+def render(queue: str = "x86", role: str = "burst", **changes: object) -> bytes:
+    return render_user_data(dataclasses.replace(SETTINGS, **changes), QUEUES[queue], role, "ci-fleet")
+
+
+def plain(user_data: bytes) -> str:
+    if user_data[:2] == b"\x1f\x8b":
+        user_data = gzip.decompress(user_data)
+    return user_data.decode("ascii")
+
+
+def settings_of(user_data: bytes) -> str:
+    files = {entry["path"]: entry["content"] for entry in yaml.safe_load(plain(user_data))["write_files"]}
+    return files["/etc/buildkite-bootstrap/settings.env"]
+
+
+def sourced(settings_env: str, tmp_path: Path, *names: str) -> list[str]:
+    """The values bash sees when it sources the file, as the bootstrap does."""
+    path = tmp_path / "settings.env"
+    path.write_text(settings_env)
+    script = '. "$1"; shift; for name in "$@"; do printf "%s\\0" "${!name}"; done'
+    result = subprocess.run(
+        ["/bin/bash", "-c", script, "bash", str(path), *names], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    return result.stdout.split("\0")[:-1]
+
+
+SCHEMA_CASES = {
+    "x86-burst-overlayroot": lambda: render("x86", "burst", root_mode="overlayroot"),
+    "x86-floor-ebs": lambda: render("x86", "floor", root_mode="ebs"),
+    "arm-floor-overlayroot": lambda: render("arm", "floor", root_mode="overlayroot"),
+    "arm-burst-ebs": lambda: render("arm", "burst", root_mode="ebs", agent_version="3.87.0", nix_determinate=False),
+    "odd-value": lambda: render(cache_public_key=ODD),
+}
+
+
+@pytest.fixture(scope="module")
+def schema_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.CompletedProcess[str]]:
+    """`cloud-init schema` on each case, run side by side (about 1 s each)."""
+    cloud_init = shutil.which("cloud-init") or "/usr/bin/cloud-init"
+    if not Path(cloud_init).exists():
+        pytest.fail("cloud-init is not installed (Debian/Ubuntu package cloud-init); the schema check needs it")
+    directory = tmp_path_factory.mktemp("schema")
+    processes = {}
+    for name, make in SCHEMA_CASES.items():
+        path = directory / f"{name}.yaml"
+        path.write_text(plain(make()))
+        processes[name] = subprocess.Popen(
+            [cloud_init, "schema", "--config-file", str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    return {
+        name: subprocess.CompletedProcess(process.args, process.wait(), process.communicate()[0], "")
+        for name, process in processes.items()
+    }
+
+
+@pytest.mark.parametrize("case", SCHEMA_CASES)
+def test_cloud_init_accepts_the_rendered_user_data(
+    schema_results: dict[str, subprocess.CompletedProcess[str]], case: str
+) -> None:
+    result = schema_results[case]
+    assert result.returncode == 0, result.stdout
+    assert "Valid cloud-config" in result.stdout
+
+
+@pytest.mark.parametrize(("queue", "role", "root_mode"), VARIANTS)
+def test_every_variant_fits_ec2_user_data_limit(queue: str, role: str, root_mode: str) -> None:
+    user_data = render(queue, role, root_mode=root_mode)
+
+    assert len(user_data) <= 16384
+    assert plain(user_data).startswith("#cloud-config\n")
+
+
+def test_user_data_is_plain_text_when_it_fits(monkeypatch: pytest.MonkeyPatch) -> None:
+    big = len(plain(render()))
+    monkeypatch.setattr(userdata, "EC2_USER_DATA_LIMIT", big)
+
+    assert render().startswith(b"#cloud-config\n")
+
+    monkeypatch.setattr(userdata, "EC2_USER_DATA_LIMIT", big - 1)
+    assert render()[:2] == b"\x1f\x8b"
+
+
+def test_user_data_too_big_even_compressed_fails_with_its_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(userdata, "EC2_USER_DATA_LIMIT", 2000)
+
+    with pytest.raises(
+        UserDataError, match=r"user-data is \d+ bytes gzip-compressed \(\d+ plain\), over .* 2000 bytes"
+    ):
+        render()
+
+
+def test_instance_gets_the_files_of_userdata_dir_unchanged() -> None:
+    document = yaml.safe_load(plain(render()))
+    files = {entry["path"]: entry for entry in document["write_files"]}
+
+    bootstrap = files["/usr/local/sbin/buildkite-bootstrap"]
+    assert bootstrap["content"] == (REPO / "userdata/bootstrap.sh").read_text()
+    assert bootstrap["permissions"] == "0755"
+    hook = files["/usr/local/lib/buildkite-bootstrap/upload-to-cache.sh"]
+    assert hook["content"] == (REPO / "userdata/upload-to-cache.sh").read_text()
+    unit = files["/etc/systemd/system/buildkite-bootstrap.service"]
+    assert unit["content"] == (REPO / "userdata/buildkite-bootstrap.service").read_text()
+    assert document["runcmd"] == [["/usr/local/sbin/buildkite-bootstrap", "prepare"]]
+
+
+@pytest.mark.parametrize(("queue", "role", "root_mode"), VARIANTS)
+def test_no_secret_is_ever_rendered(queue: str, role: str, root_mode: str) -> None:
+    text = plain(render(queue, role, root_mode=root_mode))
+
+    for secret in FAKE_SECRETS:
+        assert secret not in text
+    assert "/bk/agent-token" in text
+
+
+def test_settings_carry_the_queue_role_and_deployment(tmp_path: Path) -> None:
+    burst = settings_of(render("arm", "burst", root_mode="ebs", agent_version="3.87.0"))
+    floor = settings_of(render("arm", "floor"))
+    names = ("BK_QUEUE", "BK_ARCH", "BK_FLEET", "BK_IDLE_TIMEOUT_SECONDS", "BK_MAX_UPTIME_SECONDS", "BK_ROOT_MODE")
+    names += ("BK_AGENT_VERSION", "BK_CACHE_BUCKET", "BK_CACHE_REGION", "BK_SSH_KEY_PARAMETER", "BK_BOOTSTRAP_TAG")
+
+    assert sourced(burst, tmp_path, *names) == [
+        "nixos-arm-aws",
+        "arm64",
+        "ci-fleet",
+        "600",
+        "21600",
+        "ebs",
+        "3.87.0",
+        "fleet-nix-cache",
+        "eu-central-1",
+        "/bk/ssh-key",
+        "buildkite-autoscaler:bootstrap",
+    ]
+    assert sourced(floor, tmp_path, "BK_IDLE_TIMEOUT_SECONDS", "BK_ROOT_MODE") == ["0", "overlayroot"]
+
+
+def test_odd_characters_stay_data_in_yaml_and_shell(tmp_path: Path) -> None:
+    settings_env = settings_of(render(cache_public_key=ODD))
+
+    assert sourced(settings_env, tmp_path, "BK_CACHE_PUBLIC_KEY") == [ODD]
+    assert not list(tmp_path.glob("pwned*"))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("cache_public_key", "key-1:" + "Q" * 43 + "=\npost-build-hook = /tmp/evil"),
+        ("cache_public_key", "key 1:" + "Q" * 43 + "="),
+        ("cache_bucket", "bucket\nextra-substituters = http://evil"),
+        ("cache_bucket", "bucket$(reboot)"),
+        ("region", "us-west-2\n"),
+        ("cache_region", "us-west-2'"),
+        ("agent_token_parameter", "/bk/token\nBK_QUEUE=other"),
+        ("ssh_key_parameter", "/bk/key name"),
+        ("agent_version", "3.87.0; reboot"),
+        ("root_mode", "tmpfs"),
+    ],
+)
+def test_hostile_or_malformed_values_are_refused_naming_field_and_value(field: str, value: str) -> None:
+    with pytest.raises(UserDataError) as error:
+        render(**{field: value})
+
+    assert field in str(error.value)
+    assert repr(value) in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "field", ["region", "agent_token_parameter", "ssh_key_parameter", "signing_key_parameter", "cache_bucket"]
+)
+def test_missing_value_is_refused_naming_the_field(field: str) -> None:
+    with pytest.raises(UserDataError, match=f"{field} is required"):
+        render(**{field: ""})
+
+
+@pytest.mark.parametrize(
+    ("role", "fleet", "queue_name", "message"),
+    [
+        ("spare", "ci-fleet", "nixos-x86-aws", "role must be one of floor, burst (got 'spare')"),
+        ("burst", "ci fleet", "nixos-x86-aws", "fleet_name must be"),
+        ("burst", "ci-fleet", "nixos,arch=arm64", "queue.name must be"),
+    ],
+)
+def test_role_fleet_and_queue_name_are_checked(role: str, fleet: str, queue_name: str, message: str) -> None:
+    queue = dataclasses.replace(QUEUES["x86"], name=queue_name)
+
+    with pytest.raises(UserDataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        render_user_data(SETTINGS, queue, role, fleet)
+
+
+@pytest.mark.parametrize(
+    ("instance_type", "arch"),
+    [
+        ("m7i.4xlarge", "x86_64"),
+        ("c7a.large", "x86_64"),
+        ("g4dn.xlarge", "x86_64"),
+        ("c7i-flex.large", "x86_64"),
+        ("m7g.large", "arm64"),
+        ("c7gn.16xlarge", "arm64"),
+        ("r8gd.xlarge", "arm64"),
+        ("im4gn.large", "arm64"),
+        ("g5g.xlarge", "arm64"),
+        ("a1.metal", "arm64"),
+    ],
+)
+def test_queue_architecture_comes_from_its_instance_types(instance_type: str, arch: str) -> None:
+    assert queue_arch(dataclasses.replace(QUEUES["x86"], instance_types=(instance_type,))) == arch
+
+
+def test_queue_mixing_architectures_is_refused() -> None:
+    queue = dataclasses.replace(QUEUES["x86"], instance_types=("m7i.large", "m7g.large"))
+
+    with pytest.raises(UserDataError, match="must share one architecture"):
+        render_user_data(SETTINGS, queue, "burst", "ci-fleet")
+
+
+def test_renderer_finds_userdata_in_the_lambda_artifact_layout(tmp_path: Path) -> None:
+    artifact = tmp_path / "artifact"
+    shutil.copytree(REPO / "functions/autoscaler", artifact / "autoscaler")
+    shutil.copytree(REPO / "userdata", artifact / "userdata")
+    script = (
+        f"import sys; sys.path.insert(0, {str(artifact)!r})\n"
+        "from autoscaler.config import QueueConfig, UserDataSettings\n"
+        "from autoscaler.userdata import render_user_data\n"
+        f"settings = UserDataSettings('us-west-2', '/a', '/b', '/c', 'bucket', 'us-west-2', {PUBLIC_KEY!r})\n"
+        "queue = QueueConfig('q', 'lt', ('m7i.large',), ('subnet',), 1)\n"
+        "print(len(render_user_data(settings, queue, 'burst', 'fleet')))\n"
+    )
+
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", script], cwd=artifact, capture_output=True, text=True, check=False
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert 0 < int(result.stdout) <= 16384
