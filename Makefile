@@ -37,7 +37,7 @@ lint: $(BIN)/.stamp
 	$(MAKE) sam-validate
 
 checkov: $(CHECKOV_VENV)/bin/.stamp
-	$(CHECKOV_VENV)/bin/checkov --quiet --compact --framework cloudformation -f template.yaml
+	$(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download --framework cloudformation -f template.yaml
 
 pytest: $(BIN)/.stamp $(SAM_VENV)/bin/.stamp
 	PATH="$(CURDIR)/$(SAM_VENV)/bin:$$PATH" $(BIN)/pytest
