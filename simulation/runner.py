@@ -151,7 +151,7 @@ def _simulate(
     fleet = MemoryFleet(world, FLEET, queues) if ec2 is None else MotoFleet(world, FLEET, queues, ec2)
     source = SimBuildkite(world, scenario.poll_seconds)
     clock = _SimClock(world)
-    settings = _scaler_settings(scenario)
+    settings = scaler_settings(scenario)
     render = partial(render_user_data, settings.user_data, fleet_name=FLEET)
     decisions: list[Decision] = []
     _schedule_reaper(world, fleet, scenario, clock)
@@ -190,7 +190,7 @@ def _schedule_reaper(world: World, fleet: MemoryFleet, scenario: Scenario, clock
     world.schedule(scenario.reaper_period, reap)
 
 
-def _scaler_settings(scenario: Scenario) -> ScalerSettings:
+def scaler_settings(scenario: Scenario) -> ScalerSettings:
     # Parameter names and the cache are placeholders: the simulation renders
     # the real user-data but no instance ever reads it.
     user_data = UserDataSettings(
