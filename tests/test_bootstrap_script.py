@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tests.test_userdata_render import PUBLIC_KEY, SETTINGS
 
 from autoscaler.config import QueueConfig, UserDataSettings
 from autoscaler.userdata import render_user_data
@@ -31,7 +32,6 @@ SECRETS = {
     "/bk/ssh-key": SSH_KEY,
     "/bk/nix-signing-key": SIGNING_KEY,
 }
-PUBLIC_KEY = "fleet-cache-1:" + "Q" * 43 + "="
 FINGERPRINT = "32A37959C2FA5C3C99EFBC32A79206696452D198"
 REAL_COMMANDS = (
     "bash",
@@ -134,16 +134,7 @@ class Run:
 
 
 def make_settings(**changes: object) -> UserDataSettings:
-    settings = UserDataSettings(
-        region="us-west-2",
-        agent_token_parameter="/bk/agent-token",
-        ssh_key_parameter="/bk/ssh-key",
-        signing_key_parameter="/bk/nix-signing-key",
-        cache_bucket="fleet-nix-cache",
-        cache_region="eu-central-1",
-        cache_public_key=PUBLIC_KEY,
-    )
-    return dataclasses.replace(settings, **changes)
+    return dataclasses.replace(SETTINGS, **changes)
 
 
 X86_QUEUE = QueueConfig(

@@ -8,7 +8,6 @@ never the project's code.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ from tests.lambda_context import LambdaContext
 
 from autoscaler import reaper
 from autoscaler.invocation import EventError
-from autoscaler.telemetry import logger
 
 FLEET = "ci"
 QUEUE = "nixos-x86-aws"
@@ -74,21 +72,6 @@ def ec2(session: boto3.Session) -> Any:
 def clock() -> Iterator[FrozenDateTimeFactory]:
     with freeze_time(LONG_AGO) as frozen:
         yield frozen
-
-
-@pytest.fixture
-def logs(caplog: pytest.LogCaptureFixture) -> Callable[[], list[dict[str, Any]]]:
-    """The reaper's log lines as the Lambda writes them: Powertools' JSON."""
-    caplog.set_level(logging.INFO, logger=logger.name)
-
-    def lines() -> list[dict[str, Any]]:
-        return [
-            json.loads(logger.registered_formatter.format(record))
-            for record in caplog.records
-            if record.name == logger.name
-        ]
-
-    return lines
 
 
 def launch(ec2: Any, tags: dict[str, str]) -> str:
