@@ -475,6 +475,17 @@ def test_terminate_and_console_output_only_on_the_fleets_instances(
         assert {arn_type(arn) for arn in listed(statement["Resource"])} == {"instance"}
 
 
+def test_the_reaper_can_never_terminate_an_instance_whose_bootstrap_completed(
+    template: dict[str, Any], resolver: Resolver
+) -> None:
+    # IAM evaluates the tag when TerminateInstances is called, so an instance that
+    # completes between the reaper's listing and its termination is safe.
+    (deny,) = [s for s in statements(template, resolver, "ReaperRole") if s["Effect"] == "Deny"]
+    assert listed(deny["Action"]) == ["ec2:TerminateInstances"]
+    assert {arn_type(arn) for arn in listed(deny["Resource"])} == {"instance"}
+    assert deny["Condition"] == {"StringEquals": {"aws:ResourceTag/buildkite-autoscaler:bootstrap": "complete"}}
+
+
 def test_scaler_passes_only_the_agent_role_to_ec2(template: dict[str, Any], resolver: Resolver) -> None:
     passing = [
         s for r in lambda_roles(template) for s in statements(template, resolver, r) if allows(s, "iam:PassRole")
