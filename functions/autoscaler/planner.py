@@ -94,13 +94,16 @@ def plan_queue(
         launch_floor=launch_floor,
         launch_burst=launch_burst,
         unmet_instances=unmet,
-        reason=_reason(launch_floor + launch_burst, unmet, needed, expected),
+        reason=_reason(launch_floor, launch_burst, unmet, needed, expected),
     )
 
 
-def _reason(launch: int, unmet: int, needed: int, expected: int) -> str:
+def _reason(floor: int, burst: int, unmet: int, needed: int, expected: int) -> str:
+    demand = f"{needed} agent(s) needed, {expected} expected"
     if unmet:
-        return f"at max_instances: {unmet} more instance(s) wanted"
-    if launch:
-        return f"launching {launch}: {needed} agent(s) needed, {expected} expected"
-    return f"covered: {needed} agent(s) needed, {expected} expected"
+        return f"at max_instances: {unmet} more instance(s) wanted; {demand}"
+    if floor:
+        return f"launching {floor} floor and {burst} burst: below min_instances; {demand}"
+    if burst:
+        return f"launching {burst}: {demand}"
+    return f"covered: {demand}"
