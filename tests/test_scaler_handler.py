@@ -18,7 +18,7 @@ from tests.lambda_context import LambdaContext
 
 from autoscaler import scaler
 from autoscaler.config import ConfigError, ScalerSettings
-from autoscaler.userdata import render_user_data
+from autoscaler.userdata import UserDataError, render_user_data
 
 X86 = "nixos-x86-aws"
 ARM = "nixos-arm-aws"
@@ -301,6 +301,16 @@ def test_bad_configuration_fails_at_start_naming_field_and_value(
         invoke(monkeypatch, buildkite, queues)
     with pytest.raises(ConfigError, match=r"QUEUES\[1\]\.max_instances must be >= min_instances \(got 1 < 2\)"):
         invoke(monkeypatch, buildkite, [stack.queue(X86), stack.queue(ARM, min_instances=2, max_instances=1)])
+    assert buildkite.requests == []
+
+
+def test_a_queue_the_user_data_cannot_serve_fails_at_start(
+    stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mixed = stack.queue(X86, instance_types=["c7i.4xlarge", "m7g.2xlarge"])
+
+    with pytest.raises(UserDataError, match="must share one architecture"):
+        invoke(monkeypatch, buildkite, [mixed])
     assert buildkite.requests == []
 
 

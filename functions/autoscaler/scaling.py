@@ -14,7 +14,7 @@ from typing import Protocol
 from botocore.exceptions import BotoCoreError, ClientError
 
 from autoscaler.buildkite import DEFAULT_POLL_SECONDS, MetricsError, MetricsRateLimited, MetricsSnapshot
-from autoscaler.config import QueueConfig, ScalerSettings
+from autoscaler.config import ROLES, QueueConfig, ScalerSettings
 from autoscaler.fleet import Fleet
 from autoscaler.launching import LaunchFailure, LaunchOutcome, launch
 from autoscaler.lifecycle import BOOTSTRAP_PENDING, Instance, Timeouts
@@ -58,8 +58,11 @@ class Scaler:
         self._settings = settings
         self._source = source
         self._fleet = fleet
-        self._render = render_user_data
-        self._user_data: dict[tuple[str, str], bytes] = {}
+        # Rendered up front: a value the user-data cannot carry (a mixed-architecture
+        # queue, a bad bucket name) fails the invocation at its start, not at a launch.
+        self._user_data = {
+            (queue.name, role): render_user_data(queue, role) for queue in settings.queues for role in ROLES
+        }
         # Instances launched by this object that DescribeInstances may not
         # list yet (it is eventually consistent): counted as booting until
         # seen, so a lagging listing cannot cause a second launch.
@@ -141,10 +144,9 @@ class Scaler:
         return result
 
     def _launch(self, queue: QueueConfig, role: str, count: int, now: datetime) -> LaunchOutcome:
+        user_data = self._user_data[(queue.name, role)]
         try:
-            outcome = launch(
-                self._fleet, self._settings.fleet_name, queue, role, count, self._user_data_for(queue, role), now
-            )
+            outcome = launch(self._fleet, self._settings.fleet_name, queue, role, count, user_data, now)
         except Exception as error:  # noqa: BLE001 - one queue's failure must not stop the others
             logger.exception("launch failed", extra={"queue": queue.name, "role": role})
             outcome = LaunchOutcome(requested=count)
@@ -159,12 +161,6 @@ class Scaler:
     def _record(result: QueueResult, outcome: LaunchOutcome) -> None:
         result.instance_ids.extend(outcome.instance_ids)
         result.failures.extend(outcome.failures)
-
-    def _user_data_for(self, queue: QueueConfig, role: str) -> bytes:
-        key = (queue.name, role)
-        if key not in self._user_data:
-            self._user_data[key] = self._render(queue, role)
-        return self._user_data[key]
 
     def _listed_and_unlisted(self, listed: list[Instance], now: datetime) -> list[Instance]:
         seen = {instance.instance_id for instance in listed}
