@@ -10,7 +10,7 @@ through the real boto3 adapter on moto and mirrors the world's changes
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from freezegun import freeze_time
@@ -59,7 +59,6 @@ class MemoryFleet:
     world: World
     fleet_name: str
     queues: dict[str, QueueConfig]
-    reaped: list[str] = field(default_factory=list)
 
     def list_instances(self) -> list[Instance]:
         return [self.record(i) for i in self.world.instances.values() if i.live]
@@ -84,8 +83,7 @@ class MemoryFleet:
         )
 
     def terminate(self, instance_id: str) -> None:
-        self.reaped.append(instance_id)
-        self.world.terminate(instance_id, reaped=True)
+        self.world.terminate(instance_id)
 
     def console_output(self, instance_id: str) -> str:
         instance = self.world.instances[instance_id]

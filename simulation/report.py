@@ -55,7 +55,6 @@ def _queue_summary(result: RunResult, queue: str) -> QueueSummary:
     for instance in instances:
         if instance.live:
             instance.account(result.end)
-    reaped = set(result.reaped)
     return QueueSummary(
         queue=queue,
         jobs=len(jobs),
@@ -66,7 +65,7 @@ def _queue_summary(result: RunResult, queue: str) -> QueueSummary:
         instance_hours=sum(lifetime(instance, result.end) for instance in instances) / HOUR,
         idle_agent_hours=sum(instance.idle_agent_seconds for instance in instances) / HOUR,
         launched=len(instances),
-        reaped=sum(instance.instance_id in reaped for instance in instances),
+        reaped=sum(instance.reaped for instance in instances),
         peak_instances=world.peak_live.get(queue, 0),
     )
 

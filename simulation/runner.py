@@ -79,7 +79,6 @@ class RunResult:
     end: float
     samples: list[Sample]
     decisions: list[Decision]
-    reaped: list[str]
 
 
 class _SimClock:
@@ -170,7 +169,7 @@ def _simulate(
             progress(world.now, stop if until is not None else max(last_arrival, world.now))
         invocation += INVOCATION_PERIOD
     world.advance_to(invocation)
-    return RunResult(scenario, world, world.now, source.samples, decisions, fleet.reaped)
+    return RunResult(scenario, world, world.now, source.samples, decisions)
 
 
 def _settled(world: World, fleet: MemoryFleet, now: float, last_arrival: float) -> bool:

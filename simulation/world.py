@@ -168,14 +168,15 @@ class World:
             self.schedule(self.now + boot, lambda: self._boot_done(instance))
         return instance
 
-    def terminate(self, instance_id: str, reaped: bool) -> None:
+    def terminate(self, instance_id: str) -> None:
+        """The reaper's TerminateInstances."""
         instance = self.instances[instance_id]
         if not instance.live:
             return
         # Only instances whose agents never connected are reaped, so no job is lost.
         if instance.busy:
             raise AssertionError(f"{instance_id} terminated while running {len(instance.busy)} job(s)")
-        instance.reaped = reaped
+        instance.reaped = True
         self._end(instance)
 
     # -- instance life --------------------------------------------------------
