@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import replace
+from typing import Any
 
 import boto3
 from moto import mock_aws
@@ -30,16 +32,14 @@ def run_on_moto(trace: list[Job], scenario: Scenario, seconds: float) -> RunResu
             template = ec2.create_launch_template(
                 LaunchTemplateName=queue.name, LaunchTemplateData={"ImageId": "ami-12345678"}
             )["LaunchTemplate"]["LaunchTemplateId"]
-            queues.append(
-                queue.__class__(**{**queue.__dict__, "launch_template_id": template, "subnet_ids": (subnet,)})
-            )
-        on_moto = Scenario(**{**scenario.__dict__, "queues": tuple(queues)})
+            queues.append(replace(queue, launch_template_id=template, subnet_ids=(subnet,)))
+        on_moto = replace(scenario, queues=tuple(queues))
         return simulate(trace, on_moto, until=seconds, ec2=_full_launches(ec2))
 
 
-def _full_launches(ec2: object) -> object:
+def _full_launches(ec2: Any) -> Any:
     # moto starts MinCount instances; EC2 (and the in-memory fleet) start MaxCount when capacity allows.
-    def hook(params: dict, **_: object) -> None:
+    def hook(params: dict[str, Any], **_: object) -> None:
         params["MinCount"] = params["MaxCount"]
 
     ec2.meta.events.register("before-parameter-build.ec2.RunInstances", hook)
