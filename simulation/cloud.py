@@ -49,8 +49,8 @@ class SimBuildkite:
             "agents": {"queues": {name: {k: c[k] for k in ("idle", "busy", "total")} for name, c in counts.items()}},
         }
         for name, c in counts.items():
-            live = sum(1 for i in self._world.instances.values() if i.queue == name and i.live)
-            self.samples.append(Sample(self._world.now, name, c["scheduled"] + c["running"], c["total"], live))
+            demand = c["scheduled"] + c["running"]
+            self.samples.append(Sample(self._world.now, name, demand, c["total"], self._world.live_count(name)))
         return MetricsSnapshot(parse_queues(body, names), self._poll_seconds)
 
 

@@ -138,6 +138,9 @@ class World:
         counts["total"] = counts["idle"] + counts["busy"]
         return counts
 
+    def live_count(self, queue: str) -> int:
+        return sum(1 for instance in self.instances.values() if instance.queue == queue and instance.live)
+
     def unfinished_jobs(self) -> int:
         return sum(sim.state != "done" for sim in self.jobs.values())
 
@@ -162,8 +165,7 @@ class World:
         )
         self.instances[instance_id] = instance
         self.launch_count += 1
-        live = sum(1 for other in self.instances.values() if other.queue == queue and other.live)
-        self.peak_live[queue] = max(self.peak_live.get(queue, 0), live)
+        self.peak_live[queue] = max(self.peak_live.get(queue, 0), self.live_count(queue))
         if fate != "hang":
             self.schedule(self.now + boot, lambda: self._boot_done(instance))
         return instance

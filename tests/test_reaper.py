@@ -21,6 +21,7 @@ from moto import mock_aws
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ec2.models import ec2_backends
 from moto.ec2.models.instances import InstanceState
+from tests.conftest import emf_records
 from tests.lambda_context import LambdaContext
 
 from autoscaler import reaper
@@ -119,16 +120,12 @@ def invoke(event_file: str) -> dict[str, Any]:
 def metrics(capsys: pytest.CaptureFixture[str]) -> dict[tuple[tuple[str, str], ...], dict[str, float]]:
     """The EMF records printed so far, by their dimensions."""
     found: dict[tuple[tuple[str, str], ...], dict[str, float]] = {}
-    for line in capsys.readouterr().out.splitlines():
-        if not line.startswith('{"_aws"'):
-            continue
-        record = json.loads(line)
+    for record in emf_records(capsys.readouterr().out):
         (directive,) = record["_aws"]["CloudWatchMetrics"]
         assert directive["Namespace"] == "BuildkiteAutoscaler"
         (dimension_names,) = directive["Dimensions"]
         dimensions = tuple((name, record[name]) for name in sorted(dimension_names))
-        # Powertools writes each metric's values as a list.
-        found[dimensions] = {metric["Name"]: sum(record[metric["Name"]]) for metric in directive["Metrics"]}
+        found[dimensions] = {metric["Name"]: record[metric["Name"]] for metric in directive["Metrics"]}
     return found
 
 

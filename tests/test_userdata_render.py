@@ -126,13 +126,21 @@ def test_every_variant_fits_ec2_user_data_limit(queue: str, role: str, root_mode
     assert plain(user_data).startswith("#cloud-config\n")
 
 
+@pytest.fixture(autouse=True)
+def fresh_renders() -> None:
+    # Renders are cached per settings; tests that change the size limit need new ones.
+    userdata.render_user_data.cache_clear()
+
+
 def test_user_data_is_plain_text_when_it_fits(monkeypatch: pytest.MonkeyPatch) -> None:
     big = len(plain(render()))
     monkeypatch.setattr(userdata, "EC2_USER_DATA_LIMIT", big)
+    userdata.render_user_data.cache_clear()
 
     assert render().startswith(b"#cloud-config\n")
 
     monkeypatch.setattr(userdata, "EC2_USER_DATA_LIMIT", big - 1)
+    userdata.render_user_data.cache_clear()
     assert render()[:2] == b"\x1f\x8b"
 
 

@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import boto3
@@ -18,7 +19,6 @@ from moto import mock_aws
 from simulation.runner import FLEET, default_scenario, scaler_settings
 
 from autoscaler.buildkite import MetricsSnapshot
-from autoscaler.config import QueueConfig
 from autoscaler.fleet import Ec2Fleet
 from autoscaler.lifecycle import BOOTSTRAP_TAG, FLEET_TAG, QUEUE_TAG, ROLE_TAG
 from autoscaler.planner import QueueMetrics
@@ -49,11 +49,8 @@ def poll_at_scale() -> None:
         calls: list[str] = []
         ec2.meta.events.register("before-call.ec2", lambda model, **_: calls.append(model.name))
         scenario = default_scenario()
-        queues = tuple(
-            QueueConfig(**{**q.__dict__, "max_instances": 2000}) if q.name == "nixos-x86-aws" else q
-            for q in scenario.queues
-        )
-        settings = scaler_settings(scenario.__class__(**{**scenario.__dict__, "queues": queues}))
+        queues = tuple(replace(q, max_instances=2000) if q.name == "nixos-x86-aws" else q for q in scenario.queues)
+        settings = scaler_settings(replace(scenario, queues=queues))
         scaler = Scaler(settings, StaticMetrics(), Ec2Fleet(ec2, FLEET), lambda queue, role: b"")
         times = []
         for _ in range(5):

@@ -164,7 +164,7 @@ def _parse_time(text: str | None) -> datetime | None:
     if not text:
         return None
     try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(text)
     except ValueError:
         return None
     # A time without a zone would not compare with EC2's aware times.

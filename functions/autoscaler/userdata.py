@@ -12,6 +12,7 @@ parameters.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import re
@@ -50,6 +51,10 @@ class UserDataError(ValueError):
     """A value cannot be rendered, or the result is too big; names field and value."""
 
 
+# A pure function of frozen (hashable) settings and files that do not change at
+# run time: a warm Lambda, or the simulation's thousands of invocations, render
+# each queue and role once instead of re-reading and re-compressing every minute.
+@functools.lru_cache(maxsize=64)
 def render_user_data(settings: UserDataSettings, queue: QueueConfig, role: str, fleet_name: str) -> bytes:
     """The user-data for one instance of `queue` with `role`, ready for RunInstances.
 
