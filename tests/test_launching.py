@@ -90,3 +90,47 @@ def test_a_non_capacity_error_stops_the_fallback() -> None:
     assert len(fleet.specs) == 1
     assert [failure.code for failure in outcome.failures] == ["UnauthorizedOperation"]
     assert outcome.shortfall == 2
+
+
+SPOT_QUEUE = replace(QUEUE, capacity_type="spot")
+
+
+def pools_of(fleet: RecordingFleet) -> list[tuple[str, str, str, int]]:
+    return [(spec.market, spec.instance_type, spec.subnet_id, spec.count) for spec in fleet.specs]
+
+
+def test_spot_asks_the_cheapest_pools_first_and_spreads_the_count() -> None:
+    fleet = RecordingFleet()
+    prices = {("m7i.4xlarge", "subnet-b"): 0.2, ("c7i.4xlarge", "subnet-b"): 0.3}
+    outcome = launch(fleet, "ci", SPOT_QUEUE, "burst", 5, b"", NOW, prices)
+
+    assert pools_of(fleet) == [
+        ("spot", "m7i.4xlarge", "subnet-b", 2),
+        ("spot", "c7i.4xlarge", "subnet-b", 1),
+        ("spot", "c7i.4xlarge", "subnet-a", 1),
+        ("spot", "m7i.4xlarge", "subnet-a", 1),
+    ]
+    assert outcome.count("spot") == 5
+    assert not outcome.fallback
+
+
+def test_a_spot_pool_without_capacity_passes_its_share_to_the_pools_left() -> None:
+    fleet = RecordingFleet(no_capacity={("c7i.4xlarge", "subnet-a"), ("m7i.4xlarge", "subnet-a")})
+    # The recording fleet has no markets: a pool without capacity has none in either.
+    outcome = launch(fleet, "ci", SPOT_QUEUE, "burst", 4, b"", NOW)
+
+    assert pools_of(fleet) == [
+        ("spot", "c7i.4xlarge", "subnet-a", 1),
+        ("spot", "m7i.4xlarge", "subnet-a", 2),
+        ("spot", "c7i.4xlarge", "subnet-b", 2),
+        ("spot", "m7i.4xlarge", "subnet-b", 2),
+    ]
+    assert (outcome.count("spot"), outcome.shortfall) == (4, 0)
+    assert len(set(tokens(fleet))) == 4
+
+
+def test_the_same_pool_in_another_market_gets_another_token() -> None:
+    spot, on_demand = RecordingFleet(), RecordingFleet()
+    run(spot, queue=replace(SPOT_QUEUE, subnet_ids=("subnet-a",), instance_types=("c7i.4xlarge",)))
+    run(on_demand, queue=replace(QUEUE, subnet_ids=("subnet-a",), instance_types=("c7i.4xlarge",)))
+    assert tokens(spot) != tokens(on_demand)
