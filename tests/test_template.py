@@ -671,8 +671,57 @@ def test_dashboard_shows_only_metrics_the_code_emits(template: dict[str, Any], r
     source = emitted_metric_names()
     for rows in dashboard_metrics(template, resolver).values():
         for row in rows:
-            if row[0] == "BuildkiteAutoscaler":
+            if row[:1] == ["BuildkiteAutoscaler"]:
                 assert f'"{row[1]}"' in source, row
+
+
+def test_dashboard_shows_spot_launches_and_interruptions_per_queue(
+    template: dict[str, Any], resolver: Resolver
+) -> None:
+    body = json.loads(resolver.resolve(template["Resources"]["Dashboard"]["Properties"]["DashboardBody"]))
+    searches = [
+        row[0]["expression"]
+        for widget in body["widgets"]
+        if widget["properties"].get("title", "").startswith("Spot:")
+        for row in widget["properties"]["metrics"]
+    ]
+    shown = {
+        match.groups()
+        for expression in searches
+        for match in [
+            re.fullmatch(
+                r"SEARCH\('\{([\w/]+),fleet,queue\} fleet=\"(.+)\" MetricName=\"(\w+)\"', 'Sum', 300\)", expression
+            )
+        ]
+        if match
+    }
+    assert len(shown) == len(searches)
+    assert shown == {
+        ("BuildkiteAutoscaler", FLEET, "SpotInstancesLaunched"),
+        ("BuildkiteAutoscaler", FLEET, "OnDemandInstancesLaunched"),
+        ("BuildkiteAutoscaler", FLEET, "SpotShortfall"),
+        ("BuildkiteAutoscaler/Spot", FLEET, "InterruptionNotices"),
+        ("BuildkiteAutoscaler/Spot", FLEET, "RebalanceRecommendations"),
+    }
+    watcher = (ROOT / "userdata" / "spot-interruption-watch.sh").read_text(encoding="utf-8")
+    assert "METRICS_NAMESPACE=BuildkiteAutoscaler/Spot" in watcher
+    for namespace, _, metric in shown:
+        assert (
+            (f"count {metric}" in watcher) if namespace.endswith("/Spot") else (f'"{metric}"' in emitted_metric_names())
+        )
+
+
+def test_agent_may_count_interruptions_only_in_the_spot_namespace(template: dict[str, Any], resolver: Resolver) -> None:
+    (metrics,) = [s for s in statements(template, resolver, "AgentRole") if allows(s, "cloudwatch:PutMetricData")]
+    assert metrics["Condition"] == {"StringEquals": {"cloudwatch:namespace": "BuildkiteAutoscaler/Spot"}}
+
+
+def test_scaler_may_create_only_the_spot_service_linked_role(template: dict[str, Any], resolver: Resolver) -> None:
+    (create,) = [s for s in statements(template, resolver, "ScalerRole") if allows(s, "iam:CreateServiceLinkedRole")]
+    assert listed(create["Resource"]) == [
+        f"arn:aws:iam::{ACCOUNT}:role/aws-service-role/spot.amazonaws.com/AWSServiceRoleForEC2Spot"
+    ]
+    assert create["Condition"] == {"StringEquals": {"iam:AWSServiceName": "spot.amazonaws.com"}}
 
 
 # ----------------------------------------------------------------- checkov suppressions

@@ -5,9 +5,15 @@
 # systemd restarts the agent, and the instance stays.
 set -euo pipefail
 
+# Left by spot-interruption-watch.sh on an interruption notice.
+RECLAIMED="${BOOTSTRAP_ROOT:-}/run/buildkite-spot-watch/reclaimed"
+
 main() {
     local result=${SERVICE_RESULT:-unknown}
-    if [[ "$result" == success ]]; then
+    if [[ -e "$RECLAIMED" ]]; then
+        printf 'buildkite-agent stopped on a spot interruption: powering off\n' >&2
+        systemctl --no-block poweroff
+    elif [[ "$result" == success ]]; then
         printf 'buildkite-agent exited cleanly: powering off\n' >&2
         systemctl --no-block poweroff
     else

@@ -18,6 +18,9 @@ DEFAULT_READY_GRACE = 60
 DEFAULT_REAP_CAP = 20
 ROOT_MODES = ("overlayroot", "ebs")
 ROLES = ("floor", "burst")
+ON_DEMAND = "on-demand"
+SPOT = "spot"
+CAPACITY_TYPES = (ON_DEMAND, SPOT)
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -38,6 +41,17 @@ class QueueConfig:
     include_waiting: bool = False
     idle_timeout_seconds: int = 600
     max_uptime_seconds: int = 21600
+    # `spot`: launch spot first, spread over every type and subnet; with
+    # on_demand_fallback, on-demand in the same poll when no spot is found.
+    capacity_type: str = ON_DEMAND
+    on_demand_fallback: bool = True
+
+    @property
+    def markets(self) -> tuple[str, ...]:
+        """The markets a launch tries, in order."""
+        if self.capacity_type == ON_DEMAND:
+            return (ON_DEMAND,)
+        return (SPOT, ON_DEMAND) if self.on_demand_fallback else (SPOT,)
 
 
 @dataclass(frozen=True)
@@ -145,6 +159,8 @@ _QUEUE_FIELDS = {
     "include_waiting",
     "idle_timeout_seconds",
     "max_uptime_seconds",
+    "capacity_type",
+    "on_demand_fallback",
 }
 
 
@@ -171,6 +187,8 @@ def _queue(where: str, raw: Any) -> QueueConfig:
         # then run forever, so it is refused rather than defaulted.
         idle_timeout_seconds=_int(where, raw, "idle_timeout_seconds", defaults.idle_timeout_seconds, 1),
         max_uptime_seconds=_int(where, raw, "max_uptime_seconds", defaults.max_uptime_seconds, 0),
+        capacity_type=_one_of(where, raw, "capacity_type", CAPACITY_TYPES, defaults.capacity_type),
+        on_demand_fallback=_bool(where, raw, "on_demand_fallback", defaults.on_demand_fallback),
     )
     if queue.max_instances < queue.min_instances:
         raise ConfigError(
@@ -216,6 +234,13 @@ def _bool(where: str, raw: dict[str, Any], key: str, default: bool) -> bool:
     value = raw.get(key, default)
     if not isinstance(value, bool):
         raise ConfigError(f"{where}.{key} must be true or false (got {_short(value)})")
+    return value
+
+
+def _one_of(where: str, raw: dict[str, Any], key: str, choices: tuple[str, ...], default: str) -> str:
+    value = raw.get(key, default)
+    if value not in choices:
+        raise ConfigError(f"{where}.{key} must be one of {', '.join(choices)} (got {_short(value)})")
     return value
 
 

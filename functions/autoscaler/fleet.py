@@ -6,6 +6,7 @@ counts as capacity in `lifecycle` and `planner`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -14,11 +15,13 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from autoscaler.config import ON_DEMAND, SPOT
 from autoscaler.lifecycle import (
     BOOTSTRAP_PENDING,
     BOOTSTRAP_TAG,
     FLEET_TAG,
     LIVE_STATES,
+    MARKET_TAG,
     QUEUE_TAG,
     READY_AT_TAG,
     ROLE_TAG,
@@ -38,6 +41,9 @@ CAPACITY_ERRORS = frozenset(
         "Unsupported",
         "VcpuLimitExceeded",
         "InstanceLimitExceeded",
+        # Spot only: the account's spot vCPU quota, or no pool at our price.
+        "MaxSpotInstanceCountExceeded",
+        "SpotMaxPriceTooLow",
     }
 )
 
@@ -55,6 +61,11 @@ class LaunchSpec:
     user_data: bytes
     count: int
     client_token: str
+    market: str = ON_DEMAND
+
+
+# A pool is one instance type in one subnet: the unit of spot capacity.
+Pool = tuple[str, str]  # (instance_type, subnet_id)
 
 
 class LaunchError(Exception):
@@ -88,6 +99,10 @@ class Ec2Fleet:
     def connect(cls, fleet: str) -> Ec2Fleet:
         return cls(boto3.client("ec2", config=AWS_CONFIG), fleet)
 
+    @property
+    def client(self) -> Any:
+        return self._ec2
+
     def list_instances(self) -> list[Instance]:
         pages = self._ec2.get_paginator("describe_instances").paginate(
             Filters=[
@@ -104,8 +119,24 @@ class Ec2Fleet:
         ]
 
     def run(self, spec: LaunchSpec) -> list[str]:
+        tag_specifications = [
+            {"ResourceType": "instance", "Tags": _tags(spec, include_bootstrap=True)},
+            {"ResourceType": "volume", "Tags": _tags(spec, include_bootstrap=False)},
+        ]
+        market_options: dict[str, Any] = {}
+        if spec.market == SPOT:
+            # One-time and terminate: an interrupted instance is gone, as one that idles out.
+            market_options["InstanceMarketOptions"] = {
+                "MarketType": "spot",
+                "SpotOptions": {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"},
+            }
+            # The spot request is created by RunInstances too; tagged so IAM can scope it.
+            tag_specifications.append(
+                {"ResourceType": "spot-instances-request", "Tags": _tags(spec, include_bootstrap=False)}
+            )
         try:
             response = self._ec2.run_instances(
+                **market_options,
                 LaunchTemplate={"LaunchTemplateId": spec.launch_template_id, "Version": "$Latest"},
                 InstanceType=spec.instance_type,
                 SubnetId=spec.subnet_id,
@@ -114,10 +145,7 @@ class Ec2Fleet:
                 MaxCount=spec.count,
                 InstanceInitiatedShutdownBehavior="terminate",
                 ClientToken=spec.client_token,
-                TagSpecifications=[
-                    {"ResourceType": "instance", "Tags": _tags(spec, include_bootstrap=True)},
-                    {"ResourceType": "volume", "Tags": _tags(spec, include_bootstrap=False)},
-                ],
+                TagSpecifications=tag_specifications,
             )
         except ClientError as error:
             raise LaunchError(error.response["Error"]["Code"], error.response["Error"].get("Message", "")) from None
@@ -132,12 +160,45 @@ class Ec2Fleet:
         return response.get("Output") or ""
 
 
+class Ec2SpotPrices:
+    """Current spot prices per pool, for ordering spot launches (cheapest first).
+
+    DescribeSubnets runs once per object (a subnet never changes zone);
+    DescribeSpotPriceHistory once per call, for the current price only.
+    """
+
+    def __init__(self, ec2: Any) -> None:
+        self._ec2 = ec2
+        self._zones: dict[str, str] = {}
+
+    def prices(self, instance_types: Sequence[str], subnet_ids: Sequence[str], now: datetime) -> dict[Pool, float]:
+        missing = [subnet for subnet in subnet_ids if subnet not in self._zones]
+        if missing:
+            for subnet in self._ec2.describe_subnets(SubnetIds=missing)["Subnets"]:
+                self._zones[subnet["SubnetId"]] = subnet["AvailabilityZone"]
+        # StartTime=now returns each type and zone's price in force now.
+        response = self._ec2.describe_spot_price_history(
+            InstanceTypes=list(instance_types), ProductDescriptions=["Linux/UNIX"], StartTime=now
+        )
+        by_zone: dict[tuple[str, str], float] = {}
+        for entry in response.get("SpotPriceHistory", []):
+            if "SpotPrice" in entry:
+                by_zone.setdefault((entry["InstanceType"], entry["AvailabilityZone"]), float(entry["SpotPrice"]))
+        return {
+            (instance_type, subnet): by_zone[(instance_type, self._zones[subnet])]
+            for instance_type in instance_types
+            for subnet in subnet_ids
+            if (instance_type, self._zones.get(subnet, "")) in by_zone
+        }
+
+
 def _tags(spec: LaunchSpec, include_bootstrap: bool) -> list[dict[str, str]]:
     tags = {
         "Name": f"buildkite-{spec.queue}",
         FLEET_TAG: spec.fleet,
         QUEUE_TAG: spec.queue,
         ROLE_TAG: spec.role,
+        MARKET_TAG: spec.market,
     }
     if include_bootstrap:
         tags[BOOTSTRAP_TAG] = BOOTSTRAP_PENDING
@@ -157,6 +218,7 @@ def to_instance(raw: dict[str, Any]) -> Instance:
         ready_at=_parse_time(tags.get(READY_AT_TAG)),
         instance_type=raw.get("InstanceType", ""),
         subnet_id=raw.get("SubnetId", ""),
+        market=SPOT if raw.get("InstanceLifecycle") == "spot" else ON_DEMAND,
     )
 
 

@@ -10,12 +10,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 
+from autoscaler.config import ON_DEMAND
+
 TAG_PREFIX = "buildkite-autoscaler:"
 FLEET_TAG = TAG_PREFIX + "fleet"
 QUEUE_TAG = TAG_PREFIX + "queue"
 ROLE_TAG = TAG_PREFIX + "role"
 BOOTSTRAP_TAG = TAG_PREFIX + "bootstrap"
 READY_AT_TAG = TAG_PREFIX + "ready-at"
+MARKET_TAG = TAG_PREFIX + "market"
 
 BOOTSTRAP_PENDING = "pending"
 BOOTSTRAP_COMPLETE = "complete"
@@ -38,6 +41,7 @@ class Instance:
     ready_at: datetime | None = None
     instance_type: str = ""
     subnet_id: str = ""
+    market: str = ON_DEMAND  # or SPOT: EC2's InstanceLifecycle
 
 
 class Stage(Enum):

@@ -12,7 +12,7 @@ from aws_lambda_powertools.utilities import parameters
 
 from autoscaler.buildkite import MetricsClient, Secret
 from autoscaler.config import ScalerSettings
-from autoscaler.fleet import Ec2Fleet
+from autoscaler.fleet import Ec2Fleet, Ec2SpotPrices
 from autoscaler.invocation import Clock, SystemClock, dry_run_requested
 from autoscaler.scaling import PollResult, Scaler
 from autoscaler.telemetry import logger
@@ -32,11 +32,13 @@ class AllPollsFailed(RuntimeError):
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     settings = ScalerSettings.from_env(os.environ)
     dry_run = settings.dry_run or dry_run_requested(event)
+    fleet = Ec2Fleet.connect(settings.fleet_name)
     scaler = Scaler(
         settings,
         MetricsClient(settings.endpoint, partial(_agent_token, settings.agent_token_parameter)),
-        Ec2Fleet.connect(settings.fleet_name),
+        fleet,
         partial(render_user_data, settings.user_data, fleet_name=settings.fleet_name),
+        Ec2SpotPrices(fleet.client),
     )
     return run(scaler, SystemClock(), lambda: context.get_remaining_time_in_millis() / 1000, dry_run)
 
@@ -60,8 +62,12 @@ def summarize(polls: list[PollResult], dry_run: bool) -> dict[str, Any]:
     queues: dict[str, dict[str, Any]] = {}
     for poll in polls:
         for name, result in poll.queues.items():
-            entry = queues.setdefault(name, {"launched": [], "failures": [], "unmet_polls": 0})
+            entry = queues.setdefault(
+                name, {"launched": [], "markets": {}, "fallbacks": [], "failures": [], "unmet_polls": 0}
+            )
             entry["launched"].extend(result.instance_ids)
+            entry["markets"].update(result.markets)
+            entry["fallbacks"].extend(result.fallbacks)
             entry["failures"].extend(asdict(failure) for failure in result.failures)
             entry["unmet_polls"] += bool(result.plan.unmet_instances)
             entry["last_plan"] = {**asdict(result.plan), "launch_total": result.plan.launch_total}

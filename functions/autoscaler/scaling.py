@@ -6,7 +6,7 @@ handler, the tests and the simulation all drive the same `Scaler`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -14,8 +14,8 @@ from typing import Protocol
 from botocore.exceptions import BotoCoreError, ClientError
 
 from autoscaler.buildkite import DEFAULT_POLL_SECONDS, MetricsError, MetricsRateLimited, MetricsSnapshot
-from autoscaler.config import ROLES, QueueConfig, ScalerSettings
-from autoscaler.fleet import Fleet
+from autoscaler.config import ON_DEMAND, ROLES, SPOT, QueueConfig, ScalerSettings
+from autoscaler.fleet import Fleet, Pool
 from autoscaler.launching import LaunchFailure, LaunchOutcome, launch
 from autoscaler.lifecycle import BOOTSTRAP_PENDING, Instance, Timeouts
 from autoscaler.planner import QueuePlan, plan_queue
@@ -28,11 +28,18 @@ class MetricsSource(Protocol):
     def fetch(self, queues: Iterable[str]) -> MetricsSnapshot: ...
 
 
+class SpotPriceSource(Protocol):
+    def prices(self, instance_types: Sequence[str], subnet_ids: Sequence[str], now: datetime) -> dict[Pool, float]: ...
+
+
 @dataclass
 class QueueResult:
     plan: QueuePlan
     instance_ids: list[str] = field(default_factory=list)
     failures: list[LaunchFailure] = field(default_factory=list)
+    markets: dict[str, str] = field(default_factory=dict)  # instance id → spot or on-demand
+    fallbacks: list[str] = field(default_factory=list)  # why spot fell short, per launch
+    spot_shortfall: int = 0
 
 
 @dataclass
@@ -54,8 +61,11 @@ class Scaler:
         source: MetricsSource,
         fleet: Fleet,
         render_user_data: RenderUserData,
+        spot_prices: SpotPriceSource | None = None,
     ) -> None:
         self._settings = settings
+        # None (the simulation, tests): spot pools are tried in configured order.
+        self._spot_prices = spot_prices
         self._source = source
         self._fleet = fleet
         # Rendered up front: a value the user-data cannot carry (a mixed-architecture
@@ -110,10 +120,11 @@ class Scaler:
         metrics = snapshot.for_queue(queue.name)
         plan = plan_queue(queue, metrics, instances, now, self._timeouts)
         result = QueueResult(plan)
-        if not dry_run:
+        if not dry_run and plan.launch_total:
+            prices = self._prices(queue, now)
             for role, count in (("floor", plan.launch_floor), ("burst", plan.launch_burst)):
                 if count:
-                    self._record(result, self._launch(queue, role, count, now))
+                    self._record(result, self._launch(queue, role, count, now, prices))
         logger.info(
             "scaling decision",
             extra={
@@ -122,6 +133,8 @@ class Scaler:
                 "metrics": vars(metrics),
                 "plan": {**vars(plan), "launch_total": plan.launch_total},
                 "launched": result.instance_ids,
+                "markets": result.markets,
+                "fallbacks": result.fallbacks,
                 "failures": [vars(failure) for failure in result.failures],
             },
         )
@@ -138,22 +151,45 @@ class Scaler:
                 "StuckInstances": plan.stuck,
                 "LiveInstances": plan.live,
                 "InstancesLaunched": len(result.instance_ids),
+                "SpotInstancesLaunched": sum(market == SPOT for market in result.markets.values()),
+                "OnDemandInstancesLaunched": sum(market == ON_DEMAND for market in result.markets.values()),
+                "SpotShortfall": result.spot_shortfall,
                 "LaunchErrors": len(result.failures),
             },
         )
         return result
 
-    def _launch(self, queue: QueueConfig, role: str, count: int, now: datetime) -> LaunchOutcome:
+    def _prices(self, queue: QueueConfig, now: datetime) -> dict[Pool, float]:
+        """Current spot prices of the queue's pools; none (configured order) when unknown."""
+        if queue.capacity_type != SPOT or self._spot_prices is None:
+            return {}
+        try:
+            return self._spot_prices.prices(queue.instance_types, queue.subnet_ids, now)
+        except (ClientError, BotoCoreError) as error:
+            logger.warning(
+                "spot prices unavailable; trying spot pools in configured order", extra={"error": str(error)}
+            )
+            return {}
+
+    def _launch(
+        self, queue: QueueConfig, role: str, count: int, now: datetime, prices: dict[Pool, float]
+    ) -> LaunchOutcome:
         user_data = self._user_data[(queue.name, role)]
         try:
-            outcome = launch(self._fleet, self._settings.fleet_name, queue, role, count, user_data, now)
+            outcome = launch(self._fleet, self._settings.fleet_name, queue, role, count, user_data, now, prices)
         except Exception as error:  # noqa: BLE001 - one queue's failure must not stop the others
             logger.exception("launch failed", extra={"queue": queue.name, "role": role})
             outcome = LaunchOutcome(requested=count)
             outcome.failures.append(LaunchFailure("", "", type(error).__name__, str(error)))
         for instance_id in outcome.instance_ids:
             self._unlisted[instance_id] = Instance(
-                instance_id, self._settings.fleet_name, queue.name, role, BOOTSTRAP_PENDING, now
+                instance_id,
+                self._settings.fleet_name,
+                queue.name,
+                role,
+                BOOTSTRAP_PENDING,
+                now,
+                market=outcome.markets.get(instance_id, ON_DEMAND),
             )
         return outcome
 
@@ -161,6 +197,10 @@ class Scaler:
     def _record(result: QueueResult, outcome: LaunchOutcome) -> None:
         result.instance_ids.extend(outcome.instance_ids)
         result.failures.extend(outcome.failures)
+        result.markets.update(outcome.markets)
+        result.spot_shortfall += outcome.spot_shortfall
+        if outcome.fallback:
+            result.fallbacks.append(outcome.fallback)
 
     def _listed_and_unlisted(self, listed: list[Instance], now: datetime) -> list[Instance]:
         seen = {instance.instance_id for instance in listed}
