@@ -9,11 +9,15 @@ failed there to the next subnet. EC2 may start fewer instances than asked
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from autoscaler.config import QueueConfig
 from autoscaler.fleet import Fleet, LaunchError, LaunchSpec
+
+# The failure recorded when the time left could not finish another RunInstances.
+NO_TIME_LEFT = "NoTimeLeft"
 
 
 @dataclass(frozen=True)
@@ -52,13 +56,20 @@ def launch(
     count: int,
     user_data: bytes,
     poll_time: datetime,
+    time_for_a_call: Callable[[], bool] = lambda: True,
 ) -> LaunchOutcome:
+    """Start `count` instances; a call is started only while `time_for_a_call()` holds,
+    so the Lambda never ends in the middle of a RunInstances it cannot see the answer of."""
     outcome = LaunchOutcome(requested=count)
     user_data_hash = hashlib.sha256(user_data).hexdigest()
     attempt = 0
     for subnet_id in queue.subnet_ids:
         for instance_type in queue.instance_types:
             if outcome.shortfall <= 0:
+                return outcome
+            if not time_for_a_call():
+                message = f"{outcome.shortfall} instance(s) not started: too little time left in this run"
+                outcome.failures.append(LaunchFailure(instance_type, subnet_id, NO_TIME_LEFT, message))
                 return outcome
             attempt += 1
             remaining = outcome.shortfall

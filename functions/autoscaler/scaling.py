@@ -15,13 +15,19 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from autoscaler.buildkite import DEFAULT_POLL_SECONDS, MetricsError, MetricsRateLimited, MetricsSnapshot
 from autoscaler.config import ROLES, QueueConfig, ScalerSettings
-from autoscaler.fleet import Fleet
+from autoscaler.fleet import EC2_CALL_SECONDS, Fleet
 from autoscaler.launching import LaunchFailure, LaunchOutcome, launch
 from autoscaler.lifecycle import BOOTSTRAP_PENDING, Instance, Timeouts
 from autoscaler.planner import QueuePlan, plan_queue
 from autoscaler.telemetry import emit, logger
 
 RenderUserData = Callable[[QueueConfig, str], bytes]
+# Seconds left in the invocation; unbounded for callers without a deadline.
+TimeLeft = Callable[[], float]
+
+
+def unbounded() -> float:
+    return float("inf")
 
 
 class MetricsSource(Protocol):
@@ -33,6 +39,9 @@ class QueueResult:
     plan: QueuePlan
     instance_ids: list[str] = field(default_factory=list)
     failures: list[LaunchFailure] = field(default_factory=list)
+    # Instances the plan launched that did not start, after every fallback: demand left
+    # unmet. A refused attempt that a fallback then covered is a failure, not a shortfall.
+    shortfall: int = 0
 
 
 @dataclass
@@ -71,7 +80,9 @@ class Scaler:
         # The interval the API last asked for; kept through failed polls.
         self._poll_seconds = DEFAULT_POLL_SECONDS
 
-    def poll(self, now: datetime, dry_run: bool) -> PollResult:
+    def poll(self, now: datetime, dry_run: bool, time_left: TimeLeft = unbounded) -> PollResult:
+        """One poll. An EC2 call is started only when `time_left()` covers its worst case
+        (EC2_CALL_SECONDS: every attempt timing out), so none outlives the invocation."""
         fleet_dims = {"fleet": self._settings.fleet_name}
         names = [queue.name for queue in self._settings.queues]
         try:
@@ -84,6 +95,9 @@ class Scaler:
             retry_after = error.retry_after if isinstance(error, MetricsRateLimited) and error.retry_after else 0.0
             return PollResult(now, max(retry_after, self._poll_seconds), error=f"metrics {error.kind}: {error}")
         self._poll_seconds = snapshot.poll_seconds
+        if time_left() < EC2_CALL_SECONDS:
+            logger.warning("too little time left to list the fleet; poll ends", extra={"time_left": time_left()})
+            return PollResult(now, snapshot.poll_seconds)
         try:
             instances = self._listed_and_unlisted(self._fleet.list_instances(), now)
         except (ClientError, BotoCoreError) as error:
@@ -93,10 +107,17 @@ class Scaler:
 
         result = PollResult(now, snapshot.poll_seconds)
         for queue in self._settings.queues:
-            result.queues[queue.name] = self._scale_queue(queue, snapshot, instances, now, dry_run)
-        launched = sum(len(queue.instance_ids) for queue in result.queues.values())
-        errors = sum(len(queue.failures) for queue in result.queues.values())
-        emit(fleet_dims, {"MetricsApiErrors": 0, "InstancesLaunched": launched, "LaunchErrors": errors})
+            result.queues[queue.name] = self._scale_queue(queue, snapshot, instances, now, dry_run, time_left)
+        queues = result.queues.values()
+        emit(
+            fleet_dims,
+            {
+                "MetricsApiErrors": 0,
+                "InstancesLaunched": sum(len(queue.instance_ids) for queue in queues),
+                "LaunchErrors": sum(len(queue.failures) for queue in queues),
+                "LaunchShortfall": sum(queue.shortfall for queue in queues),
+            },
+        )
         return result
 
     def _scale_queue(
@@ -106,6 +127,7 @@ class Scaler:
         instances: list[Instance],
         now: datetime,
         dry_run: bool,
+        time_left: TimeLeft,
     ) -> QueueResult:
         metrics = snapshot.for_queue(queue.name)
         plan = plan_queue(queue, metrics, instances, now, self._timeouts)
@@ -113,7 +135,7 @@ class Scaler:
         if not dry_run:
             for role, count in (("floor", plan.launch_floor), ("burst", plan.launch_burst)):
                 if count:
-                    self._record(result, self._launch(queue, role, count, now))
+                    self._record(result, self._launch(queue, role, count, now, time_left))
         logger.info(
             "scaling decision",
             extra={
@@ -123,6 +145,7 @@ class Scaler:
                 "plan": {**vars(plan), "launch_total": plan.launch_total},
                 "launched": result.instance_ids,
                 "failures": [vars(failure) for failure in result.failures],
+                "shortfall": result.shortfall,
             },
         )
         emit(
@@ -139,14 +162,24 @@ class Scaler:
                 "LiveInstances": plan.live,
                 "InstancesLaunched": len(result.instance_ids),
                 "LaunchErrors": len(result.failures),
+                "LaunchShortfall": result.shortfall,
             },
         )
         return result
 
-    def _launch(self, queue: QueueConfig, role: str, count: int, now: datetime) -> LaunchOutcome:
+    def _launch(self, queue: QueueConfig, role: str, count: int, now: datetime, time_left: TimeLeft) -> LaunchOutcome:
         user_data = self._user_data[(queue.name, role)]
         try:
-            outcome = launch(self._fleet, self._settings.fleet_name, queue, role, count, user_data, now)
+            outcome = launch(
+                self._fleet,
+                self._settings.fleet_name,
+                queue,
+                role,
+                count,
+                user_data,
+                now,
+                lambda: time_left() >= EC2_CALL_SECONDS,
+            )
         except Exception as error:  # noqa: BLE001 - one queue's failure must not stop the others
             logger.exception("launch failed", extra={"queue": queue.name, "role": role})
             outcome = LaunchOutcome(requested=count)
@@ -161,6 +194,7 @@ class Scaler:
     def _record(result: QueueResult, outcome: LaunchOutcome) -> None:
         result.instance_ids.extend(outcome.instance_ids)
         result.failures.extend(outcome.failures)
+        result.shortfall += max(outcome.shortfall, 0)
 
     def _listed_and_unlisted(self, listed: list[Instance], now: datetime) -> list[Instance]:
         seen = {instance.instance_id for instance in listed}
