@@ -63,8 +63,8 @@ sam-validate: $(SAM_VENV)/bin/.stamp
 build: $(SAM_VENV)/bin/.stamp
 	$(SAM) build
 
-# Run by `sam build` (BuildMethod: makefile) from the repository root, one target per
-# function; the two functions share one build, so either target makes the artifact:
+# Run by `sam build` (BuildMethod: makefile) from the repository root, once per function
+# (SAM does not share the build between functions); both targets make the same artifact:
 # the pinned dependencies, the package and userdata/. Bytecode is compiled when this
 # Python is the runtime's 3.13, since Lambda cannot write it at cold start.
 build-ScalerFunction build-ReaperFunction:
