@@ -28,8 +28,22 @@ from autoscaler.lifecycle import (
     Instance,
 )
 
-# Bounded retries and timeouts: a poll must end well within the Lambda's time.
-AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=3, read_timeout=10)
+# One EC2 call, retries included, must fit in the time a poll has left (the scaler's last
+# poll starts with 15 s): two attempts; a connect in the region takes milliseconds, and
+# RunInstances answers in one or two seconds. A retried RunInstances carries the same
+# ClientToken, so a timed-out first attempt that did launch is not launched twice.
+EC2_ATTEMPTS = 2
+EC2_CONNECT_TIMEOUT = 1.0
+EC2_READ_TIMEOUT = 4.0
+AWS_CONFIG = Config(
+    retries={"mode": "standard", "total_max_attempts": EC2_ATTEMPTS},
+    connect_timeout=EC2_CONNECT_TIMEOUT,
+    read_timeout=EC2_READ_TIMEOUT,
+)
+# The longest one call can take: every attempt timing out, and between attempts botocore's
+# standard-mode backoff, at most 2**i s before retry i+1 (its throttling scale; other
+# errors wait less).
+EC2_CALL_SECONDS = EC2_ATTEMPTS * (EC2_CONNECT_TIMEOUT + EC2_READ_TIMEOUT) + sum(2**i for i in range(EC2_ATTEMPTS - 1))
 
 # Errors after which another instance type or subnet may succeed.
 CAPACITY_ERRORS = frozenset(

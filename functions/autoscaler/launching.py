@@ -12,13 +12,16 @@ instances than asked (MinCount=1); the remainder is carried to the next pool.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from autoscaler.config import SPOT, QueueConfig
 from autoscaler.fleet import Fleet, LaunchError, LaunchSpec, Pool
 from autoscaler.markets import ask, pools
+
+# The failure recorded when the time left could not finish another RunInstances.
+NO_TIME_LEFT = "NoTimeLeft"
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,10 @@ class LaunchOutcome:
     def shortfall(self) -> int:
         return self.requested - len(self.instance_ids)
 
+    @property
+    def out_of_time(self) -> bool:
+        return bool(self.failures) and self.failures[-1].code == NO_TIME_LEFT
+
     def count(self, market: str) -> int:
         return sum(1 for launched in self.markets.values() if launched == market)
 
@@ -56,6 +63,7 @@ class LaunchRequest:
     role: str
     user_data: bytes
     poll_time: datetime
+    time_for_a_call: Callable[[], bool]
 
 
 def client_token(spec_fields: tuple[str, ...]) -> str:
@@ -76,12 +84,15 @@ def launch(
     user_data: bytes,
     poll_time: datetime,
     spot_prices: Mapping[Pool, float] | None = None,
+    time_for_a_call: Callable[[], bool] = lambda: True,
 ) -> LaunchOutcome:
-    request = LaunchRequest(fleet_name, queue, role, user_data, poll_time)
+    """Start `count` instances; a call is started only while `time_for_a_call()` holds,
+    so the Lambda never ends in the middle of a RunInstances it cannot see the answer of."""
+    request = LaunchRequest(fleet_name, queue, role, user_data, poll_time, time_for_a_call)
     outcome = LaunchOutcome(requested=count)
     attempts = 0
     for market in queue.markets:
-        if outcome.shortfall <= 0:
+        if outcome.shortfall <= 0 or outcome.out_of_time:
             break
         attempts = _launch_in_market(fleet, request, market, pools(queue, market, spot_prices or {}), outcome, attempts)
         if market == SPOT and outcome.shortfall > 0:
@@ -97,6 +108,10 @@ def _launch_in_market(
     for index, (instance_type, subnet_id) in enumerate(ordered):
         if outcome.shortfall <= 0:
             break
+        if not request.time_for_a_call():
+            message = f"{outcome.shortfall} instance(s) not started: too little time left in this run"
+            outcome.failures.append(LaunchFailure(instance_type, subnet_id, NO_TIME_LEFT, message, market))
+            return attempts
         attempts += 1
         asked = ask(market, outcome.shortfall, len(ordered) - index)
         spec = _spec(request, market, instance_type, subnet_id, asked, attempts)

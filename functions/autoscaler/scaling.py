@@ -15,13 +15,19 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from autoscaler.buildkite import DEFAULT_POLL_SECONDS, MetricsError, MetricsRateLimited, MetricsSnapshot
 from autoscaler.config import ON_DEMAND, ROLES, SPOT, QueueConfig, ScalerSettings
-from autoscaler.fleet import Fleet, Pool
+from autoscaler.fleet import EC2_CALL_SECONDS, Fleet, Pool
 from autoscaler.launching import LaunchFailure, LaunchOutcome, launch
 from autoscaler.lifecycle import BOOTSTRAP_PENDING, Instance, Timeouts
 from autoscaler.planner import QueuePlan, plan_queue
 from autoscaler.telemetry import emit, logger
 
 RenderUserData = Callable[[QueueConfig, str], bytes]
+# Seconds left in the invocation; unbounded for callers without a deadline.
+TimeLeft = Callable[[], float]
+
+
+def unbounded() -> float:
+    return float("inf")
 
 
 class MetricsSource(Protocol):
@@ -40,6 +46,9 @@ class QueueResult:
     markets: dict[str, str] = field(default_factory=dict)  # instance id → spot or on-demand
     fallbacks: list[str] = field(default_factory=list)  # why spot fell short, per launch
     spot_shortfall: int = 0
+    # Instances the plan launched that did not start, after every fallback: demand left
+    # unmet. A refused attempt that a fallback then covered is a failure, not a shortfall.
+    shortfall: int = 0
 
 
 @dataclass
@@ -81,7 +90,9 @@ class Scaler:
         # The interval the API last asked for; kept through failed polls.
         self._poll_seconds = DEFAULT_POLL_SECONDS
 
-    def poll(self, now: datetime, dry_run: bool) -> PollResult:
+    def poll(self, now: datetime, dry_run: bool, time_left: TimeLeft = unbounded) -> PollResult:
+        """One poll. An EC2 call is started only when `time_left()` covers its worst case
+        (EC2_CALL_SECONDS: every attempt timing out), so none outlives the invocation."""
         fleet_dims = {"fleet": self._settings.fleet_name}
         names = [queue.name for queue in self._settings.queues]
         try:
@@ -94,6 +105,9 @@ class Scaler:
             retry_after = error.retry_after if isinstance(error, MetricsRateLimited) and error.retry_after else 0.0
             return PollResult(now, max(retry_after, self._poll_seconds), error=f"metrics {error.kind}: {error}")
         self._poll_seconds = snapshot.poll_seconds
+        if time_left() < EC2_CALL_SECONDS:
+            logger.warning("too little time left to list the fleet; poll ends", extra={"time_left": time_left()})
+            return PollResult(now, snapshot.poll_seconds)
         try:
             instances = self._listed_and_unlisted(self._fleet.list_instances(), now)
         except (ClientError, BotoCoreError) as error:
@@ -103,10 +117,17 @@ class Scaler:
 
         result = PollResult(now, snapshot.poll_seconds)
         for queue in self._settings.queues:
-            result.queues[queue.name] = self._scale_queue(queue, snapshot, instances, now, dry_run)
-        launched = sum(len(queue.instance_ids) for queue in result.queues.values())
-        errors = sum(len(queue.failures) for queue in result.queues.values())
-        emit(fleet_dims, {"MetricsApiErrors": 0, "InstancesLaunched": launched, "LaunchErrors": errors})
+            result.queues[queue.name] = self._scale_queue(queue, snapshot, instances, now, dry_run, time_left)
+        queues = result.queues.values()
+        emit(
+            fleet_dims,
+            {
+                "MetricsApiErrors": 0,
+                "InstancesLaunched": sum(len(queue.instance_ids) for queue in queues),
+                "LaunchErrors": sum(len(queue.failures) for queue in queues),
+                "LaunchShortfall": sum(queue.shortfall for queue in queues),
+            },
+        )
         return result
 
     def _scale_queue(
@@ -116,15 +137,16 @@ class Scaler:
         instances: list[Instance],
         now: datetime,
         dry_run: bool,
+        time_left: TimeLeft,
     ) -> QueueResult:
         metrics = snapshot.for_queue(queue.name)
         plan = plan_queue(queue, metrics, instances, now, self._timeouts)
         result = QueueResult(plan)
         if not dry_run and plan.launch_total:
-            prices = self._prices(queue, now)
+            prices = self._prices(queue, now, time_left)
             for role, count in (("floor", plan.launch_floor), ("burst", plan.launch_burst)):
                 if count:
-                    self._record(result, self._launch(queue, role, count, now, prices))
+                    self._record(result, self._launch(queue, role, count, now, prices, time_left))
         logger.info(
             "scaling decision",
             extra={
@@ -136,6 +158,7 @@ class Scaler:
                 "markets": result.markets,
                 "fallbacks": result.fallbacks,
                 "failures": [vars(failure) for failure in result.failures],
+                "shortfall": result.shortfall,
             },
         )
         emit(
@@ -155,13 +178,15 @@ class Scaler:
                 "OnDemandInstancesLaunched": sum(market == ON_DEMAND for market in result.markets.values()),
                 "SpotShortfall": result.spot_shortfall,
                 "LaunchErrors": len(result.failures),
+                "LaunchShortfall": result.shortfall,
             },
         )
         return result
 
-    def _prices(self, queue: QueueConfig, now: datetime) -> dict[Pool, float]:
-        """Current spot prices of the queue's pools; none (configured order) when unknown."""
-        if queue.capacity_type != SPOT or self._spot_prices is None:
+    def _prices(self, queue: QueueConfig, now: datetime, time_left: TimeLeft) -> dict[Pool, float]:
+        """Current spot prices of the queue's pools; none (configured order) when unknown
+        or when the time left is better spent on the launch itself."""
+        if queue.capacity_type != SPOT or self._spot_prices is None or time_left() < 2 * EC2_CALL_SECONDS:
             return {}
         try:
             return self._spot_prices.prices(queue.instance_types, queue.subnet_ids, now)
@@ -172,11 +197,27 @@ class Scaler:
             return {}
 
     def _launch(
-        self, queue: QueueConfig, role: str, count: int, now: datetime, prices: dict[Pool, float]
+        self,
+        queue: QueueConfig,
+        role: str,
+        count: int,
+        now: datetime,
+        prices: dict[Pool, float],
+        time_left: TimeLeft,
     ) -> LaunchOutcome:
         user_data = self._user_data[(queue.name, role)]
         try:
-            outcome = launch(self._fleet, self._settings.fleet_name, queue, role, count, user_data, now, prices)
+            outcome = launch(
+                self._fleet,
+                self._settings.fleet_name,
+                queue,
+                role,
+                count,
+                user_data,
+                now,
+                prices,
+                lambda: time_left() >= EC2_CALL_SECONDS,
+            )
         except Exception as error:  # noqa: BLE001 - one queue's failure must not stop the others
             logger.exception("launch failed", extra={"queue": queue.name, "role": role})
             outcome = LaunchOutcome(requested=count)
@@ -201,6 +242,7 @@ class Scaler:
         result.spot_shortfall += outcome.spot_shortfall
         if outcome.fallback:
             result.fallbacks.append(outcome.fallback)
+        result.shortfall += max(outcome.shortfall, 0)
 
     def _listed_and_unlisted(self, listed: list[Instance], now: datetime) -> list[Instance]:
         seen = {instance.instance_id for instance in listed}
