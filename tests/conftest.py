@@ -114,6 +114,7 @@ class Stack:
         arm = "arm" in name
         config = {
             "name": name,
+            "architecture": "arm64" if arm else "x86_64",
             "launch_template_id": self.templates[name],
             "instance_types": ["m7g.2xlarge", "c7g.2xlarge"] if arm else ["c7i.4xlarge", "m7i.4xlarge"],
             "subnet_ids": self.subnets,

@@ -297,9 +297,11 @@ def test_bad_configuration_fails_at_start_naming_field_and_value(
 ) -> None:
     queues = [stack.queue(X86), stack.queue(ARM, min_instances=2, max_instances=0)]
 
-    with pytest.raises(ConfigError, match=r"QUEUES\[1\]\.max_instances must be >= 1 \(got 0\)"):
+    with pytest.raises(ConfigError, match=r"QUEUES\[1\]\(nixos-arm-aws\)\.max_instances must be >= 1 \(got 0\)"):
         invoke(monkeypatch, buildkite, queues)
-    with pytest.raises(ConfigError, match=r"QUEUES\[1\]\.max_instances must be >= min_instances \(got 1 < 2\)"):
+    with pytest.raises(
+        ConfigError, match=r"QUEUES\[1\]\(nixos-arm-aws\)\.max_instances must be >= min_instances \(got 1 < 2\)"
+    ):
         invoke(monkeypatch, buildkite, [stack.queue(X86), stack.queue(ARM, min_instances=2, max_instances=1)])
     assert buildkite.requests == []
 
