@@ -53,11 +53,11 @@ sam-validate: $(SAM_VENV)/bin/.stamp
 build: $(SAM_VENV)/bin/.stamp
 	$(SAM) build
 
-# Run by `sam build` (BuildMethod: makefile) from the repository root, one target per
-# function; the two functions share one build, so either target makes the artifact:
-# the pinned dependencies, the package and userdata/. Bytecode is compiled when this
-# Python is the runtime's 3.13, since Lambda cannot write it at cold start.
-build-ScalerFunction build-ReaperFunction:
+# Run by `sam build` (BuildMethod: makefile) from the repository root, once per function;
+# the functions share the code, so every target makes the same artifact: the pinned
+# dependencies, the package and userdata/. Bytecode is compiled when this Python is the
+# runtime's 3.13, since Lambda cannot write it at cold start.
+build-ScalerFunction build-ReaperFunction build-QueueCheckFunction:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-compile $(LAMBDA_WHEELS) \
 		--target "$(ARTIFACTS_DIR)" -r functions/requirements.txt
 	cp -R functions/autoscaler userdata "$(ARTIFACTS_DIR)/"
