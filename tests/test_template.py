@@ -520,6 +520,24 @@ def test_run_instances_only_with_the_stacks_launch_templates(template: dict[str,
     } == stack_templates
 
 
+def test_every_queue_of_three_launches_through_a_template_the_scaler_may_use(template: dict[str, Any]) -> None:
+    resolver = Resolver(template, parameter_values(template, **CUSTOM))
+    settings = ScalerSettings.from_env(lambda_environment(template, resolver, "ScalerFunction"))
+    allowed = launch_template_arns(resolver)
+    used = {f"arn:aws:ec2:{REGION}:{ACCOUNT}:launch-template/{queue.launch_template_id}" for queue in settings.queues}
+    # Three queues, two architectures: the two stack templates, and the IAM grant is exactly those.
+    assert used == allowed
+    for statement in statements(template, resolver, "ScalerRole"):
+        if allows(statement, "ec2:RunInstances"):
+            assert set(listed(statement["Condition"]["ArnEquals"]["ec2:LaunchTemplate"])) == allowed
+
+
+def test_the_queue_check_may_only_write_its_logs(template: dict[str, Any], resolver: Resolver) -> None:
+    (statement,) = statements(template, resolver, "QueueCheckRole")
+    assert set(listed(statement["Action"])) == {"logs:CreateLogStream", "logs:PutLogEvents"}
+    assert statement["Resource"] == resolver.attribute("QueueCheckLogGroup", "Arn")
+
+
 def test_instances_and_volumes_are_launched_only_with_the_fleet_tag(
     template: dict[str, Any], resolver: Resolver
 ) -> None:

@@ -1,5 +1,5 @@
 """The SAM CLI on template.yaml: `sam validate --lint`; the SAM transform's generated roles and
-schedules; and a Docker-free `sam build` whose artifact imports both handlers with its own
+schedules; and a Docker-free `sam build` whose artifact imports every handler with its own
 dependencies and carries userdata/.
 
 Slow-ish (the build fetches arm64 wheels from PyPI): the build runs once per module.
@@ -21,8 +21,8 @@ from tests.test_template import Resolver, findings_by_statement, parameter_value
 from tools.invoke import load_template
 
 ROOT = Path(__file__).resolve().parent.parent
-FUNCTIONS = ("ScalerFunction", "ReaperFunction")
-HANDLERS = ("autoscaler.scaler", "autoscaler.reaper")
+FUNCTIONS = ("ScalerFunction", "ReaperFunction", "QueueCheckFunction")
+HANDLERS = ("autoscaler.scaler", "autoscaler.reaper", "autoscaler.queue_check")
 
 
 def sam() -> str:
@@ -131,7 +131,7 @@ def test_sam_validate_lint_passes_without_credentials() -> None:
 
 
 @pytest.mark.parametrize("function", FUNCTIONS)
-def test_built_artifact_imports_both_handlers_with_its_own_dependencies(build_dir: Path, function: str) -> None:
+def test_built_artifact_imports_every_handler_with_its_own_dependencies(build_dir: Path, function: str) -> None:
     artifact = build_dir / function
     probe = (
         "import importlib, sys\n"
@@ -150,7 +150,7 @@ def test_built_artifact_imports_both_handlers_with_its_own_dependencies(build_di
     )
     assert result.returncode == 0, result.stderr
     imported = result.stdout.split()
-    assert len(imported) == 4
+    assert len(imported) == len(HANDLERS) + 2
     assert all(Path(path).is_relative_to(artifact) for path in imported), imported
 
 
