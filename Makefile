@@ -64,10 +64,10 @@ build: $(SAM_VENV)/bin/.stamp
 	$(SAM) build
 
 # Run by `sam build` (BuildMethod: makefile) from the repository root, once per function
-# (SAM does not share the build between functions); both targets make the same artifact:
+# (SAM does not share the build between functions); every target makes the same artifact:
 # the pinned dependencies, the package and userdata/. Bytecode is compiled when this
 # Python is the runtime's 3.13, since Lambda cannot write it at cold start.
-build-ScalerFunction build-ReaperFunction:
+build-ScalerFunction build-ReaperFunction build-QueueCheckFunction:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-compile $(LAMBDA_WHEELS) \
 		--target "$(ARTIFACTS_DIR)" -r functions/requirements.txt
 	cp -R functions/autoscaler userdata "$(ARTIFACTS_DIR)/"

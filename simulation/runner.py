@@ -18,7 +18,14 @@ from functools import partial
 from typing import Any
 
 from autoscaler import reaper, scaler
-from autoscaler.config import QueueConfig, ReaperSettings, ScalerSettings, UserDataSettings, parse_queues
+from autoscaler.config import (
+    QueueConfig,
+    ReaperSettings,
+    ScalerSettings,
+    UserDataSettings,
+    instance_architecture,
+    parse_queues,
+)
 from autoscaler.scaling import PollResult, Scaler, TimeLeft, unbounded
 from autoscaler.telemetry import logger
 from autoscaler.userdata import render_user_data
@@ -49,6 +56,7 @@ def default_scenario() -> Scenario:
     def queue(name: str, instance_type: str, max_instances: int) -> QueueConfig:
         return QueueConfig(
             name=name,
+            architecture=instance_architecture(instance_type),
             launch_template_id=f"lt-{name}",
             instance_types=(instance_type,),
             subnet_ids=("subnet-sim",),

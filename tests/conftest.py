@@ -110,14 +110,16 @@ class Stack:
 
     ec2: Any
     subnets: list[str]
-    templates: dict[str, str]  # queue → launch template id
+    templates: dict[str, str]  # architecture → the stack's launch template id
     behaviour: Ec2Behaviour
 
     def queue(self, name: str, **overrides: Any) -> dict[str, Any]:
         arm = "arm" in name
+        architecture = "arm64" if arm else "x86_64"
         config = {
             "name": name,
-            "launch_template_id": self.templates[name],
+            "architecture": architecture,
+            "launch_template_id": self.templates[architecture],
             "instance_types": ["m7g.2xlarge", "c7g.2xlarge"] if arm else ["c7i.4xlarge", "m7i.4xlarge"],
             "subnet_ids": self.subnets,
             "min_instances": 0,
@@ -145,10 +147,10 @@ def stack() -> Iterator[Stack]:
             for index, zone in ((1, "a"), (2, "b"))
         ]
         templates = {
-            queue: ec2.create_launch_template(LaunchTemplateName=queue, LaunchTemplateData={"ImageId": "ami-12345678"})[
+            arch: ec2.create_launch_template(LaunchTemplateName=arch, LaunchTemplateData={"ImageId": "ami-12345678"})[
                 "LaunchTemplate"
             ]["LaunchTemplateId"]
-            for queue in ("nixos-x86-aws", "nixos-arm-aws")
+            for arch in ("x86_64", "arm64")
         }
         boto3.client("ssm", region_name=REGION).put_parameter(
             Name=TOKEN_PARAMETER, Value=FAKE_TOKEN, Type="SecureString"

@@ -139,6 +139,7 @@ def make_settings(**changes: object) -> UserDataSettings:
 
 X86_QUEUE = QueueConfig(
     name="nixos-x86-aws",
+    architecture="x86_64",
     launch_template_id="lt-0123",
     instance_types=("m7i.4xlarge", "m6i.4xlarge"),
     subnet_ids=("subnet-1",),
@@ -149,7 +150,7 @@ X86_QUEUE = QueueConfig(
 )
 
 
-ARM_QUEUE = dataclasses.replace(X86_QUEUE, name="nixos-arm-aws", instance_types=("c7g.4xlarge",))
+ARM_QUEUE = dataclasses.replace(X86_QUEUE, name="nixos-arm-aws", architecture="arm64", instance_types=("c7g.4xlarge",))
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import yaml
 
 from autoscaler import userdata
 from autoscaler.config import QueueConfig, UserDataSettings
-from autoscaler.userdata import UserDataError, queue_arch, render_user_data
+from autoscaler.userdata import UserDataError, render_user_data
 
 REPO = Path(__file__).resolve().parent.parent
 PUBLIC_KEY = "fleet-cache-1:" + "Q" * 43 + "="
@@ -35,6 +35,7 @@ SETTINGS = UserDataSettings(
 QUEUES = {
     "x86": QueueConfig(
         name="nixos-x86-aws",
+        architecture="x86_64",
         launch_template_id="lt-0123",
         instance_types=("m7i.4xlarge", "c7a.4xlarge"),
         subnet_ids=("subnet-1",),
@@ -42,6 +43,7 @@ QUEUES = {
     ),
     "arm": QueueConfig(
         name="nixos-arm-aws",
+        architecture="arm64",
         launch_template_id="lt-0456",
         instance_types=("c7g.4xlarge", "m7gd.4xlarge"),
         subnet_ids=("subnet-1",),
@@ -256,29 +258,10 @@ def test_role_fleet_and_queue_name_are_checked(role: str, fleet: str, queue_name
         render_user_data(SETTINGS, queue, role, fleet)
 
 
-@pytest.mark.parametrize(
-    ("instance_type", "arch"),
-    [
-        ("m7i.4xlarge", "x86_64"),
-        ("c7a.large", "x86_64"),
-        ("g4dn.xlarge", "x86_64"),
-        ("c7i-flex.large", "x86_64"),
-        ("m7g.large", "arm64"),
-        ("c7gn.16xlarge", "arm64"),
-        ("r8gd.xlarge", "arm64"),
-        ("im4gn.large", "arm64"),
-        ("g5g.xlarge", "arm64"),
-        ("a1.metal", "arm64"),
-    ],
-)
-def test_queue_architecture_comes_from_its_instance_types(instance_type: str, arch: str) -> None:
-    assert queue_arch(dataclasses.replace(QUEUES["x86"], instance_types=(instance_type,))) == arch
-
-
-def test_queue_mixing_architectures_is_refused() -> None:
-    queue = dataclasses.replace(QUEUES["x86"], instance_types=("m7i.large", "m7g.large"))
-
-    with pytest.raises(UserDataError, match="must share one architecture"):
+@pytest.mark.parametrize("architecture", ["aarch64", ""])
+def test_an_architecture_the_bootstrap_cannot_check_is_refused(architecture: str) -> None:
+    queue = dataclasses.replace(QUEUES["x86"], architecture=architecture)
+    with pytest.raises(UserDataError, match=rf"queue.architecture must be x86_64 or arm64 \(got '{architecture}'\)"):
         render_user_data(SETTINGS, queue, "burst", "ci-fleet")
 
 
@@ -291,7 +274,7 @@ def test_renderer_finds_userdata_in_the_lambda_artifact_layout(tmp_path: Path) -
         "from autoscaler.config import QueueConfig, UserDataSettings\n"
         "from autoscaler.userdata import render_user_data\n"
         f"settings = UserDataSettings('us-west-2', '/a', '/b', '/c', 'bucket', 'us-west-2', {PUBLIC_KEY!r})\n"
-        "queue = QueueConfig('q', 'lt', ('m7i.large',), ('subnet',), 1)\n"
+        "queue = QueueConfig('q', 'x86_64', 'lt', ('m7i.large',), ('subnet',), 1)\n"
         "print(len(render_user_data(settings, queue, 'burst', 'fleet')))\n"
     )
 

@@ -21,8 +21,13 @@ ROLES = ("floor", "burst")
 ON_DEMAND = "on-demand"
 SPOT = "spot"
 CAPACITY_TYPES = (ON_DEMAND, SPOT)
+ARCHITECTURES = ("x86_64", "arm64")
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# Graviton families carry a "g" after the generation (m7g, c7gn, r8gd, im4gn,
+# g5g); a1 is the first Graviton. Other families (g4dn, g5, m7i, c7a) are x86.
+_ARM_FAMILY = re.compile(r"(a1|[a-z]+[0-9]+[a-z0-9]*g[a-z0-9]*)(-flex)?")
+_FAMILY = re.compile(r"[a-z]+[0-9]+[a-z0-9-]*")
 
 
 class ConfigError(ValueError):
@@ -32,6 +37,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class QueueConfig:
     name: str
+    architecture: str
     launch_template_id: str
     instance_types: tuple[str, ...]
     subnet_ids: tuple[str, ...]
@@ -105,7 +111,7 @@ class ScalerSettings:
             raise ConfigError(f"BUILDKITE_AGENT_ENDPOINT must be an http(s) URL (got {endpoint!r})")
         return cls(
             fleet_name=_fleet_name(env),
-            queues=parse_queues(_required(env, "QUEUES")),
+            queues=queues_from_env(env),
             agent_token_parameter=token_parameter,
             endpoint=endpoint.rstrip("/"),
             bootstrap_timeout_seconds=_env_int(env, "BOOTSTRAP_TIMEOUT_SECONDS", DEFAULT_BOOTSTRAP_TIMEOUT, 60),
@@ -132,24 +138,75 @@ class ReaperSettings:
         )
 
 
-def parse_queues(text: str) -> tuple[QueueConfig, ...]:
+def queues_from_env(env: Mapping[str, str]) -> tuple[QueueConfig, ...]:
+    """QUEUES; a queue without its own launch template or subnets gets the stack's.
+
+    LAUNCH_TEMPLATES maps an architecture to the stack's launch template for it,
+    SUBNET_IDS lists the stack's subnets (comma-separated). The deploy-time check
+    of the template's Queues parameter calls this too, so both accept the same lists.
+    """
+    return parse_queues(_required(env, "QUEUES"), launch_templates_from_env(env), _subnet_ids(env))
+
+
+def launch_templates_from_env(env: Mapping[str, str]) -> dict[str, str]:
+    text = env.get("LAUNCH_TEMPLATES", "").strip()
+    if not text:
+        return {}
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"LAUNCH_TEMPLATES must be a JSON object ({error.msg} at char {error.pos})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"LAUNCH_TEMPLATES must be a JSON object of architecture to template id (got {_short(raw)})")
+    for architecture in raw:
+        if architecture not in ARCHITECTURES:
+            raise ConfigError(f"LAUNCH_TEMPLATES keys must be one of {', '.join(ARCHITECTURES)} (got {architecture!r})")
+        _string("LAUNCH_TEMPLATES", raw, architecture)
+    return raw
+
+
+def parse_queues(
+    text: str, launch_templates: Mapping[str, str] | None = None, subnet_ids: tuple[str, ...] = ()
+) -> tuple[QueueConfig, ...]:
+    """The queue list, each queue's missing launch template and subnets taken from the defaults given."""
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as error:
         raise ConfigError(f"QUEUES must be a JSON array ({error.msg} at char {error.pos})") from None
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"QUEUES must be a non-empty JSON array (got {_short(raw)})")
-    queues = tuple(_queue(f"QUEUES[{index}]", item) for index, item in enumerate(raw))
-    seen: set[str] = set()
+    stack = _StackDefaults(launch_templates or {}, subnet_ids)
+    queues = tuple(_queue(index, item, stack) for index, item in enumerate(raw))
+    first: dict[str, int] = {}
     for index, queue in enumerate(queues):
-        if queue.name in seen:
-            raise ConfigError(f"QUEUES[{index}].name is a duplicate (got {queue.name!r})")
-        seen.add(queue.name)
+        if queue.name in first:
+            raise ConfigError(f"{queue_where(index, queue.name)}.name is a duplicate of QUEUES[{first[queue.name]}]")
+        first[queue.name] = index
     return queues
+
+
+def queue_where(index: int, name: str) -> str:
+    """How an error names a queue: its place in the list and its name."""
+    return f"QUEUES[{index}]({name})"
+
+
+def instance_architecture(instance_type: str) -> str:
+    """x86_64 or arm64, from the instance type's family (the part before the dot)."""
+    family, dot, size = instance_type.partition(".")
+    if not (_FAMILY.fullmatch(family) and dot and size):
+        raise ConfigError(f"instance type {instance_type!r} is not of the form family.size, e.g. c7i.2xlarge")
+    return "arm64" if _ARM_FAMILY.fullmatch(family) else "x86_64"
+
+
+@dataclass(frozen=True)
+class _StackDefaults:
+    launch_templates: Mapping[str, str]
+    subnet_ids: tuple[str, ...]
 
 
 _QUEUE_FIELDS = {
     "name",
+    "architecture",
     "launch_template_id",
     "instance_types",
     "subnet_ids",
@@ -164,21 +221,27 @@ _QUEUE_FIELDS = {
 }
 
 
-def _queue(where: str, raw: Any) -> QueueConfig:
+def _queue(index: int, raw: Any, stack: _StackDefaults) -> QueueConfig:
+    where = f"QUEUES[{index}]"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a JSON object (got {_short(raw)})")
-    unknown = sorted(set(raw) - _QUEUE_FIELDS)
-    if unknown:
-        raise ConfigError(f"{where}.{unknown[0]} is not a known queue setting (got {_short(raw[unknown[0]])})")
     name = _string(where, raw, "name")
     if not _QUEUE_NAME.match(name):
         raise ConfigError(f"{where}.name must be letters, digits, '.', '_' or '-' (got {name!r})")
-    defaults = QueueConfig(name, "", (), (), 0)
+    where = queue_where(index, name)
+    unknown = sorted(set(raw) - _QUEUE_FIELDS)
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]} is not a known queue setting (got {_short(raw[unknown[0]])})")
+    architecture = _string(where, raw, "architecture")
+    if architecture not in ARCHITECTURES:
+        raise ConfigError(f"{where}.architecture must be one of {', '.join(ARCHITECTURES)} (got {architecture!r})")
+    defaults = QueueConfig(name, architecture, "", (), (), 0)
     queue = QueueConfig(
         name=name,
-        launch_template_id=_string(where, raw, "launch_template_id"),
-        instance_types=_string_list(where, raw, "instance_types"),
-        subnet_ids=_string_list(where, raw, "subnet_ids"),
+        architecture=architecture,
+        launch_template_id=_launch_template(where, raw, architecture, stack),
+        instance_types=_instance_types(where, raw, architecture),
+        subnet_ids=_subnets(where, raw, stack),
         max_instances=_int(where, raw, "max_instances", None, 1),
         min_instances=_int(where, raw, "min_instances", defaults.min_instances, 0),
         agents_per_instance=_int(where, raw, "agents_per_instance", defaults.agents_per_instance, 1),
@@ -195,6 +258,40 @@ def _queue(where: str, raw: Any) -> QueueConfig:
             f"{where}.max_instances must be >= min_instances (got {queue.max_instances} < {queue.min_instances})"
         )
     return queue
+
+
+def _launch_template(where: str, raw: dict[str, Any], architecture: str, stack: _StackDefaults) -> str:
+    if "launch_template_id" in raw:
+        return _string(where, raw, "launch_template_id")
+    if architecture not in stack.launch_templates:
+        raise ConfigError(
+            f"{where}.launch_template_id is required: LAUNCH_TEMPLATES has none for {architecture} "
+            f"(got {_short(dict(stack.launch_templates))})"
+        )
+    return stack.launch_templates[architecture]
+
+
+def _instance_types(where: str, raw: dict[str, Any], architecture: str) -> tuple[str, ...]:
+    # An arm64 type with an x86_64 AMI (or the reverse) never boots: refused here, not at launch.
+    types = _string_list(where, raw, "instance_types")
+    for index, instance_type in enumerate(types):
+        try:
+            actual = instance_architecture(instance_type)
+        except ConfigError as error:
+            raise ConfigError(f"{where}.instance_types[{index}]: {error}") from None
+        if actual != architecture:
+            raise ConfigError(
+                f"{where}.instance_types[{index}] is an {actual} type, not {architecture} (got {instance_type!r})"
+            )
+    return types
+
+
+def _subnets(where: str, raw: dict[str, Any], stack: _StackDefaults) -> tuple[str, ...]:
+    if "subnet_ids" in raw:
+        return _string_list(where, raw, "subnet_ids")
+    if not stack.subnet_ids:
+        raise ConfigError(f"{where}.subnet_ids is required when SUBNET_IDS is empty (got nothing)")
+    return stack.subnet_ids
 
 
 def _string(where: str, raw: dict[str, Any], key: str) -> str:
@@ -249,6 +346,11 @@ def _required(env: Mapping[str, str], key: str) -> str:
     if not value:
         raise ConfigError(f"{key} is required (got {env.get(key)!r})")
     return value
+
+
+def _subnet_ids(env: Mapping[str, str]) -> tuple[str, ...]:
+    """SUBNET_IDS: comma-separated, as CloudFormation joins a List<AWS::EC2::Subnet::Id>."""
+    return tuple(item.strip() for item in env.get("SUBNET_IDS", "").split(",") if item.strip())
 
 
 def _fleet_name(env: Mapping[str, str]) -> str:

@@ -19,7 +19,7 @@ import re
 import shlex
 from pathlib import Path
 
-from autoscaler.config import ROLES, ROOT_MODES, QueueConfig, UserDataSettings
+from autoscaler.config import ARCHITECTURES, ROLES, ROOT_MODES, QueueConfig, UserDataSettings
 from autoscaler.lifecycle import (
     BOOTSTRAP_COMPLETE,
     BOOTSTRAP_FAILED,
@@ -41,10 +41,6 @@ _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 # split the nix.conf value. Quotes and "$" are allowed; they are data.
 _NIX_PUBLIC_KEY = re.compile(r"[!-9;-~]{1,200}:[A-Za-z0-9+/]{40,100}={0,2}")
 _AGENT_VERSION = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+([.+~-][A-Za-z0-9.+~-]{1,40})?")
-# Graviton families carry a "g" after the generation (m7g, c7gn, r8gd, im4gn,
-# g5g); a1 is the first Graviton. Other families (g4dn, m7i, c7a) are x86.
-_ARM_FAMILY = re.compile(r"(a1|[a-z]+[0-9]+[a-z0-9]*g[a-z0-9]*)(-flex)?")
-_FAMILY = re.compile(r"[a-z]+[0-9]+[a-z0-9-]*")
 
 
 class UserDataError(ValueError):
@@ -71,6 +67,9 @@ def _settings_values(settings: UserDataSettings, queue: QueueConfig, role: str, 
     _check("role", role, role in ROLES, f"one of {', '.join(ROLES)}")
     _check("fleet_name", fleet_name, bool(_NAME.fullmatch(fleet_name)), "letters, digits, '.', '_' or '-'")
     _check("queue.name", queue.name, bool(_NAME.fullmatch(queue.name)), "letters, digits, '.', '_' or '-'")
+    # The bootstrap compares it with `uname -m`: an AMI of the wrong architecture fails
+    # the bootstrap instead of joining (the configuration matched it to the instance types).
+    _check("queue.architecture", queue.architecture, queue.architecture in ARCHITECTURES, " or ".join(ARCHITECTURES))
     _check_count("queue.agents_per_instance", queue.agents_per_instance, 1)
     _check_count("queue.idle_timeout_seconds", queue.idle_timeout_seconds, 1)
     _check_count("queue.max_uptime_seconds", queue.max_uptime_seconds, 0)
@@ -85,7 +84,7 @@ def _settings_values(settings: UserDataSettings, queue: QueueConfig, role: str, 
         _check_pattern("agent_version", settings.agent_version, _AGENT_VERSION, "empty or a version such as 3.87.0")
     return {
         "BK_QUEUE": queue.name,
-        "BK_ARCH": queue_arch(queue),
+        "BK_ARCH": queue.architecture,
         "BK_ROLE": role,
         "BK_FLEET": fleet_name,
         "BK_REGION": settings.region,
@@ -107,20 +106,6 @@ def _settings_values(settings: UserDataSettings, queue: QueueConfig, role: str, 
         "BK_BOOTSTRAP_COMPLETE": BOOTSTRAP_COMPLETE,
         "BK_BOOTSTRAP_FAILED": BOOTSTRAP_FAILED,
     }
-
-
-def queue_arch(queue: QueueConfig) -> str:
-    """x86_64 or arm64, from the queue's instance types, which must all agree.
-
-    The bootstrap script compares it with `uname -m`, so an AMI or instance
-    type of the wrong architecture fails the bootstrap instead of joining.
-    """
-    arches = {_instance_arch(instance_type) for instance_type in queue.instance_types}
-    if len(arches) != 1:
-        raise UserDataError(
-            f"queue.instance_types of {queue.name} must share one architecture (got {list(queue.instance_types)!r})"
-        )
-    return arches.pop()
 
 
 def _settings_env(values: dict[str, str]) -> str:
@@ -160,13 +145,6 @@ def _fit(plain: bytes) -> bytes:
             f"over EC2's limit of {EC2_USER_DATA_LIMIT} bytes"
         )
     return compressed
-
-
-def _instance_arch(instance_type: str) -> str:
-    family = instance_type.split(".", 1)[0]
-    if not _FAMILY.fullmatch(family):
-        raise UserDataError(f"queue.instance_types has an unknown instance type (got {instance_type!r})")
-    return "arm64" if _ARM_FAMILY.fullmatch(family) else "x86_64"
 
 
 def _check(field: str, value: object, ok: bool, expected: str) -> None:
