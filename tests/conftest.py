@@ -8,12 +8,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
 import pytest
 from aws_lambda_powertools.utilities import parameters
-from botocore.exceptions import ClientError
+from emulators import aws
+from emulators.buildkite import FakeBuildkite
 from moto import mock_aws
-from tests.fake_buildkite import FakeBuildkite
 
 from autoscaler.telemetry import logger
 
@@ -74,42 +73,8 @@ def buildkite() -> Iterator[FakeBuildkite]:
     fake.stop()
 
 
-class Ec2Behaviour:
-    """Makes moto act like EC2 where it does not, through the AWS client's hooks.
-
-    moto starts MinCount instances where EC2 starts up to MaxCount when it
-    has capacity, and never runs out of capacity; this hook gives every
-    RunInstances call EC2's answer. It also records every EC2 call.
-    """
-
-    def __init__(self) -> None:
-        self.full_launches = True
-        self.no_capacity: set[tuple[str, str | None]] = set()  # (type, subnet or None for any)
-        self.run_calls: list[dict[str, Any]] = []
-        self.operations: list[str] = []
-
-    def count_call(self, model: Any, **_: Any) -> None:
-        self.operations.append(model.name)
-
-    def run_instances(self, params: dict[str, Any], **_: Any) -> None:
-        self.run_calls.append(dict(params))
-        key = params.get("InstanceType", "")
-        if (key, params.get("SubnetId")) in self.no_capacity or (key, None) in self.no_capacity:
-            error = {"Code": "InsufficientInstanceCapacity", "Message": f"no {key} capacity"}
-            raise ClientError({"Error": error}, "RunInstances")
-        if self.full_launches:
-            params["MinCount"] = params["MaxCount"]
-
-
 @dataclass
-class Stack:
-    """What `sam deploy` would have created, in moto."""
-
-    ec2: Any
-    subnets: list[str]
-    templates: dict[str, str]  # queue → launch template id
-    behaviour: Ec2Behaviour
-
+class Stack(aws.Stack):
     def queue(self, name: str, **overrides: Any) -> dict[str, Any]:
         arm = "arm" in name
         config = {
@@ -127,27 +92,8 @@ class Stack:
 @pytest.fixture
 def stack() -> Iterator[Stack]:
     with mock_aws():
-        boto3.setup_default_session()
-        behaviour = Ec2Behaviour()
-        # Registered on the default session, so the handlers' own clients get it.
-        boto3.DEFAULT_SESSION.events.register("before-parameter-build.ec2.RunInstances", behaviour.run_instances)
-        boto3.DEFAULT_SESSION.events.register("before-call.ec2", behaviour.count_call)
-        ec2 = boto3.client("ec2", region_name=REGION)
-        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-        subnets = [
-            ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{index}.0/24")["Subnet"]["SubnetId"] for index in (1, 2)
-        ]
-        templates = {
-            queue: ec2.create_launch_template(LaunchTemplateName=queue, LaunchTemplateData={"ImageId": "ami-12345678"})[
-                "LaunchTemplate"
-            ]["LaunchTemplateId"]
-            for queue in ("nixos-x86-aws", "nixos-arm-aws")
-        }
-        boto3.client("ssm", region_name=REGION).put_parameter(
-            Name=TOKEN_PARAMETER, Value=FAKE_TOKEN, Type="SecureString"
-        )
-        behaviour.operations.clear()
-        yield Stack(ec2, subnets, templates, behaviour)
+        created = aws.create_stack(REGION, ("nixos-x86-aws", "nixos-arm-aws"), TOKEN_PARAMETER, FAKE_TOKEN)
+        yield Stack(**vars(created))
 
 
 def scaler_env(endpoint: str, queues: list[dict[str, Any]], **extra: str) -> dict[str, str]:
