@@ -133,19 +133,19 @@ def offline_environment(
         offline["QUEUES"] = json.dumps(
             [
                 {**queue, "launch_template_id": stack.templates[queue["name"]], "subnet_ids": stack.subnets}
-                for queue in queue_list(environment)
+                for queue in queue_list(environment["QUEUES"])
             ]
         )
     return offline
 
 
-def queue_list(environment: Mapping[str, str]) -> list[dict[str, Any]]:
+def queue_list(queues_json: str) -> list[dict[str, Any]]:
     """The QUEUES entries, as far as the offline stack needs them (each queue's name).
 
     The handler validates them in full; this only has to find the names.
     """
     try:
-        queues = json.loads(environment.get("QUEUES", "[]"))
+        queues = json.loads(queues_json)
     except json.JSONDecodeError as error:
         raise ScenarioError(f"QUEUES is not JSON ({error.msg} at char {error.pos})") from None
     if not isinstance(queues, list) or not all(isinstance(queue, dict) and "name" in queue for queue in queues):
@@ -221,12 +221,16 @@ def run(
     memory_mb: int,
     event: Any,
     environment: Mapping[str, str],
+    stack_queues: str,
     scenario: Scenario,
     polls: int,
     region: str,
 ) -> Any:
-    """Run the handler once against a fresh moto account and metrics fake, from the event's scheduled time."""
-    with _emulators(environment, region, _start_time(event)) as (stack, buildkite, frozen, offline_env):
+    """Run the handler once against a fresh moto account and metrics fake, from the event's scheduled time.
+
+    `stack_queues` (a QUEUES value) names the queues the stack has launch templates for.
+    """
+    with _emulators(environment, stack_queues, region, _start_time(event)) as (stack, buildkite, frozen, offline_env):
         seed_fleet(stack, offline_env.get("FLEET_NAME", ""), scenario.fleet, frozen)
         buildkite.answer(*(answer.reply() for answer in scenario.metrics))
         context = SimulatedContext(function_name, memory_mb, lambda: len(buildkite.requests), polls)
@@ -235,10 +239,10 @@ def run(
 
 @contextmanager
 def _emulators(
-    environment: Mapping[str, str], region: str, start: datetime
+    environment: Mapping[str, str], stack_queues: str, region: str, start: datetime
 ) -> Iterator[tuple[Stack, FakeBuildkite, FrozenDateTimeFactory, dict[str, str]]]:
     token_parameter = environment.get("BUILDKITE_AGENT_TOKEN_PARAMETER") or "/buildkite/agent-token"
-    names = [queue["name"] for queue in queue_list(environment)]
+    names = [queue["name"] for queue in queue_list(stack_queues)]
     buildkite = FakeBuildkite().start()
     try:
         with freeze_time(start) as frozen, mock_aws():

@@ -129,14 +129,17 @@ def invoke(function: str, event: Any, environment: Mapping[str, str], region: st
 def invoke_offline(function: str, event: Any, env_file: Path, scenario_file: Path, polls: int | None) -> Any:
     """Call the handler against the emulators, printing its log as readable lines."""
     # Imported here: moto and freezegun load only for an offline run.
-    from autoscaler.telemetry import logger  # noqa: PLC0415
     from emulators import offline  # noqa: PLC0415
     from tools.log_view import readable  # noqa: PLC0415
+
+    from autoscaler.telemetry import logger  # noqa: PLC0415
 
     properties = function_properties(load_template(), function)
     scenario = offline.load_scenario(scenario_file)
     handler = resolve_handler(properties["Handler"])
     environment = file_environment(env_file, function)
+    # The stack has a launch template per queue whichever function runs; the scaler's QUEUES names them.
+    stack_queues = file_environment(env_file, "ScalerFunction").get("QUEUES", "[]")
     region = region_from_environment(os.environ) or offline.DEFAULT_REGION
     print(f"{function} offline: {scenario_file.name}: {scenario.description}")
     with readable(logger):
@@ -146,6 +149,7 @@ def invoke_offline(function: str, event: Any, env_file: Path, scenario_file: Pat
             int(properties["MemorySize"]),
             event,
             environment,
+            stack_queues,
             scenario,
             polls or scenario.polls,
             region,
