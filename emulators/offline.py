@@ -35,7 +35,7 @@ from autoscaler.lifecycle import (
     ROLE_TAG,
 )
 from emulators.aws import Stack, create_stack
-from emulators.buildkite import FakeBuildkite, Reply, metrics_body
+from emulators.buildkite import FakeBuildkite, Reply, metrics_reply
 
 DEFAULT_REGION = "us-east-1"
 # What the offline token parameter holds; the metrics fake does not check it.
@@ -73,8 +73,7 @@ class MetricsAnswer:
     def reply(self) -> Reply:
         if self.status != 200:
             return Reply(status=self.status, body={"message": f"offline scenario: HTTP {self.status}"})
-        headers = {"Buildkite-Agent-Metrics-Poll-Duration": str(self.poll_seconds)} if self.poll_seconds else {}
-        return Reply(body=metrics_body({name: dict(counts) for name, counts in self.queues.items()}), headers=headers)
+        return metrics_reply({name: dict(counts) for name, counts in self.queues.items()}, self.poll_seconds)
 
 
 @dataclass(frozen=True)
