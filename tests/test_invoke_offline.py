@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -96,6 +97,8 @@ def test_scaler_decides_what_the_scenario_calls_for(
     summary = summary_of(output)
     dry_run = event == "scaler-dry-run.json"
     assert summary["dry_run"] is dry_run
+    # One poll unless the scenario asks for more (the failed call and the recovery).
+    assert summary["polls"] == (2 if scenario == "metrics-failure" else 1)
     for queue, count in LAUNCHES[scenario].items():
         result = summary["queues"][queue]
         # A dry run decides the same launches and makes none.
@@ -163,3 +166,24 @@ def test_the_env_file_sets_only_variables_the_template_gives_each_function() -> 
     for function in ("ScalerFunction", "ReaperFunction"):
         declared = set(template["Resources"][function]["Properties"]["Environment"]["Variables"])
         assert set(env_file_for_sam[function]) <= declared | declared_globally
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("invoke-scaler", "ScalerFunction events/scaler-dry-run.json --offline --scenario events/scenarios/burst.json"),
+        ("invoke-reaper", "ReaperFunction events/reaper-dry-run.json --offline --scenario events/scenarios/stuck.json"),
+    ],
+)
+def test_make_passes_offline_scenario_and_polls(target: str, expected: str) -> None:
+    def command(*variables: str) -> str:
+        result = subprocess.run(
+            ["make", "-n", "-s", target, *variables], cwd=ROOT, capture_output=True, text=True, check=True
+        )
+        return " ".join(result.stdout.replace("\\\n", " ").split())
+
+    assert expected in command("OFFLINE=1")
+    assert command("OFFLINE=1", "POLLS=4", "SCENARIO=events/scenarios/quiet.json").endswith(
+        "--offline --scenario events/scenarios/quiet.json --polls 4"
+    )
+    assert "--offline" not in command("STACK=my-stack")
