@@ -77,13 +77,18 @@ build-ScalerFunction build-ReaperFunction build-QueueCheckFunction:
 
 # `make invoke-scaler EVENT=events/scaler-scheduled.json STACK=<stack>` (or ENV_FILE=<sam env-vars file>):
 # the handler in this process against real AWS, with the deployed function's environment.
+# OFFLINE=1: against moto and a loopback metrics fake instead, fed by SCENARIO, for POLLS polls
+# of simulated time (ENV_FILE defaults to events/env.json); no account, no Docker, no network.
+INVOKE_SOURCE = $(if $(STACK),--stack $(STACK)) $(if $(ENV_FILE),--env-file $(ENV_FILE))
+INVOKE_OFFLINE = $(if $(OFFLINE),--offline --scenario $(or $(SCENARIO),$(1)) $(if $(POLLS),--polls $(POLLS)))
+
 invoke-scaler: $(BIN)/.stamp
 	$(BIN)/python tools/invoke.py ScalerFunction $(or $(EVENT),events/scaler-dry-run.json) \
-		$(if $(STACK),--stack $(STACK)) $(if $(ENV_FILE),--env-file $(ENV_FILE))
+		$(INVOKE_SOURCE) $(call INVOKE_OFFLINE,events/scenarios/burst.json)
 
 invoke-reaper: $(BIN)/.stamp
 	$(BIN)/python tools/invoke.py ReaperFunction $(or $(EVENT),events/reaper-dry-run.json) \
-		$(if $(STACK),--stack $(STACK)) $(if $(ENV_FILE),--env-file $(ENV_FILE))
+		$(INVOKE_SOURCE) $(call INVOKE_OFFLINE,events/scenarios/stuck.json)
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) $(SAM_VENV) $(IAM_SIMULATE)/node_modules .aws-sam .pytest_cache .ruff_cache .hypothesis out

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from emulators.buildkite import FakeBuildkite, Reply, metrics_body
 from freezegun import freeze_time
 from tests.conftest import FAKE_TOKEN, FLEET, Stack, emf_records, scaler_env
-from tests.fake_buildkite import FakeBuildkite, Reply, metrics_body
 from tests.lambda_context import LambdaContext
 from tests.test_template import Resolver, dashboard_searches, parameter_values
 from tools.invoke import load_template
