@@ -107,7 +107,7 @@ def _when(path: Path, line: int, row: dict[str, str]) -> float | datetime:
         raise TraceError(
             f"{path}:{line}: scheduled_at must be seconds or an ISO-8601 time (got {row.get('scheduled_at')!r})"
         ) from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+    return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _seconds(when: float | datetime, start: datetime) -> float:
