@@ -125,11 +125,11 @@ def fixed_cost(result: RunResult, deployed: Deployment) -> StackCost:
     """The stack's monthly cost, from the template and the run's invocation pattern."""
     telemetry = result.telemetry
     assert telemetry is not None
-    scaler_runs = max(result.scaler_invocations, 1)
-    reaper_runs = max(result.reaper_invocations, 1)
+    scaler_runs = max(telemetry.runs["scaler"], 1)
+    reaper_runs = max(telemetry.runs["reaper"], 1)
     pattern = InvocationPattern(
         scaler_per_month=DAYS_PER_MONTH * 86400 / result.scenario.scaler_period,
-        scaler_seconds=result.scaler_seconds / scaler_runs,
+        scaler_seconds=result.scaler_seconds / max(result.scaler_invocations, 1),
         reaper_per_month=DAYS_PER_MONTH * 86400 / result.scenario.reaper_period,
         log_bytes_per_scaler=telemetry.log_bytes["scaler"] / scaler_runs,
         log_bytes_per_reaper=telemetry.log_bytes["reaper"] / reaper_runs,

@@ -33,6 +33,7 @@ from simulation.world import World, WorldSettings
 
 FLEET = "simulated"
 METRICS_DISABLED = "POWERTOOLS_METRICS_DISABLED"
+TELEMETRY_HOURS = 24.0  # a day of logs and metrics is the cost model's sample
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,6 @@ class RunResult:
     start: datetime = START
     scaler_seconds: float = 0.0  # the scaler invocations' total (simulated) duration
     scaler_invocations: int = 0
-    reaper_invocations: int = 0
     telemetry: TelemetrySink | None = None
     warnings: list[str] = field(default_factory=list)
 
@@ -135,10 +135,11 @@ def simulate(
 
     Without `until`, a run ends when every job is done and only floor instances
     are left, or `drain_hours` after the last arrival: the result's warnings say so.
-    With `telemetry`, the Lambdas' logs and metrics are counted for the cost
-    model (which doubles the run time); without, they are silenced.
+    With `telemetry`, the Lambdas' logs and metrics of the first
+    `TELEMETRY_HOURS` are counted for the cost model (they double the time a
+    simulated hour takes); without, they are silenced.
     """
-    sink = TelemetrySink()
+    sink = TelemetrySink(TELEMETRY_HOURS * 3600.0 if telemetry else 0.0)
     with _captured(sink, scenario.log_level if telemetry else "CRITICAL", telemetry):
         result = _simulate(trace, scenario, until, ec2, progress, start, sink)
     if until is None:
@@ -149,10 +150,22 @@ def simulate(
 class TelemetrySink(io.TextIOBase):
     """Where the Lambdas' log lines and EMF records go in a run: counted, for the cost model, not kept."""
 
-    def __init__(self) -> None:
+    def __init__(self, until: float) -> None:
+        self.until = until  # simulated second the counting stops
         self.log_bytes = {"scaler": 0, "reaper": 0}
+        self.runs = {"scaler": 0, "reaper": 0}  # invocations counted
         self.metrics: set[tuple[str, tuple[tuple[str, str], ...]]] = set()  # name, dimensions
         self.function = "scaler"
+
+    def counting(self, now: float) -> bool:
+        """Whether invocations at `now` are counted; past the window, silence the Lambdas for speed."""
+        if now < self.until:
+            return True
+        if self.until >= 0:
+            self.until = -1.0
+            logger.setLevel("CRITICAL")
+            os.environ[METRICS_DISABLED] = "true"
+        return False
 
     def writable(self) -> bool:
         return True
@@ -208,7 +221,7 @@ def _simulate(
     settings = scaler_settings(scenario)
     render = partial(render_user_data, settings.user_data, fleet_name=FLEET)
     decisions: list[Decision] = []
-    reaps = _schedule_reaper(world, fleet, scenario, clock, sink)
+    _schedule_reaper(world, fleet, scenario, clock, sink)
 
     last_arrival = max((job.scheduled_at for job in trace), default=0.0)
     stop = last_arrival + scenario.drain_hours * 3600 if until is None else until
@@ -219,6 +232,7 @@ def _simulate(
         poller = _RecordingScaler(
             decisions, lambda: world.now, settings=settings, source=source, fleet=fleet, render_user_data=render
         )
+        sink.runs["scaler"] += sink.counting(invocation)
         scaler.run(poller, clock, lambda deadline=deadline: deadline - world.now, dry_run=False)
         busy += world.now - invocation
         invocations += 1
@@ -226,7 +240,7 @@ def _simulate(
             progress(world.now, stop)
         invocation += scenario.scaler_period
     world.advance_to(invocation)
-    return RunResult(scenario, world, world.now, source.samples, decisions, start, busy, invocations, reaps[0], sink)
+    return RunResult(scenario, world, world.now, source.samples, decisions, start, busy, invocations, sink)
 
 
 def _settled(world: World, now: float, last_arrival: float) -> bool:
@@ -264,19 +278,17 @@ def run_warnings(trace: list[Job], result: RunResult) -> list[str]:
 
 def _schedule_reaper(
     world: World, fleet: MemoryFleet, scenario: Scenario, clock: _SimClock, sink: TelemetrySink
-) -> list[int]:
+) -> None:
     settings = ReaperSettings(FLEET, scenario.bootstrap_timeout_seconds, scenario.reap_cap, dry_run=False)
-    count = [0]
 
     def reap() -> None:
         sink.function = "reaper"
+        sink.runs["reaper"] += sink.counting(world.now)
         reaper.run(fleet, settings, clock, dry_run=False)
         sink.function = "scaler"
-        count[0] += 1
         world.schedule(world.now + scenario.reaper_period, reap)
 
     world.schedule(scenario.reaper_period, reap)
-    return count
 
 
 def scaler_settings(scenario: Scenario) -> ScalerSettings:

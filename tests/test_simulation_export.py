@@ -69,7 +69,8 @@ def test_the_export_pages_waits_out_the_rate_limit_and_writes_a_trace_the_simula
     assert retried["time"] - limited["time"] >= 1.0  # RateLimit-Reset honoured
     assert {r["authorization"] for r in buildkite.requests} == {f"Bearer {FAKE_TOKEN}"}
     err = capsys.readouterr().err
-    assert "page 1: 1 builds" in err and "page 2: 2 builds" in err
+    assert "page 1: 1 builds" in err
+    assert "page 2: 2 builds" in err
     assert FAKE_TOKEN not in err + out.read_text()
 
     with out.open() as handle:
