@@ -25,7 +25,7 @@ $(SAM_VENV)/bin/.stamp: tools/sam.txt
 	touch $@
 
 demo: $(BIN)/.stamp
-	PYTHONPATH=functions $(BIN)/python -m simulation --compare baked:boot_path=baked $(ARGS)
+	PYTHONPATH=functions $(BIN)/python -m simulation --label stock --compare baked:boot_path=baked $(ARGS)
 
 test: lint checkov pytest
 

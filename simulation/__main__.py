@@ -35,8 +35,7 @@ from simulation.runner import RunResult, Scenario, default_scenario, simulate
 from simulation.settings import with_overrides
 from simulation.trace import START, Trace, TraceError, default_trace, load_csv
 
-DEFAULT_RUNS = 5
-BASE_LABEL = "baseline"
+DEFAULT_RUNS = 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.moto:
         from simulation.moto_check import same_decisions  # noqa: PLC0415 - moto is slow to import
 
-        return 0 if same_decisions(trace.jobs, scenarios[BASE_LABEL], args.moto_minutes * 60.0) else 1
+        return 0 if same_decisions(trace.jobs, scenarios[args.label], args.moto_minutes * 60.0) else 1
     try:
         return _run_all(trace, scenarios, pricing, deployed, args)
     except PriceError as error:
@@ -105,7 +104,8 @@ def _run_all(
             )
             print(stack_line(label, stack, len(results[0].telemetry.metrics)), file=sys.stderr)
         if args.chart:
-            title = f"{label} ({_settings_text(args, label)}), trace {trace.name}, seed {seeds[0]}"
+            boot = f"boot {scenario.world.boot_seconds:.0f} s ±{scenario.world.boot_jitter:.0%}"
+            title = f"{label} ({_settings_text(args, label)}; {boot}), trace {trace.name}, seed {seeds[0]}"
             _note(args, chart(results[0], summaries[label][0], _out(args, trace, label, scenario), title))
     if args.chart and len(scenarios) > 1:
         title = f"trace {trace.name}, seed {seeds[0]}: " + "; ".join(
@@ -118,8 +118,8 @@ def _run_all(
     else:
         print(table(summaries, all_ranges=args.runs is not None and args.runs > 1))
         print(
-            f"\nmedian (min-max) over seeds {seeds[0]}-{seeds[-1]}; $ = on-demand {PRICE_REGION} prices of "
-            f"{PRICE_DATE} plus root volumes; a month = {args.days_per_month:g} days like the trace's"
+            f"\nmedian (min-max) over seeds {seeds[0]}-{seeds[-1]}; $ = instances at {PRICE_REGION} on-demand prices "
+            f"of {PRICE_DATE} + root volumes; $ per month = $ per day x {args.days_per_month:g} days"
         )
     return 1 if warned else 0
 
@@ -135,7 +135,7 @@ def _warnings(results: list[RunResult], seeds: list[int]) -> list[str]:
 
 def _scenarios(args: argparse.Namespace) -> dict[str, Scenario]:
     base = with_overrides(default_scenario(), _pairs(args.set, "--set"))
-    scenarios = {BASE_LABEL: base}
+    scenarios = {args.label: base}
     for spec in args.compare:
         label, _, settings = spec.partition(":")
         if not label or not settings or label in scenarios:
@@ -196,6 +196,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--trace", type=Path, help="CSV: queue,scheduled_at,duration[,id,waits_on]; seconds or ISO-8601 times"
     )
+    parser.add_argument("--label", default="baseline", help="name of the run with the --set settings")
     parser.add_argument("--seed", type=int, default=7, help="seed of the default trace (default 7)")
     parser.add_argument(
         "--runs",

@@ -232,7 +232,7 @@ def chart(result: RunResult, summaries: list[QueueSummary], path: Path, title: s
         right.set_ylabel("instances")
         fleet_axis.yaxis.set_major_locator(MaxNLocator(integer=True))
         fleet_axis.set_ylabel("jobs / agents")
-        fleet_axis.set_xlabel("hour (from the trace's start)")
+        fleet_axis.set_xlabel("hour (UTC) from the first day's midnight")
         fleet_axis.set_title(f"{queue}: ${summary.cost_per_day:.2f}/day, {summary.instance_hours:.1f} instance-h")
         handles = fleet_axis.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
         fleet_axis.legend(handles=handles, loc="upper left", fontsize="small")
@@ -254,7 +254,7 @@ def _wait_scatter(axis, result: RunResult, queue: str, offset: float) -> None:  
         axis.scatter(*zip(*done, strict=True), s=6, color="tab:blue", label="started")
     if unfinished:
         axis.scatter(*zip(*unfinished, strict=True), s=10, color="tab:red", marker="x", label="never started")
-    axis.set_xlabel("hour the job became ready")
+    axis.set_xlabel("hour (UTC) the job became ready")
     axis.set_ylabel("wait (min)")
     axis.set_title(f"{queue}: each job's wait")
     if done or unfinished:
