@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from simulation.deployment import Deployment
 
 PRICE_REGION = "us-east-1"
-# AWS's published Linux on-demand prices for us-east-1 as of this date, from the
-# EC2 and CloudWatch pricing pages; check yours (`aws pricing get-products`).
+# AWS's published Linux on-demand list prices for us-east-1 (EC2, EBS, Lambda and
+# CloudWatch pricing pages) as of this date, written down by hand, not fetched: check
+# yours (`aws pricing get-products`) and override with --price.
 PRICE_DATE = "2025-06"
 ON_DEMAND_PER_HOUR = {
     "c7i.2xlarge": 0.357,
