@@ -35,7 +35,7 @@ $(IAM_SIMULATE)/node_modules/.stamp: $(IAM_SIMULATE)/package-lock.json
 iam-simulate: $(IAM_SIMULATE)/node_modules/.stamp
 
 demo: $(BIN)/.stamp
-	PYTHONPATH=functions $(BIN)/python -m simulation $(ARGS)
+	PYTHONPATH=functions $(BIN)/python -m simulation --label stock --compare baked:boot_path=baked $(ARGS)
 
 test: lint checkov pytest
 

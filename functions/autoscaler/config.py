@@ -114,8 +114,8 @@ class ScalerSettings:
             queues=queues_from_env(env),
             agent_token_parameter=token_parameter,
             endpoint=endpoint.rstrip("/"),
-            bootstrap_timeout_seconds=_env_int(env, "BOOTSTRAP_TIMEOUT_SECONDS", DEFAULT_BOOTSTRAP_TIMEOUT, 60),
-            ready_grace_seconds=_env_int(env, "READY_GRACE_SECONDS", DEFAULT_READY_GRACE, 0),
+            bootstrap_timeout_seconds=env_int(env, "BOOTSTRAP_TIMEOUT_SECONDS"),
+            ready_grace_seconds=env_int(env, "READY_GRACE_SECONDS"),
             dry_run=_env_bool(env, "DRY_RUN", False),
             user_data=user_data,
         )
@@ -132,8 +132,8 @@ class ReaperSettings:
     def from_env(cls, env: Mapping[str, str]) -> ReaperSettings:
         return cls(
             fleet_name=_fleet_name(env),
-            bootstrap_timeout_seconds=_env_int(env, "BOOTSTRAP_TIMEOUT_SECONDS", DEFAULT_BOOTSTRAP_TIMEOUT, 60),
-            max_terminations=_env_int(env, "REAPER_MAX_TERMINATIONS", DEFAULT_REAP_CAP, 1),
+            bootstrap_timeout_seconds=env_int(env, "BOOTSTRAP_TIMEOUT_SECONDS"),
+            max_terminations=env_int(env, "REAPER_MAX_TERMINATIONS"),
             dry_run=_env_bool(env, "DRY_RUN", False),
         )
 
@@ -318,12 +318,22 @@ def _int(where: str, raw: dict[str, Any], key: str, default: int | None, minimum
         if default is None:
             raise ConfigError(f"{where}.{key} is required (got nothing)")
         return default
-    value = raw[key]
+    return check_int(f"{where}.{key}", raw[key], minimum)
+
+
+def check_int(field: str, value: Any, minimum: int) -> int:
+    """The rule for every integer setting; the simulation checks its settings with it too."""
     # bool is an int in Python; `true` for a count is a mistake, not 1.
     if not isinstance(value, int) or isinstance(value, bool):
-        raise ConfigError(f"{where}.{key} must be an integer (got {_short(value)})")
+        raise ConfigError(f"{field} must be an integer (got {_short(value)})")
+    return check_range(field, value, minimum)
+
+
+def check_range(field: str, value: float, minimum: float, maximum: float | None = None) -> Any:
     if value < minimum:
-        raise ConfigError(f"{where}.{key} must be >= {minimum} (got {value})")
+        raise ConfigError(f"{field} must be >= {minimum} (got {value})")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{field} must be <= {maximum} (got {value})")
     return value
 
 
@@ -360,7 +370,17 @@ def _fleet_name(env: Mapping[str, str]) -> str:
     return name
 
 
-def _env_int(env: Mapping[str, str], key: str, default: int, minimum: int) -> int:
+# Integer variables of the environment: (default, minimum).
+ENV_INTS = {
+    "BOOTSTRAP_TIMEOUT_SECONDS": (DEFAULT_BOOTSTRAP_TIMEOUT, 60),
+    "READY_GRACE_SECONDS": (DEFAULT_READY_GRACE, 0),
+    "REAPER_MAX_TERMINATIONS": (DEFAULT_REAP_CAP, 1),
+}
+
+
+def env_int(env: Mapping[str, str], key: str) -> int:
+    """One of `ENV_INTS`, validated; the simulation reads its copies of them through this."""
+    default, minimum = ENV_INTS[key]
     text = env.get(key, "").strip()
     if not text:
         return default
@@ -368,9 +388,7 @@ def _env_int(env: Mapping[str, str], key: str, default: int, minimum: int) -> in
         value = int(text)
     except ValueError:
         raise ConfigError(f"{key} must be an integer (got {text!r})") from None
-    if value < minimum:
-        raise ConfigError(f"{key} must be >= {minimum} (got {value})")
-    return value
+    return check_range(key, value, minimum)
 
 
 def _env_bool(env: Mapping[str, str], key: str, default: bool) -> bool:
