@@ -537,8 +537,8 @@ start_agent() {
 
 mark_complete() {
     rm -rf "$WORK"
-    touch "$FLAG"
     tag_instance "$BK_BOOTSTRAP_COMPLETE" "Key=$BK_READY_AT_TAG,Value=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    touch "$FLAG"
     log "complete: buildkite-agent is running"
 }
 

@@ -11,7 +11,7 @@
 #       buildkite-agent), one last pass bounded by DRAIN_SECONDS.
 #   cache-uploader.sh drain SECONDS
 #       one pass over the queue, bounded by SECONDS.
-set -uf
+set -u
 
 ROOT=${BOOTSTRAP_ROOT:-}
 STATE="$ROOT/var/lib/buildkite-cache-upload"
