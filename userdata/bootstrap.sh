@@ -203,10 +203,12 @@ apt_get() {
     for ((attempt = 1; ; attempt++)); do
         if "${APT_GET[@]}" "$@" 2>"$errors"; then
             cat "$errors" >&2
+            rm -f "$errors"
             return 0
         fi
         cat "$errors" >&2
         if ((attempt >= APT_LOCK_RETRIES)) || ! grep -q 'Could not get lock' "$errors"; then
+            rm -f "$errors"
             return 1
         fi
         log "apt-get $1: another apt holds a lock, retry $attempt of $APT_LOCK_RETRIES in 10 s"
@@ -358,7 +360,7 @@ check_no_secrets() {
         fi
     done
     # The package's own config holds the placeholder token "xxx".
-    if [[ -f "$AGENT_CONFIG" ]] && grep -Eq '^token="?[^x"]' "$AGENT_CONFIG"; then
+    if [[ -f "$AGENT_CONFIG" ]] && grep -E '^token=' "$AGENT_CONFIG" | grep -qvxE 'token="?xxx"?'; then
         found+=("$AGENT_CONFIG")
     fi
     ((${#found[@]} == 0)) || die "secrets or instance state on this disk, refusing to go on: ${found[*]}"
