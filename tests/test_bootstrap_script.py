@@ -54,7 +54,7 @@ REAL_COMMANDS = (
 )
 STUBBED = ["curl", "aws", "apt-get", "apt-cache", "gpg", "systemctl", "uname", "usermod", "groupadd", "chgrp"]
 STUBBED += ["chown", "id", "update-grub", "update-initramfs", "unzip", "sleep", "poweroff", "nix-installer", "nix"]
-STUBBED += ["jq", "yq", "git", "git-lfs", "aws-installer", "mount", "df", "dpkg-query", "logger"]
+STUBBED += ["jq", "yq", "git", "git-lfs", "aws-installer", "mount", "df", "logger"]
 IMDS = "http://169.254.169.254/latest/"
 
 # One stub for every command (bash, for speed): logs its argv as one line of
@@ -108,12 +108,9 @@ curl)
     ;;
 nix-installer)
     mkdir -p "$BOOTSTRAP_ROOT"/nix/var/nix/{daemon-socket,profiles/default/bin} "$BOOTSTRAP_ROOT/etc/nix"
-    printf '#!/bin/sh\nexec nix "$@"\n' >"$BOOTSTRAP_ROOT/nix/var/nix/profiles/default/bin/nix"
-    chmod +x "$BOOTSTRAP_ROOT/nix/var/nix/profiles/default/bin/nix"
     echo "# written by the installer" >"$BOOTSTRAP_ROOT/etc/nix/nix.custom.conf"
     ;;
 nix)
-    if [[ "$1" == --version ]]; then echo "nix (Nix) 2.31.2"; fi
     if [[ -n "${STUB_NIX_HANG:-}" ]]; then /bin/sleep "$STUB_NIX_HANG"; fi
     ;;
 gpg)
@@ -135,7 +132,6 @@ aws)
     fi
     ;;
 apt-cache) printf '%s\n' "$STUB_MADISON" ;;
-dpkg-query) printf '3.87.0-5805' ;;
 df)
     echo "Filesystem 1024-blocks Used Available Capacity Mounted on"
     shift
@@ -197,8 +193,10 @@ BK_AGENT_VERSION=3.87.0
 BK_CACHE_BUCKET=fleet-nix-cache
 BK_CACHE_REGION=eu-central-1
 BK_CACHE_PUBLIC_KEY={key}
-BK_IMAGE_VERSION=1.0.0/7
 """
+# What the component writes after the install (autoscaler.bake mark).
+MARKER = "image_version=1.0.0/7\nimage_arn=arn:aws:imagebuilder:us-west-2:123456789012:image/a/1.0.0/7\n"
+MARKER += "agent_version=3.87.0\nnix_version=2.31.2\n"
 MADISON = " buildkite-agent | 3.87.0-5805 | https://apt.buildkite.com/buildkite-agent stable/main amd64 Packages"
 
 
@@ -329,6 +327,8 @@ def bake(tmp_path: Path, stubs: Path, mode: str = "ebs", **options: object) -> R
     (stubs / "aws").unlink(missing_ok=True)
     run = run_script(tmp_path, stubs, "install", madison=MADISON, **options)  # type: ignore[arg-type]
     (stubs / "aws").symlink_to(stubs.parent / "stub")
+    if run.returncode == 0:
+        (root / "etc/buildkite-bootstrap/image").write_text(MARKER)
     return run
 
 
@@ -714,27 +714,20 @@ def test_bake_and_stock_boot_run_the_same_install(tmp_path: Path, stubs: Path, m
         relevant = [call for call in run.calls if not (call[0] == "curl" and call[-1].startswith(IMDS))]
         return [" ".join(call).replace(str(run.root), "<root>") for call in relevant if call[0] != "uname"]
 
-    # The bake's last step writes the image marker; stock boots have none.
-    baked_commands = [command for command in commands(baked) if not command.startswith(("dpkg-query", "nix "))]
+    baked_commands = commands(baked)
     stock_commands = commands(stock)
     first = stock_commands.index(baked_commands[0])
     # Sorted: the commands of a pipeline run side by side, in any order.
     assert sorted(stock_commands[first : first + len(baked_commands)]) == sorted(baked_commands)
 
 
-def test_bake_writes_the_image_marker_and_no_secret(tmp_path: Path, stubs: Path) -> None:
+def test_bake_leaves_no_secret_and_touches_no_instance(tmp_path: Path, stubs: Path) -> None:
     run = bake(tmp_path, stubs, "overlayroot")
 
     assert run.returncode == 0, run.console
-    assert run.read("/etc/buildkite-bootstrap/image").splitlines() == [
-        "image_version=1.0.0/7",
-        "agent_version=3.87.0-5805",
-        "nix_version=2.31.2",
-        "nix_installer_version=v3.21.2",
-        "root_mode=overlayroot",
-    ]
     assert not [call for call in run.calls if call[0] == "aws" or "poweroff" in call]
     assert not (run.root / "etc/nix/cache-priv-key.pem").exists()
+    assert not (run.root / "var/lib/buildkite-bootstrap-complete").exists()
 
 
 @pytest.mark.parametrize(
@@ -793,20 +786,27 @@ def test_baked_boot_installs_downloads_and_reboots_nothing(tmp_path: Path, stubs
     assert services == {("aws", "ec2", "create-tags"), ("aws", "ssm", "get-parameter")}
     assert not [call for call in calls if call[0] in ("update-grub", "update-initramfs", "reboot")]
     assert not (run.root / "run/buildkite-bootstrap/reboot-requested").exists()
-    assert "baked image 1.0.0/7: buildkite-agent 3.87.0-5805, nix 2.31.2" in prepare.console
+    assert f"baked image 1.0.0/7: buildkite-agent 3.87.0, nix 2.31.2, root {mode}" in prepare.console
     steps = "load_settings load_instance_id check_arch check_image install_files start_bootstrap_service"
     assert prepare.steps() == steps.split()
     assert ["systemctl", "start", "buildkite-agent.service"] in run.calls
     assert run.aws_calls()[-1][8] == "Key=buildkite-autoscaler:bootstrap,Value=complete"
 
 
-def test_baked_image_of_another_root_mode_fails_loudly(tmp_path: Path, stubs: Path) -> None:
-    assert bake(tmp_path, stubs, "overlayroot").returncode == 0
-    install_user_data(tmp_path / "root", render_user_data(make_settings(), X86_QUEUE, "burst", "ci-fleet"))
+@pytest.mark.parametrize(
+    ("baked", "fleet", "root_type"), [("overlayroot", "ebs", "overlay"), ("ebs", "overlayroot", "ext4")]
+)
+def test_baked_image_of_another_root_mode_fails_loudly(
+    tmp_path: Path, stubs: Path, baked: str, fleet: str, root_type: str
+) -> None:
+    assert bake(tmp_path, stubs, baked).returncode == 0
+    settings = make_settings(root_mode=fleet)
+    install_user_data(tmp_path / "root", render_user_data(settings, X86_QUEUE, "burst", "ci-fleet"))
 
-    run = run_script(tmp_path, stubs, "prepare")
+    run = run_script(tmp_path, stubs, "prepare", root_type=root_type)
 
-    assert "baked for root mode overlayroot but the fleet runs ebs" in run.console
+    assert f"this image boots with root mode {baked} but the fleet runs {fleet}" in run.console
+    assert "FAILED step=check_image" in run.console
     assert run.aws_calls()[-1][-1] == "Key=buildkite-autoscaler:bootstrap,Value=failed"
     assert run.calls[-1] == ["systemctl", "--no-block", "poweroff"]
 

@@ -7,24 +7,22 @@
 #             overlayroot the initramfs and GRUB. The stock AMI runs it at
 #             boot; an image bake runs the very same function.
 #   prepare   cloud-init's runcmd, once per instance. A baked image (the
-#             marker $IMAGE_MARKER exists) only refreshes the scripts and
+#             marker /etc/buildkite-bootstrap/image) only refreshes the scripts and
 #             starts the bootstrap service; the stock AMI runs `install`,
 #             then reboots into overlayroot or starts the service (ebs).
 #   run       buildkite-bootstrap.service, every boot: secrets from SSM,
 #             agent config, agent start, tag complete. Same on both paths.
 #
 # Image bake interface (the Image Builder component):
-#   1. put every file of userdata/ into /usr/local/lib/buildkite-bootstrap/
-#      under its own name, and bootstrap.sh also as this script;
-#   2. write /etc/buildkite-bootstrap/settings.env with the install settings:
-#      BK_ROOT_MODE, BK_NIX_INSTALLER_VERSION, BK_NIX_DETERMINATE,
-#      BK_NIX_TRUST_JOBS, BK_AGENT_VERSION (pin it), BK_CACHE_BUCKET,
-#      BK_CACHE_REGION, BK_CACHE_PUBLIC_KEY, and BK_IMAGE_VERSION;
-#   3. run `buildkite-bootstrap install`. With BK_IMAGE_VERSION set it ends
-#      by writing the marker (key=value: image_version, agent_version,
-#      nix_version, nix_installer_version, root_mode). It fails, and bakes
-#      nothing, if it finds a secret or a completed bootstrap on the disk.
-#      A failed install exits non-zero; only `prepare`/`run` power off.
+#   1. write the files where the cloud-config's write_files puts them;
+#   2. write /etc/buildkite-bootstrap/settings.env with the install settings
+#      (INSTALL_SETTINGS below, plus BK_NIX_TRUST_JOBS and BK_AGENT_VERSION,
+#      which should be pinned);
+#   3. run `buildkite-bootstrap install`. It fails if it finds a secret or a
+#      completed bootstrap on the disk; it exits non-zero and never powers
+#      off or tags (only `prepare` and `run` do);
+#   4. write the marker: key=value lines, image_version, agent_version and
+#      nix_version at least (the console shows them at each baked boot).
 #
 # Every step is a function run by run_step. Any failing command ends the
 # step: the instance tags itself bootstrap=failed, prints the step and exit
@@ -366,23 +364,6 @@ check_no_secrets() {
     ((${#found[@]} == 0)) || die "secrets or instance state on this disk, refusing to go on: ${found[*]}"
 }
 
-write_image_marker() {
-    if [[ -z "${BK_IMAGE_VERSION:-}" ]]; then
-        return 0
-    fi
-    local agent_version nix_version
-    agent_version=$(dpkg-query -W -f='${Version}' buildkite-agent)
-    nix_version=$("$ROOT/nix/var/nix/profiles/default/bin/nix" --version)
-    {
-        printf 'image_version=%s\n' "$BK_IMAGE_VERSION"
-        printf 'agent_version=%s\n' "$agent_version"
-        printf 'nix_version=%s\n' "${nix_version##* }"
-        printf 'nix_installer_version=%s\n' "$BK_NIX_INSTALLER_VERSION"
-        printf 'root_mode=%s\n' "$BK_ROOT_MODE"
-    } | write_file 0644 "$IMAGE_MARKER"
-    log "image marker $IMAGE_MARKER written for image $BK_IMAGE_VERSION"
-}
-
 install_all() {
     run_step stop_apt_timers
     run_step install_packages
@@ -396,7 +377,6 @@ install_all() {
         run_step configure_overlayroot
     fi
     run_step check_no_secrets
-    run_step write_image_marker
 }
 
 # ---------------------------------------------------------------- prepare
@@ -406,13 +386,21 @@ image_value() {
     awk -F= -v key="$1" '$1 == key { sub(/^[^=]*=/, ""); print }' "$IMAGE_MARKER"
 }
 
-# A baked image's root mode is in its initramfs: it cannot follow the settings.
+# The type of the root filesystem: overlay when overlayroot is active.
+root_fs_type() {
+    awk '$2 == "/" { type = $3 } END { print type }' "$ROOT/proc/mounts"
+}
+
+# A baked image's root mode is in its initramfs: it cannot follow the
+# settings. What the image booted into tells it (the marker need not).
 check_image() {
-    local mode
-    mode=$(image_value root_mode)
+    local mode=ebs
+    if [[ "$(root_fs_type)" == overlay ]]; then
+        mode=overlayroot
+    fi
     log "baked image $(image_value image_version): buildkite-agent $(image_value agent_version), nix $(image_value nix_version), root $mode"
     [[ "$mode" == "$BK_ROOT_MODE" ]] ||
-        die "this image was baked for root mode $mode but the fleet runs $BK_ROOT_MODE: rebuild the image"
+        die "this image boots with root mode $mode but the fleet runs $BK_ROOT_MODE: rebuild the image"
 }
 
 enable_bootstrap_service() {
@@ -435,7 +423,7 @@ start_bootstrap_service() {
 
 check_root_filesystem() {
     local root_type
-    root_type=$(awk '$2 == "/" { type = $3 } END { print type }' "$ROOT/proc/mounts")
+    root_type=$(root_fs_type)
     [[ "$root_type" == overlay ]] ||
         die "root filesystem is ${root_type:-unknown}, not the overlayroot tmpfs: see /etc/overlayroot.local.conf and update-initramfs"
 }
