@@ -988,3 +988,26 @@ def test_uploader_unit_outlasts_its_drain_and_stops_after_the_agent() -> None:
     assert int(stop.group(1)) > int(serve.group(1)) + int(serve.group(2))
     assert "Before=buildkite-agent.service" in unit
     assert "KillMode=mixed" in unit
+
+
+def test_uploader_drains_the_queue_when_power_off_stops_it(instance: Path, stubs: Path) -> None:
+    # This one waits for real between passes.
+    bin_dir = instance / "bin-real-sleep"
+    bin_dir.mkdir()
+    for entry in stubs.iterdir():
+        (bin_dir / entry.name).symlink_to(shutil.which("sleep") if entry.name == "sleep" else entry)
+    uploader = instance / "usr/local/lib/buildkite-bootstrap/cache-uploader.sh"
+    env = stub_env(bin_dir, instance, instance / "upload.log")
+    service = subprocess.Popen(
+        ["/bin/bash", str(uploader), "serve", "60", "5"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(0.5)  # the first pass found nothing; the loop waits 5 s
+    queue_build(instance, stubs, "/nix/store/ccc-last-job")
+    started = time.monotonic()
+    service.terminate()
+    _, stderr = service.communicate(timeout=10)
+
+    assert service.returncode == 0
+    assert time.monotonic() - started < 3
+    assert "stopping: uploading what is queued, for at most 5 s" in stderr
+    assert read_calls(instance / "upload.log")[-1][-1] == "/nix/store/ccc-last-job"

@@ -65,14 +65,15 @@ drain() {
 }
 
 serve() {
-    local stopping=false
+    local stopping=false pause
     trap 'stopping=true' TERM
     mkdir -p "$QUEUE"
     while [[ "$stopping" == false ]]; do
         drain "$1"
         # In the background, so that SIGTERM ends the wait at once.
         sleep 5 &
-        wait $! || true
+        pause=$!
+        wait "$pause" || kill "$pause" 2>/dev/null || true
     done
     log "stopping: uploading what is queued, for at most $2 s"
     drain "$2"
