@@ -42,7 +42,21 @@ def test_defaults() -> None:
     assert loaded.endpoint == "https://agent.buildkite.com/v3"
     assert (loaded.bootstrap_timeout_seconds, loaded.ready_grace_seconds, loaded.dry_run) == (1200, 60, False)
     assert loaded.user_data.cache_region == "eu-west-1"
-    assert (loaded.user_data.root_mode, loaded.user_data.nix_determinate) == ("overlayroot", True)
+    assert (loaded.user_data.root_mode, loaded.user_data.nix_determinate) == ("ebs", True)
+    assert (loaded.user_data.nix_installer_version, loaded.user_data.nix_trust_jobs) == ("v3.21.2", False)
+    assert (loaded.user_data.root_tmpfs_size, loaded.user_data.min_free_space_gib) == ("75%", 5)
+
+
+def test_instance_settings_from_the_environment() -> None:
+    loaded = settings(
+        ROOT_MODE="overlayroot",
+        ROOT_TMPFS_SIZE="90%",
+        NIX_INSTALLER_VERSION="v3.13.2",
+        NIX_TRUST_JOBS="true",
+        MIN_FREE_SPACE_GIB="12",
+    ).user_data
+    assert (loaded.root_mode, loaded.root_tmpfs_size, loaded.nix_installer_version) == ("overlayroot", "90%", "v3.13.2")
+    assert (loaded.nix_trust_jobs, loaded.min_free_space_gib) == (True, 12)
 
 
 def test_spot_queues_try_spot_then_on_demand_unless_fallback_is_off() -> None:

@@ -164,14 +164,24 @@ def test_instance_gets_the_files_of_userdata_dir_unchanged() -> None:
     assert bootstrap["permissions"] == "0755"
     hook = files["/usr/local/lib/buildkite-bootstrap/upload-to-cache.sh"]
     assert hook["content"] == (REPO / "userdata/upload-to-cache.sh").read_text()
-    unit = files["/etc/systemd/system/buildkite-bootstrap.service"]
-    assert unit["content"] == (REPO / "userdata/buildkite-bootstrap.service").read_text()
+    for name in (
+        "buildkite-bootstrap.service",
+        "cache-uploader.sh",
+        "build-space-hook.sh",
+        "agent-exited.sh",
+        "spot-interruption-watch.sh",
+        "spot-interruption-watch.service",
+    ):
+        assert files[f"/usr/local/lib/buildkite-bootstrap/{name}"]["content"] == (REPO / "userdata" / name).read_text()
     assert document["runcmd"] == [
-        ["systemctl", "enable", "--now", "--no-block", "spot-interruption-watch.service"],
-        ["/usr/local/sbin/buildkite-bootstrap", "prepare"],
+        ["timeout", "--kill-after=60", "15m", "/usr/local/sbin/buildkite-bootstrap", "prepare"]
     ]
-    watch = files["/etc/systemd/system/spot-interruption-watch.service"]
-    assert watch["content"] == (REPO / "userdata/spot-interruption-watch.service").read_text()
+
+
+def test_a_baked_boot_installs_no_package_from_cloud_init() -> None:
+    document = yaml.safe_load(plain(render()))
+
+    assert not {"packages", "package_update", "package_upgrade"} & set(document)
 
 
 @pytest.mark.parametrize(("queue", "role", "root_mode"), VARIANTS)
@@ -202,7 +212,9 @@ def test_settings_carry_the_queue_role_and_deployment(tmp_path: Path) -> None:
         "/bk/ssh-key",
         "buildkite-autoscaler:bootstrap",
     ]
-    assert sourced(floor, tmp_path, "BK_IDLE_TIMEOUT_SECONDS", "BK_ROOT_MODE") == ["0", "overlayroot"]
+    assert sourced(floor, tmp_path, "BK_IDLE_TIMEOUT_SECONDS", "BK_ROOT_MODE") == ["0", "ebs"]
+    instance = ("BK_ROOT_TMPFS_SIZE", "BK_NIX_INSTALLER_VERSION", "BK_NIX_TRUST_JOBS", "BK_MIN_FREE_SPACE_GIB")
+    assert sourced(floor, tmp_path, *instance) == ["75%", "v3.21.2", "false", "5"]
 
 
 def test_odd_characters_stay_data_in_yaml_and_shell(tmp_path: Path) -> None:
@@ -225,9 +237,14 @@ def test_odd_characters_stay_data_in_yaml_and_shell(tmp_path: Path) -> None:
         ("ssh_key_parameter", "/bk/key name"),
         ("agent_version", "3.87.0; reboot"),
         ("root_mode", "tmpfs"),
+        ("root_tmpfs_size", "75%,nr_inodes=1"),
+        ("root_tmpfs_size", "0%"),
+        ("nix_installer_version", "latest"),
+        ("nix_installer_version", "v3.21.2/../../evil"),
+        ("min_free_space_gib", -1),
     ],
 )
-def test_hostile_or_malformed_values_are_refused_naming_field_and_value(field: str, value: str) -> None:
+def test_hostile_or_malformed_values_are_refused_naming_field_and_value(field: str, value: object) -> None:
     with pytest.raises(UserDataError) as error:
         render(**{field: value})
 

@@ -16,6 +16,10 @@ DEFAULT_ENDPOINT = "https://agent.buildkite.com/v3"
 DEFAULT_BOOTSTRAP_TIMEOUT = 1200
 DEFAULT_READY_GRACE = 60
 DEFAULT_REAP_CAP = 20
+# The nix-installer release every new agent installs; newer ones only by choice.
+DEFAULT_NIX_INSTALLER_VERSION = "v3.21.2"
+DEFAULT_ROOT_TMPFS_SIZE = "75%"
+DEFAULT_MIN_FREE_SPACE_GIB = 5
 ROOT_MODES = ("overlayroot", "ebs")
 ROLES = ("floor", "burst")
 ON_DEMAND = "on-demand"
@@ -74,9 +78,15 @@ class UserDataSettings:
     cache_bucket: str
     cache_region: str
     cache_public_key: str
-    root_mode: str = "overlayroot"
+    # ebs by default: see docs/instance-boot.md, "Root mode and build space".
+    root_mode: str = "ebs"
     nix_determinate: bool = True
     agent_version: str = ""
+    root_tmpfs_size: str = DEFAULT_ROOT_TMPFS_SIZE
+    nix_installer_version: str = DEFAULT_NIX_INSTALLER_VERSION
+    # Opt-in: jobs become trusted Nix users, which lets them run commands as root.
+    nix_trust_jobs: bool = False
+    min_free_space_gib: int = DEFAULT_MIN_FREE_SPACE_GIB
 
 
 @dataclass(frozen=True)
@@ -102,9 +112,13 @@ class ScalerSettings:
             cache_bucket=_required(env, "NIX_CACHE_BUCKET"),
             cache_region=env.get("NIX_CACHE_REGION") or region,
             cache_public_key=_required(env, "NIX_CACHE_PUBLIC_KEY"),
-            root_mode=_choice(env, "ROOT_MODE", ROOT_MODES, "overlayroot"),
+            root_mode=_choice(env, "ROOT_MODE", ROOT_MODES, "ebs"),
             nix_determinate=_env_bool(env, "NIX_DETERMINATE", True),
             agent_version=env.get("BUILDKITE_AGENT_VERSION", ""),
+            root_tmpfs_size=env.get("ROOT_TMPFS_SIZE") or DEFAULT_ROOT_TMPFS_SIZE,
+            nix_installer_version=env.get("NIX_INSTALLER_VERSION") or DEFAULT_NIX_INSTALLER_VERSION,
+            nix_trust_jobs=_env_bool(env, "NIX_TRUST_JOBS", False),
+            min_free_space_gib=env_int(env, "MIN_FREE_SPACE_GIB"),
         )
         endpoint = env.get("BUILDKITE_AGENT_ENDPOINT") or DEFAULT_ENDPOINT
         if not endpoint.startswith(("https://", "http://")):
@@ -375,6 +389,7 @@ ENV_INTS = {
     "BOOTSTRAP_TIMEOUT_SECONDS": (DEFAULT_BOOTSTRAP_TIMEOUT, 60),
     "READY_GRACE_SECONDS": (DEFAULT_READY_GRACE, 0),
     "REAPER_MAX_TERMINATIONS": (DEFAULT_REAP_CAP, 1),
+    "MIN_FREE_SPACE_GIB": (DEFAULT_MIN_FREE_SPACE_GIB, 0),
 }
 
 

@@ -41,6 +41,9 @@ _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 # split the nix.conf value. Quotes and "$" are allowed; they are data.
 _NIX_PUBLIC_KEY = re.compile(r"[!-9;-~]{1,200}:[A-Za-z0-9+/]{40,100}={0,2}")
 _AGENT_VERSION = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+([.+~-][A-Za-z0-9.+~-]{1,40})?")
+# tmpfs size= : a share of RAM (1-100%) or an absolute size (k, m, g suffix).
+_TMPFS_SIZE = re.compile(r"([1-9][0-9]?|100)%|[1-9][0-9]{0,6}[kmgKMG]")
+_INSTALLER_VERSION = re.compile(r"v[0-9]+\.[0-9]+\.[0-9]+")
 
 
 class UserDataError(ValueError):
@@ -82,6 +85,11 @@ def _settings_values(settings: UserDataSettings, queue: QueueConfig, role: str, 
         _check_pattern(field, getattr(settings, field), _PARAMETER, "an SSM parameter name")
     if settings.agent_version:
         _check_pattern("agent_version", settings.agent_version, _AGENT_VERSION, "empty or a version such as 3.87.0")
+    _check_pattern("root_tmpfs_size", settings.root_tmpfs_size, _TMPFS_SIZE, "a share of RAM (75%) or a size (24g)")
+    _check_pattern(
+        "nix_installer_version", settings.nix_installer_version, _INSTALLER_VERSION, "a release tag such as v3.21.2"
+    )
+    _check_count("min_free_space_gib", settings.min_free_space_gib, 0)
     return {
         "BK_QUEUE": queue.name,
         "BK_ARCH": queue.architecture,
@@ -101,6 +109,10 @@ def _settings_values(settings: UserDataSettings, queue: QueueConfig, role: str, 
         "BK_ROOT_MODE": settings.root_mode,
         "BK_NIX_DETERMINATE": "true" if settings.nix_determinate else "false",
         "BK_AGENT_VERSION": settings.agent_version,
+        "BK_ROOT_TMPFS_SIZE": settings.root_tmpfs_size,
+        "BK_NIX_INSTALLER_VERSION": settings.nix_installer_version,
+        "BK_NIX_TRUST_JOBS": "true" if settings.nix_trust_jobs else "false",
+        "BK_MIN_FREE_SPACE_GIB": str(settings.min_free_space_gib),
         "BK_BOOTSTRAP_TAG": BOOTSTRAP_TAG,
         "BK_READY_AT_TAG": READY_AT_TAG,
         "BK_BOOTSTRAP_COMPLETE": BOOTSTRAP_COMPLETE,
