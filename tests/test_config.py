@@ -38,7 +38,8 @@ def test_defaults() -> None:
     assert (queue.min_instances, queue.agents_per_instance, queue.include_waiting) == (0, 5, False)
     assert (queue.idle_timeout_seconds, queue.max_uptime_seconds) == (600, 21600)
     assert loaded.endpoint == "https://agent.buildkite.com/v3"
-    assert (loaded.bootstrap_timeout_seconds, loaded.ready_grace_seconds, loaded.dry_run) == (1200, 60, False)
+    assert (loaded.bootstrap_timeout_seconds, loaded.ready_grace_seconds, loaded.dry_run) == (1200, 30, False)
+    assert (loaded.baked_bootstrap_timeout_seconds, loaded.image_parameters) == (300, {})
     assert loaded.user_data.cache_region == "eu-west-1"
     assert (loaded.user_data.root_mode, loaded.user_data.nix_determinate) == ("overlayroot", True)
 

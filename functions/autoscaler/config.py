@@ -9,17 +9,21 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_ENDPOINT = "https://agent.buildkite.com/v3"
 DEFAULT_BOOTSTRAP_TIMEOUT = 1200
-DEFAULT_READY_GRACE = 60
+DEFAULT_BAKED_BOOTSTRAP_TIMEOUT = 300
+# Counted from when the agents started: the metrics API shows them within a poll or two.
+DEFAULT_READY_GRACE = 30
+ARCHES = ("x86_64", "arm64")
 DEFAULT_REAP_CAP = 20
 ROOT_MODES = ("overlayroot", "ebs")
 ROLES = ("floor", "burst")
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_PARAMETER_NAME = re.compile(r"^/?[A-Za-z0-9_./-]{1,1011}$")
 
 
 class ConfigError(ValueError):
@@ -69,6 +73,10 @@ class ScalerSettings:
     ready_grace_seconds: int
     dry_run: bool
     user_data: UserDataSettings
+    baked_bootstrap_timeout_seconds: int = DEFAULT_BAKED_BOOTSTRAP_TIMEOUT
+    # Architecture -> SSM parameter of its current AMI (the image pipeline's output);
+    # empty: images are not tracked (no image tags, no stale counts).
+    image_parameters: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ScalerSettings:
@@ -98,6 +106,8 @@ class ScalerSettings:
             ready_grace_seconds=_env_int(env, "READY_GRACE_SECONDS", DEFAULT_READY_GRACE, 0),
             dry_run=_env_bool(env, "DRY_RUN", False),
             user_data=user_data,
+            baked_bootstrap_timeout_seconds=_baked_timeout(env),
+            image_parameters=parse_image_parameters(env.get("IMAGE_PARAMETERS", "")),
         )
 
 
@@ -107,6 +117,7 @@ class ReaperSettings:
     bootstrap_timeout_seconds: int
     max_terminations: int
     dry_run: bool
+    baked_bootstrap_timeout_seconds: int = DEFAULT_BAKED_BOOTSTRAP_TIMEOUT
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ReaperSettings:
@@ -115,7 +126,30 @@ class ReaperSettings:
             bootstrap_timeout_seconds=_env_int(env, "BOOTSTRAP_TIMEOUT_SECONDS", DEFAULT_BOOTSTRAP_TIMEOUT, 60),
             max_terminations=_env_int(env, "REAPER_MAX_TERMINATIONS", DEFAULT_REAP_CAP, 1),
             dry_run=_env_bool(env, "DRY_RUN", False),
+            baked_bootstrap_timeout_seconds=_baked_timeout(env),
         )
+
+
+def _baked_timeout(env: Mapping[str, str]) -> int:
+    return _env_int(env, "BAKED_BOOTSTRAP_TIMEOUT_SECONDS", DEFAULT_BAKED_BOOTSTRAP_TIMEOUT, 60)
+
+
+def parse_image_parameters(text: str) -> dict[str, str]:
+    """IMAGE_PARAMETERS: a JSON object of architecture to SSM parameter name; empty for none."""
+    if not text.strip():
+        return {}
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"IMAGE_PARAMETERS must be a JSON object ({error.msg} at char {error.pos})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"IMAGE_PARAMETERS must be a JSON object (got {_short(raw)})")
+    for arch, name in raw.items():
+        if arch not in ARCHES:
+            raise ConfigError(f"IMAGE_PARAMETERS keys must be {' or '.join(ARCHES)} (got {arch!r})")
+        if not isinstance(name, str) or not _PARAMETER_NAME.match(name):
+            raise ConfigError(f"IMAGE_PARAMETERS.{arch} must be an SSM parameter name (got {_short(name)})")
+    return dict(raw)
 
 
 def parse_queues(text: str) -> tuple[QueueConfig, ...]:

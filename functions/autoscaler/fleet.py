@@ -18,6 +18,7 @@ from autoscaler.lifecycle import (
     BOOTSTRAP_PENDING,
     BOOTSTRAP_TAG,
     FLEET_TAG,
+    IMAGE_TAG,
     LIVE_STATES,
     QUEUE_TAG,
     READY_AT_TAG,
@@ -55,6 +56,8 @@ class LaunchSpec:
     user_data: bytes
     count: int
     client_token: str
+    # IMAGE_TAG's value: the version of the image the launch template resolves to; "" when unknown.
+    image: str = ""
 
 
 class LaunchError(Exception):
@@ -141,6 +144,8 @@ def _tags(spec: LaunchSpec, include_bootstrap: bool) -> list[dict[str, str]]:
     }
     if include_bootstrap:
         tags[BOOTSTRAP_TAG] = BOOTSTRAP_PENDING
+        if spec.image:
+            tags[IMAGE_TAG] = spec.image
     return [{"Key": key, "Value": value} for key, value in tags.items()]
 
 
@@ -157,6 +162,8 @@ def to_instance(raw: dict[str, Any]) -> Instance:
         ready_at=_parse_time(tags.get(READY_AT_TAG)),
         instance_type=raw.get("InstanceType", ""),
         subnet_id=raw.get("SubnetId", ""),
+        image_id=raw.get("ImageId", ""),
+        image=tags.get(IMAGE_TAG, ""),
     )
 
 

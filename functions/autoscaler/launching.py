@@ -52,6 +52,7 @@ def launch(
     count: int,
     user_data: bytes,
     poll_time: datetime,
+    image: str = "",
 ) -> LaunchOutcome:
     outcome = LaunchOutcome(requested=count)
     user_data_hash = hashlib.sha256(user_data).hexdigest()
@@ -74,6 +75,7 @@ def launch(
                     str(remaining),
                     queue.launch_template_id,
                     user_data_hash,
+                    image,
                 )
             )
             spec = LaunchSpec(
@@ -86,6 +88,7 @@ def launch(
                 user_data=user_data,
                 count=remaining,
                 client_token=token,
+                image=image,
             )
             try:
                 started = fleet.run(spec)

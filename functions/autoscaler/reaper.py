@@ -64,7 +64,11 @@ def run(
         # fires, instead of stuck instances staying unnoticed.
         logger.exception("DescribeInstances failed; nothing reaped")
         raise
-    timeouts = Timeouts(bootstrap_seconds=settings.bootstrap_timeout_seconds, ready_grace_seconds=0)
+    timeouts = Timeouts(
+        bootstrap_seconds=settings.bootstrap_timeout_seconds,
+        ready_grace_seconds=0,
+        baked_bootstrap_seconds=settings.baked_bootstrap_timeout_seconds,
+    )
     plan = plan_reap(instances, settings.fleet_name, now, timeouts, settings.max_terminations)
     outcomes = [
         _reap(fleet, decision, dry_run)

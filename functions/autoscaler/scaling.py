@@ -16,10 +16,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 from autoscaler.buildkite import DEFAULT_POLL_SECONDS, MetricsError, MetricsRateLimited, MetricsSnapshot
 from autoscaler.config import ROLES, QueueConfig, ScalerSettings
 from autoscaler.fleet import Fleet
+from autoscaler.images import CurrentImage, ImageSource
 from autoscaler.launching import LaunchFailure, LaunchOutcome, launch
 from autoscaler.lifecycle import BOOTSTRAP_PENDING, Instance, Timeouts
 from autoscaler.planner import QueuePlan, plan_queue
 from autoscaler.telemetry import emit, logger
+from autoscaler.userdata import queue_arch
 
 RenderUserData = Callable[[QueueConfig, str], bytes]
 
@@ -54,6 +56,7 @@ class Scaler:
         source: MetricsSource,
         fleet: Fleet,
         render_user_data: RenderUserData,
+        images: ImageSource | None = None,
     ) -> None:
         self._settings = settings
         self._source = source
@@ -67,7 +70,16 @@ class Scaler:
         # list yet (it is eventually consistent): counted as booting until
         # seen, so a lagging listing cannot cause a second launch.
         self._unlisted: dict[str, Instance] = {}
-        self._timeouts = Timeouts(settings.bootstrap_timeout_seconds, settings.ready_grace_seconds)
+        self._timeouts = Timeouts(
+            settings.bootstrap_timeout_seconds,
+            settings.ready_grace_seconds,
+            settings.baked_bootstrap_timeout_seconds,
+        )
+        self._images = images
+        self._arches = {queue.name: queue_arch(queue) for queue in settings.queues} if images else {}
+        # Read at the first poll that succeeds, then kept for the invocation: the
+        # pipeline publishes a new image once a week, and the scaler runs every minute.
+        self._current: dict[str, CurrentImage] | None = None
         # The interval the API last asked for; kept through failed polls.
         self._poll_seconds = DEFAULT_POLL_SECONDS
 
@@ -92,6 +104,7 @@ class Scaler:
             return PollResult(now, snapshot.poll_seconds, error=f"ec2: {error}")
 
         result = PollResult(now, snapshot.poll_seconds)
+        self._load_images(fleet_dims)
         for queue in self._settings.queues:
             result.queues[queue.name] = self._scale_queue(queue, snapshot, instances, now, dry_run)
         launched = sum(len(queue.instance_ids) for queue in result.queues.values())
@@ -108,12 +121,13 @@ class Scaler:
         dry_run: bool,
     ) -> QueueResult:
         metrics = snapshot.for_queue(queue.name)
-        plan = plan_queue(queue, metrics, instances, now, self._timeouts)
+        image = self._image_of(queue)
+        plan = plan_queue(queue, metrics, instances, now, self._timeouts, image.image_id if image else "")
         result = QueueResult(plan)
         if not dry_run:
             for role, count in (("floor", plan.launch_floor), ("burst", plan.launch_burst)):
                 if count:
-                    self._record(result, self._launch(queue, role, count, now))
+                    self._record(result, self._launch(queue, role, count, now, image))
         logger.info(
             "scaling decision",
             extra={
@@ -121,6 +135,7 @@ class Scaler:
                 "dry_run": dry_run,
                 "metrics": vars(metrics),
                 "plan": {**vars(plan), "launch_total": plan.launch_total},
+                "image": vars(image) if image else None,
                 "launched": result.instance_ids,
                 "failures": [vars(failure) for failure in result.failures],
             },
@@ -137,23 +152,41 @@ class Scaler:
                 "BootingInstances": plan.booting,
                 "StuckInstances": plan.stuck,
                 "LiveInstances": plan.live,
+                "StaleInstances": plan.stale,
                 "InstancesLaunched": len(result.instance_ids),
                 "LaunchErrors": len(result.failures),
             },
         )
         return result
 
-    def _launch(self, queue: QueueConfig, role: str, count: int, now: datetime) -> LaunchOutcome:
-        user_data = self._user_data[(queue.name, role)]
+    def _load_images(self, fleet_dims: dict[str, str]) -> None:
+        if self._images is None or self._current is not None:
+            return
         try:
-            outcome = launch(self._fleet, self._settings.fleet_name, queue, role, count, user_data, now)
+            self._current = self._images.current()
+        except (ClientError, BotoCoreError) as error:
+            # Scaling goes on: launches are untagged (the stock boot's timeout applies)
+            # and stale instances uncounted until a later poll reads the images.
+            logger.warning("reading the current images failed", extra={"error": str(error)})
+            emit(fleet_dims, {"ImageLookupErrors": 1})
+
+    def _image_of(self, queue: QueueConfig) -> CurrentImage | None:
+        return (self._current or {}).get(self._arches.get(queue.name, ""))
+
+    def _launch(
+        self, queue: QueueConfig, role: str, count: int, now: datetime, image: CurrentImage | None
+    ) -> LaunchOutcome:
+        user_data = self._user_data[(queue.name, role)]
+        version = image.version if image else ""
+        try:
+            outcome = launch(self._fleet, self._settings.fleet_name, queue, role, count, user_data, now, version)
         except Exception as error:  # noqa: BLE001 - one queue's failure must not stop the others
             logger.exception("launch failed", extra={"queue": queue.name, "role": role})
             outcome = LaunchOutcome(requested=count)
             outcome.failures.append(LaunchFailure("", "", type(error).__name__, str(error)))
         for instance_id in outcome.instance_ids:
             self._unlisted[instance_id] = Instance(
-                instance_id, self._settings.fleet_name, queue.name, role, BOOTSTRAP_PENDING, now
+                instance_id, self._settings.fleet_name, queue.name, role, BOOTSTRAP_PENDING, now, image=version
             )
         return outcome
 
