@@ -18,8 +18,9 @@ import json
 import re
 import shlex
 from pathlib import Path
+from typing import Protocol
 
-from autoscaler.config import ROLES, ROOT_MODES, QueueConfig, UserDataSettings
+from autoscaler.config import ARCHES, ROLES, ROOT_MODES, QueueConfig, UserDataSettings
 from autoscaler.lifecycle import (
     BOOTSTRAP_COMPLETE,
     BOOTSTRAP_FAILED,
@@ -47,6 +48,25 @@ _ARM_FAMILY = re.compile(r"(a1|[a-z]+[0-9]+[a-z0-9]*g[a-z0-9]*)(-flex)?")
 _FAMILY = re.compile(r"[a-z]+[0-9]+[a-z0-9-]*")
 
 
+class InstallSettings(Protocol):
+    """The install-time part of UserDataSettings, which an image bake has too."""
+
+    @property
+    def region(self) -> str: ...
+    @property
+    def cache_bucket(self) -> str: ...
+    @property
+    def cache_region(self) -> str: ...
+    @property
+    def cache_public_key(self) -> str: ...
+    @property
+    def root_mode(self) -> str: ...
+    @property
+    def nix_determinate(self) -> bool: ...
+    @property
+    def agent_version(self) -> str: ...
+
+
 class UserDataError(ValueError):
     """A value cannot be rendered, or the result is too big; names field and value."""
 
@@ -62,50 +82,58 @@ def render_user_data(settings: UserDataSettings, queue: QueueConfig, role: str, 
     (cloud-init detects and decompresses it).
     """
     values = _settings_values(settings, queue, role, fleet_name)
-    text = _fill_template(userdata_dir(), _settings_env(values))
+    text = _fill_template(userdata_dir(), settings_env(values))
     return _fit(text.encode("ascii"))
 
 
 def _settings_values(settings: UserDataSettings, queue: QueueConfig, role: str, fleet_name: str) -> dict[str, str]:
     """The validated BK_* variables the bootstrap script reads, in file order."""
     _check("role", role, role in ROLES, f"one of {', '.join(ROLES)}")
-    _check("fleet_name", fleet_name, bool(_NAME.fullmatch(fleet_name)), "letters, digits, '.', '_' or '-'")
     _check("queue.name", queue.name, bool(_NAME.fullmatch(queue.name)), "letters, digits, '.', '_' or '-'")
     _check_count("queue.agents_per_instance", queue.agents_per_instance, 1)
     _check_count("queue.idle_timeout_seconds", queue.idle_timeout_seconds, 1)
     _check_count("queue.max_uptime_seconds", queue.max_uptime_seconds, 0)
+    for field in ("agent_token_parameter", "ssh_key_parameter", "signing_key_parameter"):
+        _check_pattern(field, getattr(settings, field), _PARAMETER, "an SSM parameter name")
+    return {
+        "BK_QUEUE": queue.name,
+        "BK_ROLE": role,
+        **install_values(settings, fleet_name, queue_arch(queue)),
+        "BK_AGENT_TOKEN_PARAMETER": settings.agent_token_parameter,
+        "BK_SSH_KEY_PARAMETER": settings.ssh_key_parameter,
+        "BK_SIGNING_KEY_PARAMETER": settings.signing_key_parameter,
+        "BK_AGENTS_PER_INSTANCE": str(queue.agents_per_instance),
+        # Floor instances hold min_instances: 0 means no idle timeout.
+        "BK_IDLE_TIMEOUT_SECONDS": "0" if role == "floor" else str(queue.idle_timeout_seconds),
+        "BK_MAX_UPTIME_SECONDS": str(queue.max_uptime_seconds),
+        "BK_BOOTSTRAP_TAG": BOOTSTRAP_TAG,
+        "BK_READY_AT_TAG": READY_AT_TAG,
+        "BK_BOOTSTRAP_COMPLETE": BOOTSTRAP_COMPLETE,
+        "BK_BOOTSTRAP_FAILED": BOOTSTRAP_FAILED,
+    }
+
+
+def install_values(settings: InstallSettings, fleet_name: str, arch: str) -> dict[str, str]:
+    """The validated install-time BK_* variables: what the stock boot and an image bake install with."""
+    _check("fleet_name", fleet_name, bool(_NAME.fullmatch(fleet_name)), "letters, digits, '.', '_' or '-'")
+    _check("arch", arch, arch in ARCHES, f"one of {', '.join(ARCHES)}")
     _check("root_mode", settings.root_mode, settings.root_mode in ROOT_MODES, f"one of {', '.join(ROOT_MODES)}")
     _check_pattern("region", settings.region, _REGION, "an AWS region such as us-west-2")
     _check_pattern("cache_region", settings.cache_region, _REGION, "an AWS region such as us-west-2")
     _check_pattern("cache_bucket", settings.cache_bucket, _BUCKET, "an S3 bucket name")
     _check_pattern("cache_public_key", settings.cache_public_key, _NIX_PUBLIC_KEY, "a Nix public key 'name:base64'")
-    for field in ("agent_token_parameter", "ssh_key_parameter", "signing_key_parameter"):
-        _check_pattern(field, getattr(settings, field), _PARAMETER, "an SSM parameter name")
     if settings.agent_version:
         _check_pattern("agent_version", settings.agent_version, _AGENT_VERSION, "empty or a version such as 3.87.0")
     return {
-        "BK_QUEUE": queue.name,
-        "BK_ARCH": queue_arch(queue),
-        "BK_ROLE": role,
+        "BK_ARCH": arch,
         "BK_FLEET": fleet_name,
         "BK_REGION": settings.region,
-        "BK_AGENT_TOKEN_PARAMETER": settings.agent_token_parameter,
-        "BK_SSH_KEY_PARAMETER": settings.ssh_key_parameter,
-        "BK_SIGNING_KEY_PARAMETER": settings.signing_key_parameter,
         "BK_CACHE_BUCKET": settings.cache_bucket,
         "BK_CACHE_REGION": settings.cache_region,
         "BK_CACHE_PUBLIC_KEY": settings.cache_public_key,
-        "BK_AGENTS_PER_INSTANCE": str(queue.agents_per_instance),
-        # Floor instances hold min_instances: 0 means no idle timeout.
-        "BK_IDLE_TIMEOUT_SECONDS": "0" if role == "floor" else str(queue.idle_timeout_seconds),
-        "BK_MAX_UPTIME_SECONDS": str(queue.max_uptime_seconds),
         "BK_ROOT_MODE": settings.root_mode,
         "BK_NIX_DETERMINATE": "true" if settings.nix_determinate else "false",
         "BK_AGENT_VERSION": settings.agent_version,
-        "BK_BOOTSTRAP_TAG": BOOTSTRAP_TAG,
-        "BK_READY_AT_TAG": READY_AT_TAG,
-        "BK_BOOTSTRAP_COMPLETE": BOOTSTRAP_COMPLETE,
-        "BK_BOOTSTRAP_FAILED": BOOTSTRAP_FAILED,
     }
 
 
@@ -123,8 +151,8 @@ def queue_arch(queue: QueueConfig) -> str:
     return arches.pop()
 
 
-def _settings_env(values: dict[str, str]) -> str:
-    lines = ["# Rendered by the autoscaler at launch; names of secrets, never their values."]
+def settings_env(values: dict[str, str], header: str = "Rendered by the autoscaler at launch") -> str:
+    lines = [f"# {header}; names of secrets, never their values."]
     lines += [f"{name}={shlex.quote(value)}" for name, value in values.items()]
     return "\n".join(lines) + "\n"
 
