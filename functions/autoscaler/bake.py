@@ -154,6 +154,8 @@ def bake_settings_env(settings: BakeSettings, arch: str) -> str:
 
 def install_files(root: Path, settings: BakeSettings, arch: str, directory: Path | None = None) -> list[Path]:
     source = directory or userdata_dir()
+    # Validated before anything is written: a bad setting leaves nothing half-installed.
+    settings_text = bake_settings_env(settings, arch)
     written = []
     for item in image_files(source):
         target = root / item.path.lstrip("/")
@@ -163,7 +165,7 @@ def install_files(root: Path, settings: BakeSettings, arch: str, directory: Path
         written.append(target)
     settings_file = root / SETTINGS_PATH
     settings_file.parent.mkdir(parents=True, exist_ok=True)
-    settings_file.write_text(bake_settings_env(settings, arch), encoding="ascii")
+    settings_file.write_text(settings_text, encoding="ascii")
     settings_file.chmod(0o644)
     return [*written, settings_file]
 
