@@ -173,3 +173,36 @@ def test_built_artifact_is_small(build_dir: Path, tmp_path: Path) -> None:
     archive = Path(shutil.make_archive(str(tmp_path / "artifact"), "zip", build_dir / FUNCTIONS[0]))
     # Far under Lambda's 50 MB direct-upload limit; a jump means a dependency crept in.
     assert archive.stat().st_size < 10 * 1024 * 1024
+
+
+def test_the_image_component_can_install_from_the_built_artifact(build_dir: Path, tmp_path: Path) -> None:
+    # What the component does on the build instance: the zipped artifact, extracted, runs
+    # `python3 -m autoscaler.bake` with nothing but the standard library (-S: no site-packages).
+    archive = Path(shutil.make_archive(str(tmp_path / "artifact"), "zip", build_dir / FUNCTIONS[0]))
+    extracted, root = tmp_path / "artifact", tmp_path / "root"
+    subprocess.run([sys.executable, "-m", "zipfile", "-e", str(archive), str(extracted)], check=True)
+    settings = tmp_path / "settings.json"
+    settings.write_text(
+        json.dumps(
+            {
+                "fleet": "ci",
+                "region": "eu-west-1",
+                "cache_bucket": "test-nix-cache",
+                "cache_region": "eu-west-1",
+                "cache_public_key": "test-cache-1:" + "A" * 43 + "=",
+            }
+        ),
+        encoding="utf-8",
+    )
+    bake = [sys.executable, "-S", "-m", "autoscaler.bake", "--root", str(root)]
+    result = subprocess.run(
+        [*bake, "install-files", "--settings", str(settings), "--arch", "aarch64"],
+        env={"PYTHONPATH": str(extracted), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (root / "usr/local/sbin/buildkite-bootstrap").read_bytes() == (ROOT / "userdata/bootstrap.sh").read_bytes()
+    assert "BK_ARCH=arm64" in (root / "etc/buildkite-bootstrap/settings.env").read_text(encoding="ascii")
