@@ -10,8 +10,10 @@ import gzip
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -275,3 +277,114 @@ def test_the_component_scripts_pass_shellcheck(step: str, tmp_path: Path) -> Non
         [str(REPO / ".venv/bin/shellcheck"), str(path)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout
+
+
+# ----------------------------------------------------------------- the component's steps, run under stubs
+
+COMPONENT_STUB = r"""#!/bin/bash
+name=${0##*/}
+printf '%s\x1f' "$name" "$@" >>"$STUB_LOG"
+printf '\n' >>"$STUB_LOG"
+case "$name $*" in
+"aws lambda get-function"*) printf '%s\n' "https://awslambda-tasks.example/artifact.zip?signed" ;;
+"aws ssm get-parameter"*) cat "$STUB_SETTINGS" ;;
+"aws ec2 describe-tags"*) printf '%s\n' "$STUB_ARN" ;;
+"curl "*api/token) printf 'imds-token' ;;
+"curl "*instance-id) printf 'i-0abc123def4567890' ;;
+"curl "*)
+    while (($#)); do
+        if [[ "$1" == -o ]]; then cp "$STUB_ARTIFACT" "$2"; fi
+        shift
+    done ;;
+"buildkite-bootstrap "*) exit "${STUB_INSTALL_RC:-0}" ;;
+"buildkite-agent --version") printf 'buildkite-agent version 3.87.0, build 5805\n' ;;
+"nix --version") printf 'nix (Determinate Nix 3.6.2) 2.29.0\n' ;;
+esac
+"""
+
+
+def run_component_step(
+    tmp_path: Path, step: str, **env: str
+) -> tuple[subprocess.CompletedProcess[str], list[list[str]]]:
+    """One step of the component, its absolute paths moved under tmp_path, commands stubbed."""
+    root, stubs, src = tmp_path / "root", tmp_path / "stubs", tmp_path / "src"
+    if not stubs.exists():
+        stubs.mkdir()
+        for name in ("aws", "curl", "buildkite-bootstrap", "buildkite-agent", "nix"):
+            (stubs / name).write_text(COMPONENT_STUB, encoding="utf-8")
+            (stubs / name).chmod(0o755)
+        (stubs / "python3").symlink_to(sys.executable)
+        shutil.make_archive(str(tmp_path / "artifact"), "zip", REPO / "functions", "autoscaler")
+        with zipfile.ZipFile(tmp_path / "artifact.zip", "a") as archive:
+            for path in (REPO / "userdata").iterdir():
+                archive.write(path, f"userdata/{path.name}")
+        (tmp_path / "settings.json").write_text(json.dumps(SETTINGS_JSON), encoding="utf-8")
+    script = component_steps()[step]
+    for variable, value in {
+        "AWS::Region": "eu-west-1",
+        "ScalerFunction": "bk-scaler",
+        "ImageBuildSettings": "/bk/bs",
+    }.items():
+        script = script.replace("${" + variable + "}", value)
+    script = script.replace("/var/tmp/buildkite-bake", str(src))
+    script = script.replace("/usr/local/sbin/buildkite-bootstrap", str(stubs / "buildkite-bootstrap"))
+    script = script.replace("-m autoscaler.bake", f"-m autoscaler.bake --root {root}")
+    log = tmp_path / "calls.log"
+    environment = {
+        "PATH": f"{stubs}:/usr/bin:/bin",
+        "STUB_LOG": str(log),
+        "STUB_ARTIFACT": str(tmp_path / "artifact.zip"),
+        "STUB_SETTINGS": str(tmp_path / "settings.json"),
+        "STUB_ARN": ARN,
+        **env,
+    }
+    result = subprocess.run(["bash", "-c", script], env=environment, capture_output=True, text=True, check=False)
+    calls = [line.split("\x1f")[:-1] for line in log.read_text(encoding="utf-8").splitlines()] if log.exists() else []
+    log.unlink(missing_ok=True)
+    return result, calls
+
+
+def test_the_component_bakes_with_the_stock_install_step_then_marks_and_checks_the_image(tmp_path: Path) -> None:
+    build, calls = run_component_step(tmp_path, "build/Install")
+
+    assert build.returncode == 0, build.stderr
+    commands = [" ".join(call[:3]) for call in calls]
+    assert commands == [
+        "aws lambda get-function",
+        "curl -fsSL --proto",
+        "aws ssm get-parameter",
+        "buildkite-bootstrap install",
+        *["nix --extra-experimental-features nix-command flakes"] * 2,
+        "curl -fsS -X",
+        "curl -fsS -H",
+        "aws ec2 describe-tags",
+        "buildkite-agent --version",
+        "nix --version",
+    ]
+    root = tmp_path / "root"
+    # The install step ran with the stock boot's files and the bake's settings in place.
+    assert (root / "usr/local/sbin/buildkite-bootstrap").read_bytes() == (REPO / "userdata/bootstrap.sh").read_bytes()
+    assert (root / SETTINGS_PATH).is_file()
+    assert "image_version=1.0.0/7" in (root / MARKER_PATH).read_text(encoding="ascii")
+
+    validate, _ = run_component_step(tmp_path, "validate/NoSecrets")
+    assert validate.returncode == 0, validate.stderr
+    assert not (tmp_path / "src").exists()  # the artifact is not baked into the image
+
+
+def test_a_failed_install_step_fails_the_bake_before_the_image_is_marked(tmp_path: Path) -> None:
+    build, calls = run_component_step(tmp_path, "build/Install", STUB_INSTALL_RC="100")
+
+    assert build.returncode == 100
+    assert calls[-1][:2] == ["buildkite-bootstrap", "install"]
+    assert not (tmp_path / "root" / MARKER_PATH).exists()
+
+
+def test_a_secret_in_the_image_fails_the_validate_step(tmp_path: Path) -> None:
+    run_component_step(tmp_path, "build/Install")
+    plant(tmp_path / "root", "var/lib/buildkite-agent/.ssh/id_ed25519", "-----BEGIN OPENSSH PRIVATE KEY-----")
+
+    validate, _ = run_component_step(tmp_path, "validate/NoSecrets")
+
+    assert validate.returncode == 1
+    assert "SECRET IN IMAGE: /var/lib/buildkite-agent/.ssh/id_ed25519 exists" in validate.stderr

@@ -224,6 +224,11 @@ def _scanned_files(root: Path) -> Iterator[Path]:
                 yield path
 
 
+def _nix() -> str:
+    # The installer puts nix on login shells' PATH only; the component's shell is not one.
+    return shutil.which("nix") or NIX
+
+
 def _version_output(command: Sequence[str]) -> str:
     # Fixed programs; the arguments are constants.
     return subprocess.run(command, check=True, capture_output=True, text=True).stdout  # noqa: S603
@@ -248,13 +253,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in install_files(args.root, settings, args.arch):
             print(f"bake: wrote {path}")
     elif args.command == "warm":
-        for command in warm_commands(BakeSettings.from_json(args.settings.read_text(encoding="utf-8"))):
+        settings = BakeSettings.from_json(args.settings.read_text(encoding="utf-8"))
+        for command in warm_commands(settings, _nix()):
             print(f"bake: warming {command[-1]}", flush=True)
             # References were checked against a plain pattern; no shell is involved.
             subprocess.run(command, check=True)  # noqa: S603
     elif args.command == "mark":
         agent = _version_output([shutil.which("buildkite-agent") or "/usr/bin/buildkite-agent", "--version"])
-        nix = _version_output([shutil.which("nix") or NIX, "--version"])
+        nix = _version_output([_nix(), "--version"])
         target = args.root / MARKER_PATH
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(marker(args.image_arn, agent, nix), encoding="ascii")
