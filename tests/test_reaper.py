@@ -185,6 +185,7 @@ def test_the_mixed_fleet_loses_exactly_the_failed_and_the_stuck(
             "reason": "failed",
             "age_seconds": 300,
             "launch_time": "2026-11-25T11:55:00+00:00",
+            "bootstrap_timeout_seconds": 1200,
             "action": "terminated",
         },
         {
@@ -193,6 +194,7 @@ def test_the_mixed_fleet_loses_exactly_the_failed_and_the_stuck(
             "reason": "stuck",
             "age_seconds": 3600,
             "launch_time": "2026-11-25T11:00:00+00:00",
+            "bootstrap_timeout_seconds": 1200,
             "action": "terminated",
         },
     ]
@@ -470,4 +472,6 @@ def test_a_baked_boot_is_stuck_after_the_baked_timeout_a_stock_boot_is_not(
     summary = invoke("reaper-scheduled.json")
 
     assert summary["terminated"] == [baked]
+    (decision,) = summary["decisions"]
+    assert (decision["reason"], decision["bootstrap_timeout_seconds"]) == ("stuck", 300)
     assert states(ec2)[stock] == states(ec2)[untagged] == "running"

@@ -178,4 +178,5 @@ def _decision_json(decision: ReapDecision) -> dict[str, Any]:
         "reason": decision.reason,
         "age_seconds": decision.age_seconds,
         "launch_time": decision.launch_time.isoformat(),
+        "bootstrap_timeout_seconds": decision.bootstrap_timeout_seconds,
     }
