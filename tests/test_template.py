@@ -771,6 +771,9 @@ def test_a_pipeline_per_architecture_bakes_canonicals_ubuntu_with_the_projects_c
     assert infrastructure["InstanceMetadataOptions"]["HttpTokens"] == "required"
     assert infrastructure["TerminateInstanceOnFailure"] is True
     assert infrastructure["InstanceProfileName"] == resolver.ref("ImageBuildInstanceProfile")
+    # The reaper terminates fleet-tagged instances that never complete a bootstrap: a
+    # build instance (20-40 minutes) must not carry the fleet tag.
+    assert FLEET_TAG not in infrastructure["ResourceTags"]
 
 
 def test_component_and_recipes_share_one_version_for_the_lifecycle_policy(template: dict[str, Any]) -> None:
