@@ -169,6 +169,8 @@ def test_a_clean_image_passes_with_the_packages_placeholder_token_and_the_public
     plant(tmp_path, "etc/nix/nix.custom.conf", f"trusted-public-keys = {NIX_PUBLIC}\n")
     # Host keys are Image Builder's to remove; the scan looks where the project writes.
     plant(tmp_path, "etc/ssh/ssh_host_ed25519_key", "-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    # The bootstrap's work directory, left by the install step without secrets in it.
+    (tmp_path / "run/buildkite-bootstrap").mkdir(parents=True)
     assert find_secrets(tmp_path) == []
 
 
@@ -177,7 +179,7 @@ def test_a_clean_image_passes_with_the_packages_placeholder_token_and_the_public
     [
         ("etc/nix/cache-priv-key.pem", "x", "/etc/nix/cache-priv-key.pem exists"),
         ("var/lib/buildkite-agent/.ssh/id_ed25519", "x", "/var/lib/buildkite-agent/.ssh/id_ed25519 exists"),
-        ("run/buildkite-bootstrap/agent-token", "x", "/run/buildkite-bootstrap exists"),
+        ("run/buildkite-bootstrap/agent-token", "x", "/run/buildkite-bootstrap/agent-token exists"),
         ("root/.aws/credentials", "[default]", "/root/.aws/credentials exists"),
         ("etc/buildkite-agent/buildkite-agent.cfg", 'token="bkct_0123"\n', "holds an agent token"),
         ("home/ubuntu/notes", "-----BEGIN RSA PRIVATE KEY-----\n", "/home/ubuntu/notes holds a private key"),

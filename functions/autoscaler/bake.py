@@ -46,7 +46,10 @@ _IMAGE_ARN = re.compile(r"arn:[a-z-]+:imagebuilder:[a-z0-9-]+:[0-9]{12}:image/[^
 SECRET_PATHS = (
     "etc/nix/cache-priv-key.pem",
     "var/lib/buildkite-agent/.ssh/id_ed25519",
-    "run/buildkite-bootstrap",
+    # The bootstrap's work directory may remain after an install; only its secrets matter.
+    "run/buildkite-bootstrap/agent-token",
+    "run/buildkite-bootstrap/ssh-key",
+    "run/buildkite-bootstrap/signing-key",
     "root/.aws/credentials",
 )
 # What the bake and the install step write, and home directories, searched for key material.
