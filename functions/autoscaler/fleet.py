@@ -20,6 +20,7 @@ from autoscaler.lifecycle import (
     BOOTSTRAP_PENDING,
     BOOTSTRAP_TAG,
     FLEET_TAG,
+    IMAGE_TAG,
     LIVE_STATES,
     MARKET_TAG,
     QUEUE_TAG,
@@ -76,6 +77,8 @@ class LaunchSpec:
     count: int
     client_token: str
     market: str = ON_DEMAND
+    # IMAGE_TAG's value: the version of the image the launch template resolves to; "" when unknown.
+    image: str = ""
 
 
 # A pool is one instance type in one subnet: the unit of spot capacity.
@@ -216,6 +219,8 @@ def _tags(spec: LaunchSpec, include_bootstrap: bool) -> list[dict[str, str]]:
     }
     if include_bootstrap:
         tags[BOOTSTRAP_TAG] = BOOTSTRAP_PENDING
+        if spec.image:
+            tags[IMAGE_TAG] = spec.image
     return [{"Key": key, "Value": value} for key, value in tags.items()]
 
 
@@ -233,6 +238,8 @@ def to_instance(raw: dict[str, Any]) -> Instance:
         instance_type=raw.get("InstanceType", ""),
         subnet_id=raw.get("SubnetId", ""),
         market=SPOT if raw.get("InstanceLifecycle") == "spot" else ON_DEMAND,
+        image_id=raw.get("ImageId", ""),
+        image=tags.get(IMAGE_TAG, ""),
     )
 
 

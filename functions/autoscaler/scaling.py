@@ -16,6 +16,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from autoscaler.buildkite import DEFAULT_POLL_SECONDS, MetricsError, MetricsRateLimited, MetricsSnapshot
 from autoscaler.config import ON_DEMAND, ROLES, SPOT, QueueConfig, ScalerSettings
 from autoscaler.fleet import EC2_CALL_SECONDS, Fleet, Pool
+from autoscaler.images import CurrentImage, ImageSource
 from autoscaler.launching import LaunchFailure, LaunchOutcome, launch
 from autoscaler.lifecycle import BOOTSTRAP_PENDING, Instance, Timeouts
 from autoscaler.planner import QueuePlan, plan_queue
@@ -71,6 +72,7 @@ class Scaler:
         fleet: Fleet,
         render_user_data: RenderUserData,
         spot_prices: SpotPriceSource | None = None,
+        images: ImageSource | None = None,
     ) -> None:
         self._settings = settings
         # None (the simulation, tests): spot pools are tried in configured order.
@@ -86,7 +88,15 @@ class Scaler:
         # list yet (it is eventually consistent): counted as booting until
         # seen, so a lagging listing cannot cause a second launch.
         self._unlisted: dict[str, Instance] = {}
-        self._timeouts = Timeouts(settings.bootstrap_timeout_seconds, settings.ready_grace_seconds)
+        self._timeouts = Timeouts(
+            settings.bootstrap_timeout_seconds,
+            settings.ready_grace_seconds,
+            settings.baked_bootstrap_timeout_seconds,
+        )
+        self._images = images
+        # Read at the first poll that succeeds (and has the time), then kept for the
+        # invocation: the pipeline publishes a new image once a week, the scaler runs every minute.
+        self._current: dict[str, CurrentImage] | None = None
         # The interval the API last asked for; kept through failed polls.
         self._poll_seconds = DEFAULT_POLL_SECONDS
 
@@ -116,6 +126,7 @@ class Scaler:
             return PollResult(now, snapshot.poll_seconds, error=f"ec2: {error}")
 
         result = PollResult(now, snapshot.poll_seconds)
+        self._load_images(fleet_dims, time_left)
         for queue in self._settings.queues:
             result.queues[queue.name] = self._scale_queue(queue, snapshot, instances, now, dry_run, time_left)
         queues = result.queues.values()
@@ -140,13 +151,14 @@ class Scaler:
         time_left: TimeLeft,
     ) -> QueueResult:
         metrics = snapshot.for_queue(queue.name)
-        plan = plan_queue(queue, metrics, instances, now, self._timeouts)
+        image = self._image_of(queue)
+        plan = plan_queue(queue, metrics, instances, now, self._timeouts, image.image_id if image else "")
         result = QueueResult(plan)
         if not dry_run and plan.launch_total:
             prices = self._prices(queue, now, time_left)
             for role, count in (("floor", plan.launch_floor), ("burst", plan.launch_burst)):
                 if count:
-                    self._record(result, self._launch(queue, role, count, now, prices, time_left))
+                    self._record(result, self._launch(queue, role, count, now, prices, time_left, image))
         logger.info(
             "scaling decision",
             extra={
@@ -154,6 +166,7 @@ class Scaler:
                 "dry_run": dry_run,
                 "metrics": vars(metrics),
                 "plan": {**vars(plan), "launch_total": plan.launch_total},
+                "image": vars(image) if image else None,
                 "launched": result.instance_ids,
                 "markets": result.markets,
                 "fallbacks": result.fallbacks,
@@ -173,6 +186,7 @@ class Scaler:
                 "BootingInstances": plan.booting,
                 "StuckInstances": plan.stuck,
                 "LiveInstances": plan.live,
+                "StaleInstances": plan.stale,
                 "InstancesLaunched": len(result.instance_ids),
                 "SpotInstancesLaunched": sum(market == SPOT for market in result.markets.values()),
                 "OnDemandInstancesLaunched": sum(market == ON_DEMAND for market in result.markets.values()),
@@ -182,6 +196,21 @@ class Scaler:
             },
         )
         return result
+
+    def _load_images(self, fleet_dims: dict[str, str], time_left: TimeLeft) -> None:
+        # Two calls (GetParameters, DescribeImages); without the time for them, a later poll reads them.
+        if self._images is None or self._current is not None or time_left() < 2 * EC2_CALL_SECONDS:
+            return
+        try:
+            self._current = self._images.current()
+        except (ClientError, BotoCoreError) as error:
+            # Scaling goes on: launches are untagged (the stock boot's timeout applies)
+            # and stale instances uncounted until a later poll reads the images.
+            logger.warning("reading the current images failed", extra={"error": str(error)})
+            emit(fleet_dims, {"ImageLookupErrors": 1})
+
+    def _image_of(self, queue: QueueConfig) -> CurrentImage | None:
+        return (self._current or {}).get(queue.architecture)
 
     def _prices(self, queue: QueueConfig, now: datetime, time_left: TimeLeft) -> dict[Pool, float]:
         """Current spot prices of the queue's pools; none (configured order) when unknown
@@ -204,8 +233,10 @@ class Scaler:
         now: datetime,
         prices: dict[Pool, float],
         time_left: TimeLeft,
+        image: CurrentImage | None,
     ) -> LaunchOutcome:
         user_data = self._user_data[(queue.name, role)]
+        version = image.version if image else ""
         try:
             outcome = launch(
                 self._fleet,
@@ -217,6 +248,7 @@ class Scaler:
                 now,
                 prices,
                 lambda: time_left() >= EC2_CALL_SECONDS,
+                version,
             )
         except Exception as error:  # noqa: BLE001 - one queue's failure must not stop the others
             logger.exception("launch failed", extra={"queue": queue.name, "role": role})
@@ -231,6 +263,7 @@ class Scaler:
                 BOOTSTRAP_PENDING,
                 now,
                 market=outcome.markets.get(instance_id, ON_DEMAND),
+                image=version,
             )
         return outcome
 
