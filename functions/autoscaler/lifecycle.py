@@ -23,6 +23,10 @@ MARKET_TAG = TAG_PREFIX + "market"
 # "1.0.0/7") for a baked image, STOCK_IMAGE for the stock AMI. Set at launch.
 IMAGE_TAG = TAG_PREFIX + "image"
 STOCK_IMAGE = "stock"
+# What the image runs, read on the instance at the end of its bootstrap and
+# tagged in the same call as BOOTSTRAP_TAG=complete ("unknown" if unreadable).
+AGENT_VERSION_TAG = TAG_PREFIX + "agent-version"
+NIX_VERSION_TAG = TAG_PREFIX + "nix-version"
 
 BOOTSTRAP_PENDING = "pending"
 BOOTSTRAP_COMPLETE = "complete"
