@@ -58,6 +58,9 @@ class Instance:
     # IMAGE_TAG; "" for an instance launched before images were tagged (a stock boot).
     image: str = ""
     market: str = ON_DEMAND  # or SPOT: EC2's InstanceLifecycle
+    # AGENT_VERSION_TAG and NIX_VERSION_TAG; "" until the bootstrap completes.
+    agent_version: str = ""
+    nix_version: str = ""
 
     @property
     def baked(self) -> bool:
