@@ -243,3 +243,12 @@ def test_the_readme_names_every_metric() -> None:
     # The readers above must see the emitters, or the check means nothing.
     assert {"LaunchShortfall", "InstancesReaped", "InterruptionNotices"} <= metrics
     assert table_keys("metric") == metrics
+
+
+def test_the_deploy_guide_lists_every_template_parameter_with_its_default() -> None:
+    rows = table_rows("parameter", ROOT / "docs" / "deploy.md")
+    assert set(rows) == set(TEMPLATE["Parameters"])
+    for name, (_, default, _) in rows.items():
+        expected = str(TEMPLATE["Parameters"][name].get("Default", ""))
+        # No default, or an empty one: a note in italics, e.g. *(required)*.
+        assert default == f"`{expected}`" if expected else default.startswith("*("), (name, default)
