@@ -94,7 +94,7 @@ def stage_of(instance: Instance, now: datetime, timeouts: Timeouts) -> Stage:
     if instance.bootstrap == BOOTSTRAP_FAILED:
         return Stage.FAILED
     if instance.bootstrap == BOOTSTRAP_COMPLETE:
-        # The instance writes both tags in one call, so a complete instance
+        # The instance writes complete and ready-at in one call, so a complete instance
         # without ready-at was tagged by hand: trust it as ready.
         if instance.ready_at is None:
             return Stage.READY
