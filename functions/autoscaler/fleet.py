@@ -17,12 +17,14 @@ from botocore.exceptions import ClientError
 
 from autoscaler.config import ON_DEMAND, SPOT
 from autoscaler.lifecycle import (
+    AGENT_VERSION_TAG,
     BOOTSTRAP_PENDING,
     BOOTSTRAP_TAG,
     FLEET_TAG,
     IMAGE_TAG,
     LIVE_STATES,
     MARKET_TAG,
+    NIX_VERSION_TAG,
     QUEUE_TAG,
     READY_AT_TAG,
     ROLE_TAG,
@@ -240,6 +242,8 @@ def to_instance(raw: dict[str, Any]) -> Instance:
         market=SPOT if raw.get("InstanceLifecycle") == "spot" else ON_DEMAND,
         image_id=raw.get("ImageId", ""),
         image=tags.get(IMAGE_TAG, ""),
+        agent_version=tags.get(AGENT_VERSION_TAG, ""),
+        nix_version=tags.get(NIX_VERSION_TAG, ""),
     )
 
 

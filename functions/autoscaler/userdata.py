@@ -22,9 +22,11 @@ from typing import Protocol
 
 from autoscaler.config import ARCHITECTURES, ROLES, ROOT_MODES, QueueConfig, UserDataSettings
 from autoscaler.lifecycle import (
+    AGENT_VERSION_TAG,
     BOOTSTRAP_COMPLETE,
     BOOTSTRAP_FAILED,
     BOOTSTRAP_TAG,
+    NIX_VERSION_TAG,
     READY_AT_TAG,
 )
 
@@ -118,6 +120,8 @@ def _settings_values(settings: UserDataSettings, queue: QueueConfig, role: str, 
         "BK_MIN_FREE_SPACE_GIB": str(settings.min_free_space_gib),
         "BK_BOOTSTRAP_TAG": BOOTSTRAP_TAG,
         "BK_READY_AT_TAG": READY_AT_TAG,
+        "BK_AGENT_VERSION_TAG": AGENT_VERSION_TAG,
+        "BK_NIX_VERSION_TAG": NIX_VERSION_TAG,
         "BK_BOOTSTRAP_COMPLETE": BOOTSTRAP_COMPLETE,
         "BK_BOOTSTRAP_FAILED": BOOTSTRAP_FAILED,
     }
