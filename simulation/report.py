@@ -71,9 +71,9 @@ ROWS = (
 # Shown when a compared scenario has a spot queue.
 SPOT_ROWS = (
     ("spot launches", "spot_launched", "{:.0f}", False),
-    ("interruptions", "interruptions", "{:.0f}", False),
-    ("retried jobs", "retried_jobs", "{:.0f}", False),
-    ("lost job-minutes", "lost_job_minutes", "{:.0f}", False),
+    ("interruptions", "interruptions", "{:.0f}", True),
+    ("retried jobs", "retried_jobs", "{:.0f}", True),
+    ("lost job-minutes", "lost_job_minutes", "{:.0f}", True),
 )
 
 
