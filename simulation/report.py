@@ -198,15 +198,23 @@ def table(runs: dict[str, list[list[QueueSummary]]], all_ranges: bool, spot: boo
     with `spot`, the spot market's figures too."""
     stats = {label: spreads(summaries) for label, summaries in runs.items()}
     queues = [summary.queue for summary in next(iter(runs.values()))[0]]
-    width = max(17, *(len(label) + 2 for label in runs))
+    rows = ROWS + (SPOT_ROWS if spot else ())
+    cells = [
+        [
+            [_cell(per_label[index][key], fmt, tail or all_ranges) for per_label in stats.values()]
+            for _, key, fmt, tail in rows
+        ]
+        for index in range(len(queues))
+    ]
+    # Wide enough for the widest label or figure, with a space before it.
+    width = max(17, *(len(label) + 2 for label in runs), *(len(c) + 1 for q in cells for row in q for c in row))
     blocks = []
-    for index, queue in enumerate(queues):
+    for queue, queue_cells in zip(queues, cells, strict=True):
         lines = [f"{queue:<18}" + "".join(f"{label:>{width}}" for label in runs)]
-        for name, key, fmt, tail in ROWS + (SPOT_ROWS if spot else ()):
-            cells = "".join(
-                f"{_cell(per_label[index][key], fmt, tail or all_ranges):>{width}}" for per_label in stats.values()
-            )
-            lines.append(f"{name:<18}{cells}")
+        lines += [
+            f"{name:<18}" + "".join(f"{cell:>{width}}" for cell in row)
+            for (name, *_), row in zip(rows, queue_cells, strict=True)
+        ]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
