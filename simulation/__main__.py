@@ -211,7 +211,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a setting, e.g. max_instances=10, nixos-arm-aws.max_instances=2, boot_path=baked",
+        help="a setting, e.g. max_instances=10, nixos-arm-aws.max_instances=2, boot_path=baked, capacity_type=spot",
     )
     parser.add_argument(
         "--compare",
