@@ -646,7 +646,7 @@ def test_stock_boot_installs_the_packages_itself_and_the_pinned_agent(tmp_path: 
     environment = run.read("/etc/systemd/system/buildkite-agent.service.d/environment.conf")
     assert "Environment=PATH=/nix/var/nix/profiles/default/bin:" in environment
     lifecycle = run.read("/etc/systemd/system/buildkite-agent.service.d/lifecycle.conf")
-    assert "ExecStopPost=/usr/local/lib/buildkite-bootstrap/agent-exited.sh" in lifecycle
+    assert "ExecStopPost=+/usr/local/lib/buildkite-bootstrap/agent-exited.sh" in lifecycle
     assert (run.root / "etc/buildkite-agent/hooks/environment").stat().st_mode & 0o111
 
 
@@ -928,6 +928,16 @@ def test_instance_powers_off_only_when_the_agent_exits_0(
     subprocess.run(["/bin/bash", str(script)], env=env, check=True, capture_output=True)
 
     assert (["systemctl", "--no-block", "poweroff"] in read_calls(log)) is powers_off
+
+
+def test_power_off_after_the_agent_exits_runs_as_root_not_as_the_agents_user() -> None:
+    # Buildkite's unit runs as User=buildkite-agent, and ExecStopPost inherits it: logind
+    # refuses that user a poweroff (no session, no polkit grant), so the instance would
+    # stay up without an agent. systemd's "+" prefix runs the command with full privileges.
+    lifecycle = (REPO / "userdata/agent-lifecycle.conf").read_text()
+    stop_post = [line for line in lifecycle.splitlines() if line.startswith("ExecStopPost=")]
+
+    assert stop_post == ["ExecStopPost=+/usr/local/lib/buildkite-bootstrap/agent-exited.sh"]
 
 
 def test_agent_restarts_after_signal_deaths_systemd_calls_clean() -> None:
