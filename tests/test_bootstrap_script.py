@@ -138,6 +138,9 @@ aws)
     fi
     ;;
 apt-cache) printf '%s\n' "$STUB_MADISON" ;;
+apt-get)
+    echo "NEEDRESTART_SUSPEND=${NEEDRESTART_SUSPEND-} NEEDRESTART_MODE=${NEEDRESTART_MODE-}" >>"$STUB_LOG.apt-env"
+    ;;
 df)
     echo "Filesystem 1024-blocks Used Available Capacity Mounted on"
     shift
@@ -648,6 +651,17 @@ def test_stock_boot_installs_the_packages_itself_and_the_pinned_agent(tmp_path: 
     lifecycle = run.read("/etc/systemd/system/buildkite-agent.service.d/lifecycle.conf")
     assert "ExecStopPost=+/usr/local/lib/buildkite-bootstrap/agent-exited.sh" in lifecycle
     assert (run.root / "etc/buildkite-agent/hooks/environment").stat().st_mode & 0o111
+
+
+@pytest.mark.parametrize("mode", ["prepare", "install"])
+def test_apt_never_waits_for_needrestart_nor_lets_it_restart_services(tmp_path: Path, stubs: Path, mode: str) -> None:
+    # Ubuntu 24.04's needrestart hook runs after each apt-get; DEBIAN_FRONTEND does not cover it.
+    run = boot(tmp_path, stubs, mode="prepare") if mode == "prepare" else bake(tmp_path, stubs)
+
+    assert run.returncode == 0, run.console
+    environments = (tmp_path / f"calls-{mode}.log.apt-env").read_text().splitlines()
+    assert len(environments) == len([call for call in run.calls if call[0] == "apt-get"]) >= 3
+    assert set(environments) == {"NEEDRESTART_SUSPEND=1 NEEDRESTART_MODE=l"}
 
 
 def test_apt_is_retried_while_another_apt_holds_the_lists_lock(tmp_path: Path, stubs: Path) -> None:
