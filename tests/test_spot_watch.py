@@ -30,8 +30,9 @@ QUIT = ["systemctl", "kill", "--kill-whom=main", "--signal=SIGQUIT", "buildkite-
 REAL_COMMANDS = ("bash", "curl", "date", "sleep", "mkdir", "touch", "sed")
 # Logs "time<US>argv..."; `systemctl is-active` answers from a file the test controls.
 STUB = r"""#!/bin/bash
-printf '%s\x1f' "$(date +%s.%N)" "${0##*/}" "$@" >>"$STUB_LOG"
-printf '\n' >>"$STUB_LOG"
+# One write per call: the watcher counts in the background, stubs run at the same time.
+line=$(printf '%s\x1f' "$(date +%s.%N)" "${0##*/}" "$@")
+printf '%s\n' "$line" >>"$STUB_LOG"
 if [[ "${0##*/}" == aws && -n "${STUB_AWS_HANG:-}" ]]; then
     sleep "$STUB_AWS_HANG"
 fi

@@ -42,9 +42,11 @@ imds_get() {
 # count METRIC: one data point, best effort, in the background: a slow
 # CloudWatch (the CLI retries for minutes) must not hold back the drain.
 count() {
-    aws cloudwatch put-metric-data --region "$BK_REGION" --namespace "$METRICS_NAMESPACE" \
-        --metric-name "$1" --dimensions "fleet=$BK_FLEET,queue=$BK_QUEUE" --value 1 --unit Count ||
-        log "could not count $1"
+    {
+        aws cloudwatch put-metric-data --region "$BK_REGION" --namespace "$METRICS_NAMESPACE" \
+            --metric-name "$1" --dimensions "fleet=$BK_FLEET,queue=$BK_QUEUE" --value 1 --unit Count ||
+            log "could not count $1"
+    } &
 }
 
 # once NAME: true the first time NAME is marked, false after.
@@ -66,7 +68,7 @@ signal_agent_once() {
 on_rebalance() {
     if once rebalance-seen; then
         log "rebalance recommendation: draining the agent"
-        count RebalanceRecommendations &
+        count RebalanceRecommendations
     fi
     signal_agent_once drain SIGTERM || true
 }
@@ -84,7 +86,7 @@ on_notice() {
         # agent-exited.sh powers off after any agent exit from now on: a
         # restarted agent could take a job it cannot finish.
         touch "$STATE/reclaimed"
-        count InterruptionNotices &
+        count InterruptionNotices
     fi
     signal_agent_once drain SIGTERM || true
     if (($(date -u +%s) >= deadline)) && signal_agent_once cancel SIGQUIT; then
