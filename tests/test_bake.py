@@ -174,6 +174,17 @@ def test_a_clean_image_passes_with_the_packages_placeholder_token_and_the_public
     assert find_secrets(tmp_path) == []
 
 
+def test_the_narinfo_signatures_that_warming_caches_are_not_taken_for_a_signing_key(tmp_path: Path) -> None:
+    # `warm` runs nix as root: its narinfo cache keeps each path's signature, which has a
+    # signing key's shape (64 bytes). It must not fail the bake; a real key elsewhere still does.
+    signature = "cache.nixos.org-1:" + "s" * 86 + "=="
+    plant(tmp_path, "root/.cache/nix/binary-cache-v6.sqlite", f"SQLite format 3\x00/nix/store/abc-hello {signature}")
+    assert find_secrets(tmp_path) == []
+
+    plant(tmp_path, "root/nix-secret", NIX_SECRET)
+    assert find_secrets(tmp_path) == ["/root/nix-secret holds a Nix signing key"]
+
+
 @pytest.mark.parametrize(
     ("path", "text", "finding"),
     [

@@ -138,6 +138,9 @@ aws)
     fi
     ;;
 apt-cache) printf '%s\n' "$STUB_MADISON" ;;
+apt-get)
+    echo "NEEDRESTART_SUSPEND=${NEEDRESTART_SUSPEND-} NEEDRESTART_MODE=${NEEDRESTART_MODE-}" >>"$STUB_LOG.apt-env"
+    ;;
 df)
     echo "Filesystem 1024-blocks Used Available Capacity Mounted on"
     shift
@@ -646,8 +649,19 @@ def test_stock_boot_installs_the_packages_itself_and_the_pinned_agent(tmp_path: 
     environment = run.read("/etc/systemd/system/buildkite-agent.service.d/environment.conf")
     assert "Environment=PATH=/nix/var/nix/profiles/default/bin:" in environment
     lifecycle = run.read("/etc/systemd/system/buildkite-agent.service.d/lifecycle.conf")
-    assert "ExecStopPost=/usr/local/lib/buildkite-bootstrap/agent-exited.sh" in lifecycle
+    assert "ExecStopPost=+/usr/local/lib/buildkite-bootstrap/agent-exited.sh" in lifecycle
     assert (run.root / "etc/buildkite-agent/hooks/environment").stat().st_mode & 0o111
+
+
+@pytest.mark.parametrize("mode", ["prepare", "install"])
+def test_apt_never_waits_for_needrestart_nor_lets_it_restart_services(tmp_path: Path, stubs: Path, mode: str) -> None:
+    # Ubuntu 24.04's needrestart hook runs after each apt-get; DEBIAN_FRONTEND does not cover it.
+    run = boot(tmp_path, stubs, mode="prepare") if mode == "prepare" else bake(tmp_path, stubs)
+
+    assert run.returncode == 0, run.console
+    environments = (tmp_path / f"calls-{mode}.log.apt-env").read_text().splitlines()
+    assert len(environments) == len([call for call in run.calls if call[0] == "apt-get"]) >= 3
+    assert set(environments) == {"NEEDRESTART_SUSPEND=1 NEEDRESTART_MODE=l"}
 
 
 def test_apt_is_retried_while_another_apt_holds_the_lists_lock(tmp_path: Path, stubs: Path) -> None:
@@ -930,10 +944,22 @@ def test_instance_powers_off_only_when_the_agent_exits_0(
     assert (["systemctl", "--no-block", "poweroff"] in read_calls(log)) is powers_off
 
 
+def test_power_off_after_the_agent_exits_runs_as_root_not_as_the_agents_user() -> None:
+    # Buildkite's unit runs as User=buildkite-agent, and ExecStopPost inherits it: logind
+    # refuses that user a poweroff (no session, no polkit grant), so the instance would
+    # stay up without an agent. systemd's "+" prefix runs the command with full privileges.
+    lifecycle = (REPO / "userdata/agent-lifecycle.conf").read_text()
+    stop_post = [line for line in lifecycle.splitlines() if line.startswith("ExecStopPost=")]
+
+    assert stop_post == ["ExecStopPost=+/usr/local/lib/buildkite-bootstrap/agent-exited.sh"]
+
+
 def test_agent_restarts_after_signal_deaths_systemd_calls_clean() -> None:
     lifecycle = (REPO / "userdata/agent-lifecycle.conf").read_text()
 
-    assert "RestartForceExitStatus=SIGHUP SIGINT SIGTERM\n" in lifecycle
+    # All four, whatever the package's unit lists: its current one (KillMode=mixed,
+    # TimeoutStopSec=5min) no longer has RestartForceExitStatus=SIGPIPE.
+    assert "RestartForceExitStatus=SIGHUP SIGINT SIGTERM SIGPIPE\n" in lifecycle
 
 
 def run_hook(tmp_path: Path, stubs: Path, avail_kib: int) -> tuple[subprocess.CompletedProcess[str], list[list[str]]]:

@@ -30,8 +30,12 @@ QUIT = ["systemctl", "kill", "--kill-whom=main", "--signal=SIGQUIT", "buildkite-
 REAL_COMMANDS = ("bash", "curl", "date", "sleep", "mkdir", "touch", "sed")
 # Logs "time<US>argv..."; `systemctl is-active` answers from a file the test controls.
 STUB = r"""#!/bin/bash
-printf '%s\x1f' "$(date +%s.%N)" "${0##*/}" "$@" >>"$STUB_LOG"
-printf '\n' >>"$STUB_LOG"
+# One write per call: the watcher counts in the background, stubs run at the same time.
+line=$(printf '%s\x1f' "$(date +%s.%N)" "${0##*/}" "$@")
+printf '%s\n' "$line" >>"$STUB_LOG"
+if [[ "${0##*/}" == aws && -n "${STUB_AWS_HANG:-}" ]]; then
+    sleep "$STUB_AWS_HANG"
+fi
 if [[ "${0##*/} $1" == "systemctl is-active" ]]; then
     [[ -e "$STUB_AGENT_ACTIVE" ]]
 fi
@@ -196,6 +200,20 @@ def test_a_notice_sends_one_sigterm_then_cancels_before_the_termination_time(ins
     assert terminated_at - 2 <= quit_at < terminated_at
     assert instance.counted() == ["InterruptionNotices"]
     assert (instance.root / "run/buildkite-spot-watch/reclaimed").exists()
+
+
+def test_a_cloudwatch_that_does_not_answer_holds_back_neither_drain_nor_cancel(instance: Instance) -> None:
+    instance.env["STUB_AWS_HANG"] = "12"
+    started = time.time()
+    terminated_at, instance.imds.action = notice_in(4)
+    instance.start()
+
+    assert instance.wait(8) == 0
+    (term_at, term), (quit_at, quit_) = instance.signals()
+    assert (term, quit_) == (TERM, QUIT)
+    assert term_at < started + 2
+    assert quit_at < terminated_at
+    assert instance.counted() == ["InterruptionNotices"]
 
 
 def test_after_a_rebalance_the_notice_does_not_send_a_second_sigterm(instance: Instance) -> None:

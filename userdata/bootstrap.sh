@@ -69,6 +69,9 @@ BOOT_SETTINGS=(BK_QUEUE BK_ARCH BK_FLEET BK_ROLE BK_REGION BK_AGENT_TOKEN_PARAME
     BK_READY_AT_TAG BK_AGENT_VERSION_TAG BK_NIX_VERSION_TAG BK_BOOTSTRAP_COMPLETE BK_BOOTSTRAP_FAILED)
 
 export DEBIAN_FRONTEND=noninteractive
+# Ubuntu's needrestart runs after each apt-get: it must neither wait for an
+# answer nor restart services (cloud-init's, the bake's SSM agent) mid-boot.
+export NEEDRESTART_SUSPEND=1 NEEDRESTART_MODE=l
 umask 022
 
 STEP="start"

@@ -39,11 +39,14 @@ imds_get() {
     printf 'X-aws-ec2-metadata-token: %s\n' "$token" | curl -fsS --max-time 2 -H @- "$IMDS/$1"
 }
 
-# count METRIC: one data point, best effort (the drain matters more).
+# count METRIC: one data point, best effort, in the background: a slow
+# CloudWatch (the CLI retries for minutes) must not hold back the drain.
 count() {
-    aws cloudwatch put-metric-data --region "$BK_REGION" --namespace "$METRICS_NAMESPACE" \
-        --metric-name "$1" --dimensions "fleet=$BK_FLEET,queue=$BK_QUEUE" --value 1 --unit Count ||
-        log "could not count $1"
+    {
+        aws cloudwatch put-metric-data --region "$BK_REGION" --namespace "$METRICS_NAMESPACE" \
+            --metric-name "$1" --dimensions "fleet=$BK_FLEET,queue=$BK_QUEUE" --value 1 --unit Count ||
+            log "could not count $1"
+    } &
 }
 
 # once NAME: true the first time NAME is marked, false after.

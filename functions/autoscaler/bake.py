@@ -69,6 +69,9 @@ _NIX_SECRET_KEY = re.compile(r"[A-Za-z0-9._-]+:[A-Za-z0-9+/]{86}==")
 _AGENT_TOKEN = re.compile(r'^\s*token\s*=\s*"?([^"\s]*)"?\s*$', re.MULTILINE)
 _PLACEHOLDER_TOKENS = ("", "xxx")
 _SCAN_LIMIT = 1 << 20
+# Nix's client cache (root's, after `warm`) keeps narinfo signatures: public, and of the
+# same shape as a signing key (name:base64 of 64 bytes).
+_NIX_CLIENT_CACHE = ".cache/nix/"
 
 
 class BakeError(ValueError):
@@ -232,6 +235,8 @@ def _scanned_files(root: Path) -> Iterator[Path]:
         if not base.is_dir():
             continue
         for path in sorted(base.rglob("*")):
+            if _NIX_CLIENT_CACHE in path.relative_to(root).as_posix():
+                continue
             if path.is_file() and not path.is_symlink() and path.stat().st_size <= _SCAN_LIMIT:
                 yield path
 
