@@ -24,8 +24,13 @@ MARKET_TAG = "buildkite-autoscaler:market"
 
 def invoke(*args: Any, **kwargs: Any) -> dict[str, Any]:
     """One poll with time for the spot price call and a launch after it (two EC2 calls'
-    worst case); with less, the scaler skips the prices and keeps the configured order."""
-    return invoke_once(*args, budget=24.0, **kwargs)
+    worst case, with room for a slow machine); with less, the scaler skips the prices and
+    keeps the configured order. The metrics ask for the next poll in ONE_POLL seconds,
+    later than the budget allows, so there is one poll."""
+    return invoke_once(*args, budget=40.0, **kwargs)
+
+
+ONE_POLL = 60
 
 
 def serve_prices(stack: Stack, prices: dict[tuple[str, int], str] | Exception) -> None:
@@ -72,7 +77,7 @@ def test_spot_spreads_over_every_pool_cheapest_first_with_market_options_and_tag
     stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     serve_prices(stack, {(M7I, 1): "0.21", (C7I, 0): "0.25", (M7I, 0): "0.30", (C7I, 1): "0.40"})
-    buildkite.serve_metrics({X86: {"scheduled": 20}})
+    buildkite.serve_metrics({X86: {"scheduled": 20}}, poll_seconds=ONE_POLL)
 
     summary = invoke(monkeypatch, buildkite, [stack.queue(X86, capacity_type="spot")])
 
@@ -102,7 +107,7 @@ def test_spot_without_capacity_anywhere_falls_back_to_on_demand_in_the_same_poll
 ) -> None:
     serve_prices(stack, {(C7I, 0): "0.25"})
     stack.behaviour.no_spot_capacity = {(C7I, None), (M7I, None)}
-    buildkite.serve_metrics({X86: {"scheduled": 10}})
+    buildkite.serve_metrics({X86: {"scheduled": 10}}, poll_seconds=ONE_POLL)
 
     summary = invoke(monkeypatch, buildkite, [stack.queue(X86, capacity_type="spot")])
 
@@ -134,7 +139,7 @@ def test_a_partly_full_spot_market_tops_up_on_demand(
 ) -> None:
     serve_prices(stack, {})
     stack.behaviour.no_spot_capacity = {(M7I, None), (C7I, stack.subnets[1])}
-    buildkite.serve_metrics({X86: {"scheduled": 15}})
+    buildkite.serve_metrics({X86: {"scheduled": 15}}, poll_seconds=ONE_POLL)
 
     summary = invoke(monkeypatch, buildkite, [stack.queue(X86, capacity_type="spot")])
 
@@ -153,7 +158,7 @@ def test_without_fallback_the_shortfall_is_logged_and_retried_next_poll(
     queue = stack.queue(X86, capacity_type="spot", on_demand_fallback=False)
     serve_prices(stack, {})
     stack.behaviour.no_spot_capacity = {(C7I, None), (M7I, None)}
-    buildkite.serve_metrics({X86: {"scheduled": 5}})
+    buildkite.serve_metrics({X86: {"scheduled": 5}}, poll_seconds=ONE_POLL)
 
     summary = invoke(monkeypatch, buildkite, [queue])
 
@@ -177,7 +182,7 @@ def test_spot_prices_unavailable_still_launch_spot_in_configured_order(
 ) -> None:
     denied = ClientError({"Error": {"Code": "UnauthorizedOperation", "Message": "no"}}, "DescribeSpotPriceHistory")
     serve_prices(stack, denied)
-    buildkite.serve_metrics({X86: {"scheduled": 5}})
+    buildkite.serve_metrics({X86: {"scheduled": 5}}, poll_seconds=ONE_POLL)
 
     invoke(monkeypatch, buildkite, [stack.queue(X86, capacity_type="spot")])
 
@@ -193,7 +198,7 @@ def test_a_refused_spot_request_falls_back_without_trying_other_spot_pools(
             raise ClientError({"Error": error}, "RunInstances")
 
     boto3.DEFAULT_SESSION.events.register("before-parameter-build.ec2.RunInstances", refuse_spot)
-    buildkite.serve_metrics({X86: {"scheduled": 5}})
+    buildkite.serve_metrics({X86: {"scheduled": 5}}, poll_seconds=ONE_POLL)
 
     summary = invoke(monkeypatch, buildkite, [stack.queue(X86, capacity_type="spot")])
 
@@ -204,7 +209,7 @@ def test_a_refused_spot_request_falls_back_without_trying_other_spot_pools(
 def test_on_demand_queues_send_no_market_options(
     stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    buildkite.serve_metrics({X86: {"scheduled": 5}})
+    buildkite.serve_metrics({X86: {"scheduled": 5}}, poll_seconds=ONE_POLL)
 
     invoke(monkeypatch, buildkite, [stack.queue(X86)])
 
