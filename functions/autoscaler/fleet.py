@@ -6,6 +6,7 @@ counts as capacity in `lifecycle` and `planner`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -17,13 +18,21 @@ from botocore.exceptions import ClientError
 from autoscaler.lifecycle import (
     BOOTSTRAP_PENDING,
     BOOTSTRAP_TAG,
+    BOOTSTRAP_WARMING,
     FLEET_TAG,
     LIVE_STATES,
+    ON_EXIT_TAG,
     QUEUE_TAG,
     READY_AT_TAG,
+    ROLE_POOL,
     ROLE_TAG,
+    STARTED_AT_TAG,
     Instance,
 )
+
+# Tags EC2 itself puts on an instance launched from a launch template.
+TEMPLATE_ID_TAG = "aws:ec2launchtemplate:id"
+TEMPLATE_VERSION_TAG = "aws:ec2launchtemplate:version"
 
 # Bounded retries and timeouts: a poll must end well within the Lambda's time.
 AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=3, read_timeout=10)
@@ -67,14 +76,29 @@ class LaunchError(Exception):
         return self.code in CAPACITY_ERRORS
 
 
+@dataclass(frozen=True)
+class TemplateVersion:
+    """A launch template's latest version and the image it launches now."""
+
+    version: str
+    image_id: str
+
+
 class Fleet(Protocol):
-    def list_instances(self) -> list[Instance]: ...
+    def list_instances(self, states: Sequence[str] = LIVE_STATES) -> list[Instance]: ...
 
     def run(self, spec: LaunchSpec) -> list[str]: ...
 
     def terminate(self, instance_id: str) -> None: ...
 
     def console_output(self, instance_id: str) -> str: ...
+
+    # Warm pool (called only when a queue has one).
+    def start(self, instance_id: str, now: datetime) -> None: ...
+
+    def set_on_exit(self, instance_id: str, action: str) -> None: ...
+
+    def latest_templates(self, template_ids: Iterable[str]) -> dict[str, TemplateVersion]: ...
 
 
 class Ec2Fleet:
@@ -88,11 +112,11 @@ class Ec2Fleet:
     def connect(cls, fleet: str) -> Ec2Fleet:
         return cls(boto3.client("ec2", config=AWS_CONFIG), fleet)
 
-    def list_instances(self) -> list[Instance]:
+    def list_instances(self, states: Sequence[str] = LIVE_STATES) -> list[Instance]:
         pages = self._ec2.get_paginator("describe_instances").paginate(
             Filters=[
                 {"Name": f"tag:{FLEET_TAG}", "Values": [self._fleet]},
-                {"Name": "instance-state-name", "Values": list(LIVE_STATES)},
+                {"Name": "instance-state-name", "Values": list(states)},
             ],
             PaginationConfig={"PageSize": 1000},
         )
@@ -131,6 +155,38 @@ class Ec2Fleet:
         # boto3 decodes the base64 itself; an instance that printed nothing yet has no Output.
         return response.get("Output") or ""
 
+    def start(self, instance_id: str, now: datetime) -> None:
+        """Start a stopped pool instance; raises LaunchError.
+
+        Tagged first: a start that fails, at once or later, leaves a stopped
+        instance tagged pending, which the reaper retires.
+        """
+        try:
+            self._ec2.create_tags(
+                Resources=[instance_id],
+                Tags=[
+                    {"Key": BOOTSTRAP_TAG, "Value": BOOTSTRAP_PENDING},
+                    {"Key": STARTED_AT_TAG, "Value": now.isoformat()},
+                ],
+            )
+            self._ec2.start_instances(InstanceIds=[instance_id])
+        except ClientError as error:
+            raise LaunchError(error.response["Error"]["Code"], error.response["Error"].get("Message", "")) from None
+
+    def set_on_exit(self, instance_id: str, action: str) -> None:
+        self._ec2.create_tags(Resources=[instance_id], Tags=[{"Key": ON_EXIT_TAG, "Value": action}])
+
+    def latest_templates(self, template_ids: Iterable[str]) -> dict[str, TemplateVersion]:
+        latest = {}
+        for template_id in sorted(set(template_ids)):
+            response = self._ec2.describe_launch_template_versions(
+                LaunchTemplateId=template_id, Versions=["$Latest"], ResolveAlias=True
+            )
+            for version in response.get("LaunchTemplateVersions", []):
+                image = version.get("LaunchTemplateData", {}).get("ImageId", "")
+                latest[template_id] = TemplateVersion(str(version["VersionNumber"]), image)
+        return latest
+
 
 def _tags(spec: LaunchSpec, include_bootstrap: bool) -> list[dict[str, str]]:
     tags = {
@@ -140,24 +196,43 @@ def _tags(spec: LaunchSpec, include_bootstrap: bool) -> list[dict[str, str]]:
         ROLE_TAG: spec.role,
     }
     if include_bootstrap:
-        tags[BOOTSTRAP_TAG] = BOOTSTRAP_PENDING
+        # A pool instance's first boot warms it up and stops it; it is no capacity.
+        tags[BOOTSTRAP_TAG] = BOOTSTRAP_WARMING if spec.role == ROLE_POOL else BOOTSTRAP_PENDING
     return [{"Key": key, "Value": value} for key, value in tags.items()]
 
 
 def to_instance(raw: dict[str, Any]) -> Instance:
     tags = {tag["Key"]: tag["Value"] for tag in raw.get("Tags", [])}
+    started_at = _parse_time(tags.get(STARTED_AT_TAG))
     return Instance(
         instance_id=raw["InstanceId"],
         fleet=tags.get(FLEET_TAG, ""),
         queue=tags.get(QUEUE_TAG, ""),
         role=tags.get(ROLE_TAG, ""),
         bootstrap=tags.get(BOOTSTRAP_TAG, ""),
-        launch_time=raw["LaunchTime"],
+        # EC2 sets LaunchTime to the last start; the scaler's started-at tag
+        # says the same where a listing (or moto) still shows the first launch,
+        # so a started pool instance's bootstrap is timed from its start.
+        launch_time=max(raw["LaunchTime"], started_at) if started_at else raw["LaunchTime"],
         state=raw.get("State", {}).get("Name", ""),
         ready_at=_parse_time(tags.get(READY_AT_TAG)),
         instance_type=raw.get("InstanceType", ""),
         subnet_id=raw.get("SubnetId", ""),
+        built_at=_built_at(raw),
+        image_id=raw.get("ImageId", ""),
+        launch_template_id=tags.get(TEMPLATE_ID_TAG, ""),
+        launch_template_version=tags.get(TEMPLATE_VERSION_TAG, ""),
+        on_exit=tags.get(ON_EXIT_TAG, ""),
     )
+
+
+def _built_at(raw: dict[str, Any]) -> datetime:
+    """When the instance was first launched: its primary network interface's attach time."""
+    for interface in raw.get("NetworkInterfaces", []):
+        attachment = interface.get("Attachment", {})
+        if attachment.get("DeviceIndex") == 0 and attachment.get("AttachTime"):
+            return attachment["AttachTime"]
+    return raw["LaunchTime"]
 
 
 def _parse_time(text: str | None) -> datetime | None:

@@ -16,12 +16,27 @@ QUEUE_TAG = TAG_PREFIX + "queue"
 ROLE_TAG = TAG_PREFIX + "role"
 BOOTSTRAP_TAG = TAG_PREFIX + "bootstrap"
 READY_AT_TAG = TAG_PREFIX + "ready-at"
+# Warm pool (see autoscaler.pool): when the scaler last started the instance,
+# and what the instance does when its agent exits (stop back into the pool,
+# or terminate).
+STARTED_AT_TAG = TAG_PREFIX + "started-at"
+ON_EXIT_TAG = TAG_PREFIX + "on-exit"
+ON_EXIT_STOP = "stop"
+ON_EXIT_TERMINATE = "terminate"
+
+ROLE_POOL = "pool"
 
 BOOTSTRAP_PENDING = "pending"
 BOOTSTRAP_COMPLETE = "complete"
 BOOTSTRAP_FAILED = "failed"
+# A pool instance's first boot, which ends stopped rather than with an agent.
+BOOTSTRAP_WARMING = "warming"
+# Set by a pool instance on itself just before it stops into the pool: no
+# agent runs on it; the reaper may retire it.
+BOOTSTRAP_POOLED = "pooled"
 
 LIVE_STATES = ("pending", "running")
+POOL_STATES = ("stopping", "stopped")
 
 
 @dataclass(frozen=True)
@@ -38,6 +53,13 @@ class Instance:
     ready_at: datetime | None = None
     instance_type: str = ""
     subnet_id: str = ""
+    # For warm-pool decisions: when the instance was first launched (its
+    # volume's age), what it was built from, and its on-exit tag.
+    built_at: datetime | None = None
+    image_id: str = ""
+    launch_template_id: str = ""
+    launch_template_version: str = ""
+    on_exit: str = ""
 
 
 class Stage(Enum):

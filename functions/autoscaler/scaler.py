@@ -60,11 +60,13 @@ def summarize(polls: list[PollResult], dry_run: bool) -> dict[str, Any]:
     queues: dict[str, dict[str, Any]] = {}
     for poll in polls:
         for name, result in poll.queues.items():
-            entry = queues.setdefault(name, {"launched": [], "failures": [], "unmet_polls": 0})
+            entry = queues.setdefault(name, {"launched": [], "started": [], "failures": [], "unmet_polls": 0})
             entry["launched"].extend(result.instance_ids)
+            entry["started"].extend(result.started)
             entry["failures"].extend(asdict(failure) for failure in result.failures)
             entry["unmet_polls"] += bool(result.plan.unmet_instances)
             entry["last_plan"] = {**asdict(result.plan), "launch_total": result.plan.launch_total}
+            entry["schedule"] = result.schedule
     return {
         "dry_run": dry_run,
         "polls": len(polls),

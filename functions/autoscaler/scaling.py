@@ -13,12 +13,22 @@ from typing import Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from autoscaler import pool, schedules
 from autoscaler.buildkite import DEFAULT_POLL_SECONDS, MetricsError, MetricsRateLimited, MetricsSnapshot
 from autoscaler.config import ROLES, QueueConfig, ScalerSettings
-from autoscaler.fleet import Fleet
+from autoscaler.fleet import Fleet, LaunchError
 from autoscaler.launching import LaunchFailure, LaunchOutcome, launch
-from autoscaler.lifecycle import BOOTSTRAP_PENDING, Instance, Timeouts
-from autoscaler.planner import QueuePlan, plan_queue
+from autoscaler.lifecycle import (
+    BOOTSTRAP_PENDING,
+    BOOTSTRAP_WARMING,
+    LIVE_STATES,
+    POOL_STATES,
+    ROLE_POOL,
+    Instance,
+    Timeouts,
+)
+from autoscaler.planner import QueuePlan
+from autoscaler.pool import PoolPlan, plan_with_pool
 from autoscaler.telemetry import emit, logger
 
 RenderUserData = Callable[[QueueConfig, str], bytes]
@@ -33,6 +43,9 @@ class QueueResult:
     plan: QueuePlan
     instance_ids: list[str] = field(default_factory=list)
     failures: list[LaunchFailure] = field(default_factory=list)
+    pool: PoolPlan | None = None
+    schedule: str = ""  # the schedule that set min_instances and warm_pool_size, "" for none
+    started: list[str] = field(default_factory=list)  # pool instances started
 
 
 @dataclass
@@ -85,7 +98,7 @@ class Scaler:
             return PollResult(now, max(retry_after, self._poll_seconds), error=f"metrics {error.kind}: {error}")
         self._poll_seconds = snapshot.poll_seconds
         try:
-            instances = self._listed_and_unlisted(self._fleet.list_instances(), now)
+            instances = self._listed_and_unlisted(self._list(), now)
         except (ClientError, BotoCoreError) as error:
             logger.error("DescribeInstances failed; no action this poll", extra={"error": str(error)})
             emit(fleet_dims, {"FleetApiErrors": 1})
@@ -99,6 +112,12 @@ class Scaler:
         emit(fleet_dims, {"MetricsApiErrors": 0, "InstancesLaunched": launched, "LaunchErrors": errors})
         return result
 
+    def _list(self) -> list[Instance]:
+        # Stopped pool instances are listed only when some queue has a pool.
+        if any(queue.has_pool for queue in self._settings.queues):
+            return self._fleet.list_instances(LIVE_STATES + POOL_STATES)
+        return self._fleet.list_instances()
+
     def _scale_queue(
         self,
         queue: QueueConfig,
@@ -108,19 +127,34 @@ class Scaler:
         dry_run: bool,
     ) -> QueueResult:
         metrics = snapshot.for_queue(queue.name)
-        plan = plan_queue(queue, metrics, instances, now, self._timeouts)
-        result = QueueResult(plan)
+        scheduled = schedules.at(queue, now)
+        queue = scheduled.queue
+        plan, pool_plan = plan_with_pool(queue, metrics, instances, now, self._timeouts)
+        result = QueueResult(plan, pool=pool_plan, schedule=scheduled.schedule)
+        refilled = pool_plan.refill
         if not dry_run:
-            for role, count in (("floor", plan.launch_floor), ("burst", plan.launch_burst)):
+            # Starting a stopped pool instance beats launching one; what did not start is launched.
+            burst = pool_plan.launch_burst + self._start(queue, result, pool_plan.start, now)
+            refilled = 0
+            for role, count in (("floor", plan.launch_floor), ("burst", burst), (ROLE_POOL, pool_plan.refill)):
                 if count:
-                    self._record(result, self._launch(queue, role, count, now))
+                    outcome = self._launch(queue, role, count, now)
+                    self._record(result, outcome)
+                    refilled += len(outcome.instance_ids) if role == ROLE_POOL else 0
+        on_exit = pool.on_exit(pool_plan, instances, refilled)
+        if not dry_run:
+            self._set_on_exit(on_exit)
         logger.info(
             "scaling decision",
             extra={
                 "queue": queue.name,
                 "dry_run": dry_run,
+                "schedule": scheduled.schedule or None,
                 "metrics": vars(metrics),
                 "plan": {**vars(plan), "launch_total": plan.launch_total},
+                "pool": vars(pool_plan),
+                "started": result.started,
+                "on_exit": on_exit,
                 "launched": result.instance_ids,
                 "failures": [vars(failure) for failure in result.failures],
             },
@@ -138,10 +172,34 @@ class Scaler:
                 "StuckInstances": plan.stuck,
                 "LiveInstances": plan.live,
                 "InstancesLaunched": len(result.instance_ids),
+                "InstancesStarted": len(result.started),
+                "WarmPoolReady": pool_plan.ready,
                 "LaunchErrors": len(result.failures),
             },
         )
         return result
+
+    def _start(self, queue: QueueConfig, result: QueueResult, instance_ids: tuple[str, ...], now: datetime) -> int:
+        """Start pool instances; returns how many did not start."""
+        failed = 0
+        for instance_id in instance_ids:
+            try:
+                self._fleet.start(instance_id, now)
+            except (LaunchError, ClientError, BotoCoreError) as error:
+                logger.warning("starting a pool instance failed", extra={"queue": queue.name, "error": str(error)})
+                result.failures.append(LaunchFailure("", "", "StartFailed", f"{instance_id}: {error}"))
+                failed += 1
+            else:
+                result.started.append(instance_id)
+        return failed
+
+    def _set_on_exit(self, changes: dict[str, str]) -> None:
+        for instance_id, action in changes.items():
+            try:
+                self._fleet.set_on_exit(instance_id, action)
+            except (ClientError, BotoCoreError) as error:
+                # The next poll tries again; until then the instance keeps its last instruction.
+                logger.warning("tagging on-exit failed", extra={"instance_id": instance_id, "error": str(error)})
 
     def _launch(self, queue: QueueConfig, role: str, count: int, now: datetime) -> LaunchOutcome:
         user_data = self._user_data[(queue.name, role)]
@@ -151,9 +209,10 @@ class Scaler:
             logger.exception("launch failed", extra={"queue": queue.name, "role": role})
             outcome = LaunchOutcome(requested=count)
             outcome.failures.append(LaunchFailure("", "", type(error).__name__, str(error)))
+        bootstrap = BOOTSTRAP_WARMING if role == ROLE_POOL else BOOTSTRAP_PENDING
         for instance_id in outcome.instance_ids:
             self._unlisted[instance_id] = Instance(
-                instance_id, self._settings.fleet_name, queue.name, role, BOOTSTRAP_PENDING, now
+                instance_id, self._settings.fleet_name, queue.name, role, bootstrap, now
             )
         return outcome
 
