@@ -179,9 +179,15 @@ class Ec2Fleet:
     def latest_templates(self, template_ids: Iterable[str]) -> dict[str, TemplateVersion]:
         latest = {}
         for template_id in sorted(set(template_ids)):
-            response = self._ec2.describe_launch_template_versions(
-                LaunchTemplateId=template_id, Versions=["$Latest"], ResolveAlias=True
-            )
+            try:
+                response = self._ec2.describe_launch_template_versions(
+                    LaunchTemplateId=template_id, Versions=["$Latest"], ResolveAlias=True
+                )
+            except ClientError as error:
+                # A deleted template is left out: no instance built from it is current.
+                if error.response["Error"]["Code"].startswith("InvalidLaunchTemplate"):
+                    continue
+                raise
             for version in response.get("LaunchTemplateVersions", []):
                 image = version.get("LaunchTemplateData", {}).get("ImageId", "")
                 latest[template_id] = TemplateVersion(str(version["VersionNumber"]), image)
