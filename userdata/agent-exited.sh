@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # ExecStopPost of buildkite-agent.service. The agent exits 0 when it
 # disconnects for good (disconnect-after-idle-timeout, disconnect-after-uptime,
-# or a stop): then the instance powers off and is terminated. After a crash
-# systemd restarts the agent, and the instance stays.
+# or a stop): then the instance powers off and is terminated, unless it is a
+# pool instance that the bootstrap's `release` stops back into the warm pool.
+# After a crash systemd restarts the agent, and the instance stays.
 set -euo pipefail
 
 main() {
     local result=${SERVICE_RESULT:-unknown}
     if [[ "$result" == success ]]; then
+        if "${BOOTSTRAP_ROOT:-}/usr/local/sbin/buildkite-bootstrap" release; then
+            printf 'buildkite-agent exited cleanly: back into the warm pool\n' >&2
+            return 0
+        fi
         printf 'buildkite-agent exited cleanly: powering off\n' >&2
         systemctl --no-block poweroff
     else

@@ -7,6 +7,13 @@
 #                                 the bootstrap service right away
 #   buildkite-bootstrap run       the buildkite-bootstrap service: secrets,
 #                                 Nix + S3 cache, buildkite-agent, tags
+#   buildkite-bootstrap park      a warm-pool instance's first boot, after
+#                                 cloud-init: read the volume once, tag
+#                                 bootstrap=pooled, stop (not terminate)
+#   buildkite-bootstrap release   the agent exited for good: a pool instance
+#                                 stops back into its pool when the scaler's
+#                                 on-exit tag says so (exit 0); exit 1 tells
+#                                 the caller to power off
 #
 # Every step is a function run by run_step. Any failing command ends the
 # step: the instance tags itself bootstrap=failed, prints the step and exit
@@ -340,6 +347,34 @@ start_agent() {
     done
 }
 
+# A pool instance stops here instead of booting on: the bootstrap service
+# runs when the scaler starts it.
+start_park_service() {
+    systemctl start --no-block buildkite-pool-park.service
+}
+
+# Snapshot blocks load lazily from S3 on their first read: read every file
+# of the root filesystem once, so a started pool instance reads at full
+# speed. Best effort: a file that vanishes mid-read only stays cold.
+warm_volume() {
+    find "$ROOT/" -xdev -type f -exec cat -- {} + >/dev/null 2>&1 || log "some files could not be read"
+}
+
+# The scaler's tag on a started pool instance, read from the instance
+# metadata (InstanceMetadataTags): no permission needed, and none to read
+# other instances. A missing tag means terminate.
+on_exit_action() {
+    imds_get "meta-data/tags/instance/$BK_ON_EXIT_TAG" 2>/dev/null || true
+}
+
+# Tagged first: a stop that fails ends in the ERR trap, which powers off,
+# and a powered-off instance terminates (InstanceInitiatedShutdownBehavior).
+stop_into_pool() {
+    tag_instance "$BK_BOOTSTRAP_POOLED"
+    aws ec2 stop-instances --region "$BK_REGION" --instance-ids "$INSTANCE_ID" >/dev/null
+    log "stopping into the warm pool of $BK_QUEUE"
+}
+
 mark_complete() {
     rm -rf "$WORK"
     touch "$FLAG"
@@ -355,12 +390,39 @@ prepare() {
     run_step check_arch
     if [[ "$BK_ROOT_MODE" == overlayroot ]]; then
         run_step configure_overlayroot
-        run_step enable_bootstrap_service
+    fi
+    run_step enable_bootstrap_service
+    if [[ "$BK_ROLE" == pool ]]; then
+        run_step start_park_service
+    elif [[ "$BK_ROOT_MODE" == overlayroot ]]; then
         run_step request_reboot
     else
-        run_step enable_bootstrap_service
         run_step start_bootstrap_service
     fi
+}
+
+park() {
+    run_step load_settings
+    run_step load_instance_id
+    run_step warm_volume
+    run_step stop_into_pool
+}
+
+# Only with overlayroot: its next boot is clean. An EBS root keeps what the
+# jobs wrote, so such an instance always terminates.
+release() {
+    run_step load_settings
+    if [[ "$BK_ROLE" != pool || "$BK_ROOT_MODE" != overlayroot ]]; then
+        exit 1
+    fi
+    run_step load_instance_id
+    local action
+    action=$(on_exit_action)
+    if [[ "$action" != "$BK_ON_EXIT_STOP" ]]; then
+        log "the warm pool of $BK_QUEUE needs no instance (on-exit=${action:-unset}): terminating"
+        exit 1
+    fi
+    run_step stop_into_pool
 }
 
 run() {
@@ -386,8 +448,10 @@ main() {
     case "${1:-}" in
     prepare) prepare ;;
     run) run ;;
+    park) park ;;
+    release) release ;;
     *)
-        printf 'usage: %s prepare|run\n' "$0" >&2
+        printf 'usage: %s prepare|run|park|release\n' "$0" >&2
         exit 2
         ;;
     esac

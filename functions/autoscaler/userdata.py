@@ -23,7 +23,10 @@ from autoscaler.config import ROLES, ROOT_MODES, QueueConfig, UserDataSettings
 from autoscaler.lifecycle import (
     BOOTSTRAP_COMPLETE,
     BOOTSTRAP_FAILED,
+    BOOTSTRAP_POOLED,
     BOOTSTRAP_TAG,
+    ON_EXIT_STOP,
+    ON_EXIT_TAG,
     READY_AT_TAG,
 )
 
@@ -106,6 +109,9 @@ def _settings_values(settings: UserDataSettings, queue: QueueConfig, role: str, 
         "BK_READY_AT_TAG": READY_AT_TAG,
         "BK_BOOTSTRAP_COMPLETE": BOOTSTRAP_COMPLETE,
         "BK_BOOTSTRAP_FAILED": BOOTSTRAP_FAILED,
+        "BK_BOOTSTRAP_POOLED": BOOTSTRAP_POOLED,
+        "BK_ON_EXIT_TAG": ON_EXIT_TAG,
+        "BK_ON_EXIT_STOP": ON_EXIT_STOP,
     }
 
 
