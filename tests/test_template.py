@@ -53,6 +53,19 @@ CUSTOM_QUEUES: dict[str, Any] = {
     "X86IdleTimeoutSeconds": "300",
     "X86MaxUptimeSeconds": "0",
     "X86IncludeWaiting": "true",
+    "X86WarmPoolSize": "3",
+    "X86Schedules": json.dumps(
+        [
+            {
+                "name": "office",
+                "days": ["mon", "tue", "wed", "thu", "fri"],
+                "start": "08:00",
+                "end": "19:00",
+                "time_zone": "Europe/Berlin",
+                "min_instances": 2,
+            }
+        ]
+    ),
     "ArmInstanceTypes": ["c8g.xlarge"],
     "ArmMinInstances": "0",
     "ArmMaxInstances": "2",
@@ -77,6 +90,9 @@ FALSE_POSITIVES = {
     ("AgentRole", "TagSelfBootstrapState", "UNKNOWN_CONDITION_FOR_ACTION"): (
         "aws:ARN (the ARN of the resource acted on) is a global key parliament does not know; compared "
         "with ${ec2:SourceInstanceARN} it limits the instance role to tagging its own instance."
+    ),
+    ("AgentRole", "StopSelfIntoPool", "UNKNOWN_CONDITION_FOR_ACTION"): (
+        "The same self-scoping key: a pool instance may stop only itself."
     ),
 }
 
@@ -310,6 +326,8 @@ def test_scaler_configuration_loads_from_the_template_environment(
         assert queue.idle_timeout_seconds == int(values[f"{prefix}IdleTimeoutSeconds"])
         assert queue.max_uptime_seconds == int(values[f"{prefix}MaxUptimeSeconds"])
         assert queue.include_waiting == (values[f"{prefix}IncludeWaiting"] == "true")
+        assert queue.warm_pool_size == int(values[f"{prefix}WarmPoolSize"])
+        assert len(queue.schedules) == len(json.loads(values[f"{prefix}Schedules"]))
     assert settings.user_data.cache_region == (values["NixCacheRegion"] or REGION)
     assert settings.user_data.cache_bucket == values["NixCacheBucket"]
     assert settings.agent_token_parameter == values["AgentTokenParameter"]
@@ -319,6 +337,9 @@ def test_scaler_configuration_loads_from_the_template_environment(
 def test_reaper_configuration_loads_from_the_template_environment(template: dict[str, Any], resolver: Resolver) -> None:
     settings = ReaperSettings.from_env(lambda_environment(template, resolver, "ReaperFunction"))
     assert settings.fleet_name == FLEET
+    # The same queues as the scaler's, so both agree on the pool sizes.
+    assert settings.queues == ScalerSettings.from_env(lambda_environment(template, resolver, "ScalerFunction")).queues
+    assert settings.pool_max_age_seconds == int(resolver.parameters["PoolMaxAgeSeconds"])
     assert settings.max_terminations == int(resolver.parameters["ReaperMaxTerminations"])
     assert settings.bootstrap_timeout_seconds == int(resolver.parameters["BootstrapTimeoutSeconds"])
 
@@ -447,16 +468,45 @@ def test_instances_and_volumes_are_launched_only_with_the_fleet_tag(
                 assert statement["Condition"]["StringEquals"][f"aws:RequestTag/{FLEET_TAG}"] == FLEET
 
 
-def test_lambdas_tag_only_while_launching(template: dict[str, Any], resolver: Resolver) -> None:
+POOL_TAGGING = {"MarkPoolInstancesStarting", "TellPoolInstancesOnExit"}
+
+
+def test_lambdas_tag_only_while_launching_or_the_fleets_pool_instances(
+    template: dict[str, Any], resolver: Resolver
+) -> None:
     tagging = [
         statement
         for role in lambda_roles(template)
         for statement in statements(template, resolver, role)
         if allows(statement, "ec2:CreateTags")
     ]
-    assert tagging
+    assert {s["Sid"] for s in tagging} == {"TagOnlyAtLaunch", *POOL_TAGGING}
     for statement in tagging:
-        assert statement["Condition"]["StringEquals"]["ec2:CreateAction"] == "RunInstances"
+        if statement["Sid"] in POOL_TAGGING:
+            assert statement["Condition"]["StringEquals"][f"aws:ResourceTag/{FLEET_TAG}"] == FLEET
+            assert statement["Condition"]["StringEquals"]["aws:ResourceTag/buildkite-autoscaler:role"] == "pool"
+        else:
+            assert statement["Condition"]["StringEquals"]["ec2:CreateAction"] == "RunInstances"
+
+
+def test_the_scaler_starts_only_pool_instances_it_may_mark_as_starting(
+    template: dict[str, Any], resolver: Resolver
+) -> None:
+    scaler = {s["Sid"]: s for s in statements(template, resolver, "ScalerRole")}
+    start = scaler["StartPoolInstances"]
+    assert listed(start["Action"]) == ["ec2:StartInstances"]
+    assert start["Condition"] == {
+        "StringEquals": {f"aws:ResourceTag/{FLEET_TAG}": FLEET, "aws:ResourceTag/buildkite-autoscaler:role": "pool"}
+    }
+    # Only an instance that tagged itself pooled (no agent) can be made pending: never a complete one.
+    mark = scaler["MarkPoolInstancesStarting"]["Condition"]
+    assert mark["StringEquals"]["aws:ResourceTag/buildkite-autoscaler:bootstrap"] == "pooled"
+    assert mark["StringEquals"]["aws:RequestTag/buildkite-autoscaler:bootstrap"] == "pending"
+    assert set(mark["ForAllValues:StringEquals"]["aws:TagKeys"]) == {BOOTSTRAP_TAG, "buildkite-autoscaler:started-at"}
+    on_exit = scaler["TellPoolInstancesOnExit"]["Condition"]
+    assert on_exit["ForAllValues:StringEquals"]["aws:TagKeys"] == ["buildkite-autoscaler:on-exit"]
+    stopping = [s for r in lambda_roles(template) for s in statements(template, resolver, r)]
+    assert not any(allows(s, "ec2:StopInstances") for s in stopping)
 
 
 @pytest.mark.parametrize("action", ["ec2:TerminateInstances", "ec2:GetConsoleOutput"])
@@ -533,7 +583,18 @@ def test_agent_tags_only_itself_and_only_its_bootstrap_state(template: dict[str,
     assert tagging["Condition"]["StringEquals"]["aws:ARN"] == "${ec2:SourceInstanceARN}"
     assert set(tagging["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"]) == {BOOTSTRAP_TAG, READY_AT_TAG}
     ec2_actions = {a for s in agent for a in listed(s["Action"]) if a.startswith("ec2:")}
-    assert ec2_actions == {"ec2:CreateTags"}
+    assert ec2_actions == {"ec2:CreateTags", "ec2:StopInstances"}
+
+
+def test_only_a_pool_instance_stops_and_only_itself(template: dict[str, Any], resolver: Resolver) -> None:
+    (stopping,) = [s for s in statements(template, resolver, "AgentRole") if allows(s, "ec2:StopInstances")]
+    assert stopping["Condition"] == {
+        "StringEquals": {
+            "aws:ARN": "${ec2:SourceInstanceARN}",
+            f"aws:ResourceTag/{FLEET_TAG}": FLEET,
+            "aws:ResourceTag/buildkite-autoscaler:role": "pool",
+        }
+    }
 
 
 def test_no_statement_allows_every_action_or_uses_not_action(template: dict[str, Any], resolver: Resolver) -> None:
@@ -554,6 +615,8 @@ def test_launch_template_requires_imdsv2_and_encrypts_the_root_volume(
     data = resolver.resolve(template["Resources"][launch_template]["Properties"]["LaunchTemplateData"])
     assert data["MetadataOptions"]["HttpTokens"] == "required"
     assert data["MetadataOptions"]["HttpEndpoint"] == "enabled"
+    # A pool instance reads its on-exit tag from the instance metadata.
+    assert data["MetadataOptions"]["InstanceMetadataTags"] == "enabled"
     (root,) = data["BlockDeviceMappings"]
     # Canonical's Ubuntu root device: any other name would add a second, unencrypted-by-this volume.
     assert root["DeviceName"] == "/dev/sda1"
