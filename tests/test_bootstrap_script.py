@@ -86,6 +86,11 @@ curl)
     case "${!#}" in
     */api/token) printf imds-session-token ;;
     */meta-data/instance-id) printf '%s' "$STUB_INSTANCE_ID" ;;
+    */meta-data/tags/instance/*)
+        # IMDS answers 404 (curl -f: exit 22) for a tag the instance does not have.
+        [[ -n "${STUB_TAG_VALUE:-}" ]] || exit 22
+        printf '%s' "$STUB_TAG_VALUE"
+        ;;
     *install.determinate.systems*) printf '#!/bin/sh\nexec nix-installer "$@"\n' >"$(option -o "$@")" ;;
     *) echo "-----BEGIN PGP PUBLIC KEY BLOCK-----" ;;
     esac
