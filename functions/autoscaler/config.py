@@ -201,7 +201,10 @@ def _queue(where: str, raw: Any) -> QueueConfig:
         idle_timeout_seconds=_int(where, raw, "idle_timeout_seconds", defaults.idle_timeout_seconds, 1),
         max_uptime_seconds=_int(where, raw, "max_uptime_seconds", defaults.max_uptime_seconds, 0),
         warm_pool_size=_int(where, raw, "warm_pool_size", defaults.warm_pool_size, 0),
-        max_pool_instances=_int(where, raw, "max_pool_instances", -1, 0) if "max_pool_instances" in raw else None,
+        # null or absent: the largest pool size of the queue and its schedules.
+        max_pool_instances=None
+        if raw.get("max_pool_instances") is None
+        else _int(where, raw, "max_pool_instances", 0, 0),
         schedules=_schedules(where, raw),
     )
     if queue.max_instances < queue.min_instances:
