@@ -21,6 +21,7 @@ from tests.conftest import FLEET, Stack, scaler_env
 from tests.fake_buildkite import FakeBuildkite
 from tests.lambda_context import LambdaContext
 from tests.test_scaler_handler import tags_of, user_data_of
+from tests.test_schedules import OFFICE
 
 from autoscaler import reaper, scaler
 
@@ -205,14 +206,7 @@ def test_a_schedule_changes_the_floor_at_its_local_boundary_across_daylight_savi
     when: str,
     floor: int,
 ) -> None:
-    office = {
-        "name": "office",
-        "days": ["mon", "tue", "wed", "thu", "fri"],
-        "start": "08:00",
-        "end": "19:00",
-        "time_zone": "Europe/Berlin",
-        "min_instances": 2,
-    }
+    office = {**OFFICE, "warm_pool_size": 0}
     buildkite.serve_metrics({})
 
     with freeze_time(when):

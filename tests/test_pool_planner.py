@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import timedelta
 
 from hypothesis import given
 from hypothesis import strategies as st
-from tests.test_planner import NOW, QUEUE, TIMEOUTS, counts, metrics_strategy, queue
+from tests.test_planner import NOW, TIMEOUTS, counts, instance, metrics_strategy, queue
 
 from autoscaler.config import QueueConfig
 from autoscaler.lifecycle import Instance
@@ -18,15 +17,7 @@ from autoscaler.pool import is_spare, on_exit, plan_with_pool
 def member(
     n: int, state: str = "stopped", bootstrap: str = "pooled", role: str = "pool", age_seconds: int = 600
 ) -> Instance:
-    return Instance(
-        instance_id=f"i-{n:04d}",
-        fleet="f",
-        queue=QUEUE,
-        role=role,
-        bootstrap=bootstrap,
-        launch_time=NOW - timedelta(seconds=age_seconds),
-        state=state,
-    )
+    return replace(instance(age_seconds, bootstrap, role), instance_id=f"i-{n:04d}", state=state)
 
 
 def test_starts_replace_launches_one_for_one_and_the_pool_is_refilled() -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.test_schedules import OFFICE
 from tools.invoke import load_template
 
 from autoscaler.config import ReaperSettings, ScalerSettings
@@ -54,18 +55,7 @@ CUSTOM_QUEUES: dict[str, Any] = {
     "X86MaxUptimeSeconds": "0",
     "X86IncludeWaiting": "true",
     "X86WarmPoolSize": "3",
-    "X86Schedules": json.dumps(
-        [
-            {
-                "name": "office",
-                "days": ["mon", "tue", "wed", "thu", "fri"],
-                "start": "08:00",
-                "end": "19:00",
-                "time_zone": "Europe/Berlin",
-                "min_instances": 2,
-            }
-        ]
-    ),
+    "X86Schedules": json.dumps([OFFICE]),
     "ArmInstanceTypes": ["c8g.xlarge"],
     "ArmMinInstances": "0",
     "ArmMaxInstances": "2",
