@@ -49,6 +49,12 @@ def test_unusable_stopped_instances_hold_the_ceiling_until_the_reaper_retires_th
     assert "short at the pool ceiling" in pool_plan.reason
 
 
+def test_an_instance_stopped_by_hand_is_neither_capacity_nor_pool() -> None:
+    stopped = member(1, role="burst", bootstrap="complete")
+    plan, pool_plan = plan_with_pool(queue(warm_pool_size=1), QueueMetrics(), [stopped], NOW, TIMEOUTS)
+    assert (plan.live, pool_plan.ready, pool_plan.unusable, pool_plan.refill) == (0, 0, 0, 1)
+
+
 def test_a_queue_without_a_pool_starts_nothing() -> None:
     _, pool_plan = plan_with_pool(queue(), QueueMetrics(scheduled=5), [member(1)], NOW, TIMEOUTS)
     assert (pool_plan.start, pool_plan.launch_burst, pool_plan.refill) == ((), 1, 0)
@@ -95,7 +101,7 @@ fleets = st.lists(any_instance, max_size=30, unique_by=lambda i: i.instance_id)
 @given(pool_config, metrics_strategy, fleets)
 def test_never_above_either_ceiling(config: QueueConfig, metrics: QueueMetrics, instances: list[Instance]) -> None:
     plan, pool_plan = plan_with_pool(config, metrics, instances, NOW, TIMEOUTS)
-    in_use = [i for i in instances if not is_spare(i)]
+    in_use = [i for i in instances if not is_spare(i) and i.state in ("pending", "running")]
     spares = [i for i in instances if is_spare(i)]
     running_after = len(in_use) + len(pool_plan.start) + plan.launch_floor + pool_plan.launch_burst
     assert running_after <= max(config.max_instances, len(in_use))
@@ -108,7 +114,7 @@ def test_never_above_either_ceiling(config: QueueConfig, metrics: QueueMetrics, 
 def test_pool_instances_not_in_use_are_never_capacity(
     config: QueueConfig, metrics: QueueMetrics, instances: list[Instance], extra: list[Instance]
 ) -> None:
-    in_use = [i for i in instances if not is_spare(i)]
+    in_use = [i for i in instances if not is_spare(i) and i.state in ("pending", "running")]
     spares = [replace(i, role="pool", state="stopped", instance_id=f"s-{n}") for n, i in enumerate(extra)]
     plan, _ = plan_with_pool(config, metrics, in_use + spares, NOW, TIMEOUTS)
     assert plan == plan_queue(config, metrics, in_use, NOW, TIMEOUTS)

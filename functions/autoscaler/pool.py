@@ -23,6 +23,7 @@ from autoscaler.config import QueueConfig
 from autoscaler.lifecycle import (
     BOOTSTRAP_POOLED,
     BOOTSTRAP_WARMING,
+    LIVE_STATES,
     ON_EXIT_STOP,
     ON_EXIT_TERMINATE,
     POOL_STATES,
@@ -68,7 +69,8 @@ def plan_with_pool(
     """The queue's plan over the instances in use, and the pool's plan over the spares."""
     mine = [instance for instance in instances if instance.queue == queue.name]
     spares = [instance for instance in mine if is_spare(instance)]
-    in_use = [instance for instance in mine if not is_spare(instance)]
+    # A stopped instance that is not a pool instance (stopped by hand) is neither.
+    in_use = [instance for instance in mine if not is_spare(instance) and instance.state in LIVE_STATES]
     plan = plan_queue(queue, metrics, in_use, now, timeouts)
     return plan, plan_pool(queue, plan, spares, in_use, now, timeouts)
 
