@@ -80,6 +80,9 @@ class Scaler:
         # list yet (it is eventually consistent): counted as booting until
         # seen, so a lagging listing cannot cause a second launch.
         self._unlisted: dict[str, Instance] = {}
+        # Pool instances started by this object that the listing may still
+        # show stopped: counted as booting until it shows them started.
+        self._starting: dict[str, Instance] = {}
         self._timeouts = Timeouts(settings.bootstrap_timeout_seconds, settings.ready_grace_seconds)
         # The interval the API last asked for; kept through failed polls.
         self._poll_seconds = DEFAULT_POLL_SECONDS
@@ -191,6 +194,9 @@ class Scaler:
                 failed += 1
             else:
                 result.started.append(instance_id)
+                self._starting[instance_id] = Instance(
+                    instance_id, self._settings.fleet_name, queue.name, ROLE_POOL, BOOTSTRAP_PENDING, now
+                )
         return failed
 
     def _set_on_exit(self, changes: dict[str, str]) -> None:
@@ -229,4 +235,11 @@ class Scaler:
             for instance_id, instance in self._unlisted.items()
             if instance_id not in seen and instance.launch_time > horizon
         }
+        seen_started = {instance.instance_id for instance in listed if not pool.is_spare(instance)}
+        self._starting = {
+            instance_id: instance
+            for instance_id, instance in self._starting.items()
+            if instance_id not in seen_started and instance.launch_time > horizon
+        }
+        listed = [self._starting.get(instance.instance_id, instance) for instance in listed]
         return listed + list(self._unlisted.values())
