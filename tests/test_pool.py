@@ -15,6 +15,7 @@ from typing import Any
 
 import boto3
 import pytest
+import yaml
 from botocore.exceptions import ClientError
 from freezegun import freeze_time
 from tests.conftest import FLEET, Stack, scaler_env
@@ -290,3 +291,18 @@ def test_a_started_pool_instance_is_timed_from_its_start(
     assert pooled not in reaped(reap(monkeypatch, queue))
     with freeze_time(datetime.now(UTC) + timedelta(minutes=21)):
         assert reaped(reap(monkeypatch, queue))[pooled] == "stuck"
+
+
+def test_floor_instances_a_schedule_launched_recycle_when_it_ends(
+    stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    buildkite.serve_metrics({})
+    with freeze_time("2026-03-30 16:00:00"):  # 18:00 in Berlin, an hour before the office closes
+        invoke(monkeypatch, buildkite, stack.queue(X86, schedules=[{**OFFICE, "warm_pool_size": 0}]))
+
+    floors = [i for i in instances(stack) if tags_of(i)["buildkite-autoscaler:role"] == "floor"]
+    assert len(floors) == 2
+    for instance in floors:
+        files = yaml.safe_load(gzip.decompress(user_data_of(stack, instance["InstanceId"])))["write_files"]
+        (settings,) = [f["content"] for f in files if f["path"] == "/etc/buildkite-bootstrap/settings.env"]
+        assert "BK_MAX_UPTIME_SECONDS=3600\n" in settings

@@ -140,3 +140,32 @@ def test_schedule_without_a_value_to_change_is_refused() -> None:
     plain = {key: value for key, value in OFFICE.items() if key not in ("min_instances", "warm_pool_size")}
     with pytest.raises(ConfigError, match=r"must set min_instances or warm_pool_size"):
         configured(plain)
+
+
+@pytest.mark.parametrize(
+    ("when", "uptime"),
+    [
+        ("2026-10-23 06:00", 21600),  # 11 h left in the window: the queue's 6 h
+        ("2026-10-23 16:00", 3600),  # 18:00 in Berlin: one hour left
+        ("2026-10-23 16:59:30", 60),  # rounded up to a minute
+        ("2026-10-24 10:00", 21600),  # no schedule: the queue's own
+    ],
+)
+def test_floor_instances_a_schedule_launches_end_with_it(when: str, uptime: int) -> None:
+    queue = configured(OFFICE, max_uptime_seconds=21600)
+    now = datetime.fromisoformat(when).replace(tzinfo=UTC)
+    assert schedules.floor_max_uptime(schedules.at(queue, now), now) == uptime
+
+
+def test_an_overnight_floor_ends_at_the_local_morning_across_the_clock_change() -> None:
+    # Saturday 31 October 2026 22:00 EDT to Sunday 02:00 EST: five real hours, four on the wall clock.
+    night = {**NIGHT, "days": ["sat"], "min_instances": 1}
+    queue = configured(night, max_uptime_seconds=0)
+    start = utc("2026-11-01 02:00")
+    assert schedules.at(queue, start).floor_ends_at == utc("2026-11-01 07:00")
+    assert schedules.floor_max_uptime(schedules.at(queue, start), start) == 5 * 3600
+
+
+def test_a_schedule_that_sets_only_the_pool_leaves_the_floor_uptime_alone() -> None:
+    now = utc("2026-11-02 04:00")
+    assert schedules.at(configured(NIGHT), now).floor_ends_at is None

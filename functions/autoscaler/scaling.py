@@ -7,7 +7,7 @@ handler, the tests and the simulation all drive the same `Scaler`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -71,6 +71,7 @@ class Scaler:
         self._settings = settings
         self._source = source
         self._fleet = fleet
+        self._render = render_user_data
         # Rendered up front: a value the user-data cannot carry (a mixed-architecture
         # queue, a bad bucket name) fails the invocation at its start, not at a launch.
         self._user_data = {
@@ -141,7 +142,7 @@ class Scaler:
             refilled = 0
             for role, count in (("floor", plan.launch_floor), ("burst", burst), (ROLE_POOL, pool_plan.refill)):
                 if count:
-                    outcome = self._launch(queue, role, count, now)
+                    outcome = self._launch(queue, role, count, now, self._user_data_for(scheduled, role, now))
                     self._record(result, outcome)
                     refilled += len(outcome.instance_ids) if role == ROLE_POOL else 0
         on_exit = pool.on_exit(pool_plan, instances, refilled)
@@ -207,8 +208,14 @@ class Scaler:
                 # The next poll tries again; until then the instance keeps its last instruction.
                 logger.warning("tagging on-exit failed", extra={"instance_id": instance_id, "error": str(error)})
 
-    def _launch(self, queue: QueueConfig, role: str, count: int, now: datetime) -> LaunchOutcome:
-        user_data = self._user_data[(queue.name, role)]
+    def _user_data_for(self, scheduled: schedules.Scheduled, role: str, now: datetime) -> bytes:
+        queue = scheduled.queue
+        if role == "floor" and scheduled.floor_ends_at is not None:
+            # A floor a schedule set ends with the schedule, not hours later at the usual max uptime.
+            return self._render(replace(queue, max_uptime_seconds=schedules.floor_max_uptime(scheduled, now)), role)
+        return self._user_data[(queue.name, role)]
+
+    def _launch(self, queue: QueueConfig, role: str, count: int, now: datetime, user_data: bytes) -> LaunchOutcome:
         try:
             outcome = launch(self._fleet, self._settings.fleet_name, queue, role, count, user_data, now)
         except Exception as error:  # noqa: BLE001 - one queue's failure must not stop the others

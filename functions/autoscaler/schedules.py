@@ -11,9 +11,10 @@ daylight-saving change.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -51,6 +52,15 @@ class Schedule:
             (day - 1) % 7 in self.days and minute < self.end_minute
         )
 
+    def ends_at(self, now: datetime) -> datetime:
+        """When the window that applies at `now` ends (a wall-clock time in the zone)."""
+        zone = ZoneInfo(self.time_zone)
+        local = now.astimezone(zone)
+        day = local.date()
+        if self.start_minute > self.end_minute and local.hour * 60 + local.minute >= self.start_minute:
+            day += timedelta(days=1)  # overnight, begun today: it ends tomorrow morning
+        return (datetime.combine(day, time()) + timedelta(minutes=self.end_minute)).replace(tzinfo=zone)
+
 
 @dataclass(frozen=True)
 class Scheduled:
@@ -58,6 +68,9 @@ class Scheduled:
 
     queue: QueueConfig
     schedule: str
+    # The end of the schedule's window when it set min_instances: floor instances
+    # launched for it end then.
+    floor_ends_at: datetime | None = None
 
 
 def at(queue: QueueConfig, now: datetime) -> Scheduled:
@@ -69,8 +82,23 @@ def at(queue: QueueConfig, now: datetime) -> Scheduled:
                 min_instances=queue.min_instances if schedule.min_instances is None else schedule.min_instances,
                 warm_pool_size=queue.warm_pool_size if schedule.warm_pool_size is None else schedule.warm_pool_size,
             )
-            return Scheduled(changed, schedule.name)
+            floor_ends_at = None if schedule.min_instances is None else schedule.ends_at(now)
+            return Scheduled(changed, schedule.name, floor_ends_at)
     return Scheduled(queue, "")
+
+
+def floor_max_uptime(scheduled: Scheduled, now: datetime) -> int:
+    """The max uptime of a floor instance launched now, 0 for none.
+
+    The queue's, cut to the end of the schedule that set the floor (rounded
+    up to a minute): floor instances have no idle timeout, so this is what
+    ends them when the schedule does, each once its running job is done.
+    """
+    uptime = scheduled.queue.max_uptime_seconds
+    if scheduled.floor_ends_at is None:
+        return uptime
+    left = math.ceil((scheduled.floor_ends_at - now).total_seconds() / 60) * 60
+    return left if uptime == 0 else min(uptime, left)
 
 
 def parse_schedule(where: str, raw: Any) -> Schedule:
