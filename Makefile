@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CHECKOV_VENV := .venv-checkov
 SAM_VENV := .venv-sam
 
-.PHONY: demo test lint pytest checkov sam-validate build invoke-scaler invoke-reaper clean
+.PHONY: demo test lint pytest checkov sam-validate iam-simulate build invoke-scaler invoke-reaper clean
 
 $(BIN)/.stamp: requirements-dev.txt functions/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,16 @@ $(SAM_VENV)/bin/.stamp: tools/sam.txt
 	$(SAM_VENV)/bin/pip install --quiet --disable-pip-version-check -r tools/sam.txt
 	touch $@
 
+# The IAM evaluator the tests judge the template's policies with (tests/test_iam_behaviour.py):
+# an npm package pinned with its integrity hashes in package-lock.json. `npm ci` installs exactly
+# that, from npm's cache when it holds the packages (--prefer-offline).
+IAM_SIMULATE := tools/iam-simulate
+$(IAM_SIMULATE)/node_modules/.stamp: $(IAM_SIMULATE)/package-lock.json
+	npm ci --prefix $(IAM_SIMULATE) --prefer-offline --no-audit --no-fund --ignore-scripts
+	touch $@
+
+iam-simulate: $(IAM_SIMULATE)/node_modules/.stamp
+
 demo: $(BIN)/.stamp
 	PYTHONPATH=functions $(BIN)/python -m simulation $(ARGS)
 
@@ -39,7 +49,7 @@ lint: $(BIN)/.stamp
 checkov: $(CHECKOV_VENV)/bin/.stamp
 	$(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download --framework cloudformation -f template.yaml
 
-pytest: $(BIN)/.stamp $(SAM_VENV)/bin/.stamp
+pytest: $(BIN)/.stamp $(SAM_VENV)/bin/.stamp $(IAM_SIMULATE)/node_modules/.stamp
 	PATH="$(CURDIR)/$(SAM_VENV)/bin:$$PATH" $(BIN)/pytest
 
 # ---- SAM: validate, build without Docker, run a handler in-process.
@@ -53,8 +63,8 @@ sam-validate: $(SAM_VENV)/bin/.stamp
 build: $(SAM_VENV)/bin/.stamp
 	$(SAM) build
 
-# Run by `sam build` (BuildMethod: makefile) from the repository root, one target per
-# function; the two functions share one build, so either target makes the artifact:
+# Run by `sam build` (BuildMethod: makefile) from the repository root, once per function
+# (SAM does not share the build between functions); both targets make the same artifact:
 # the pinned dependencies, the package and userdata/. Bytecode is compiled when this
 # Python is the runtime's 3.13, since Lambda cannot write it at cold start.
 build-ScalerFunction build-ReaperFunction:
@@ -76,4 +86,4 @@ invoke-reaper: $(BIN)/.stamp
 		$(if $(STACK),--stack $(STACK)) $(if $(ENV_FILE),--env-file $(ENV_FILE))
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) $(SAM_VENV) .aws-sam .pytest_cache .ruff_cache .hypothesis out
+	rm -rf $(VENV) $(CHECKOV_VENV) $(SAM_VENV) $(IAM_SIMULATE)/node_modules .aws-sam .pytest_cache .ruff_cache .hypothesis out

@@ -19,7 +19,7 @@ from typing import Any
 
 from autoscaler import reaper, scaler
 from autoscaler.config import QueueConfig, ReaperSettings, ScalerSettings, UserDataSettings, parse_queues
-from autoscaler.scaling import PollResult, Scaler
+from autoscaler.scaling import PollResult, Scaler, TimeLeft, unbounded
 from autoscaler.telemetry import logger
 from autoscaler.userdata import render_user_data
 from simulation.cloud import MemoryFleet, MotoFleet, Sample, SimBuildkite
@@ -100,8 +100,8 @@ class _RecordingScaler(Scaler):
         self._decisions = decisions
         self._clock_seconds = clock_seconds
 
-    def poll(self, now: datetime, dry_run: bool) -> PollResult:
-        result = super().poll(now, dry_run)
+    def poll(self, now: datetime, dry_run: bool, time_left: TimeLeft = unbounded) -> PollResult:
+        result = super().poll(now, dry_run, time_left)
         for name, queue in result.queues.items():
             plan = queue.plan
             self._decisions.append(

@@ -85,6 +85,7 @@ class Ec2Behaviour:
     def __init__(self) -> None:
         self.full_launches = True
         self.no_capacity: set[tuple[str, str | None]] = set()  # (type, subnet or None for any)
+        self.no_spot_capacity: set[tuple[str, str | None]] = set()  # the same, for spot requests
         self.run_calls: list[dict[str, Any]] = []
         self.operations: list[str] = []
 
@@ -94,7 +95,9 @@ class Ec2Behaviour:
     def run_instances(self, params: dict[str, Any], **_: Any) -> None:
         self.run_calls.append(dict(params))
         key = params.get("InstanceType", "")
-        if (key, params.get("SubnetId")) in self.no_capacity or (key, None) in self.no_capacity:
+        spot = params.get("InstanceMarketOptions", {}).get("MarketType") == "spot"
+        blocked = self.no_spot_capacity if spot else self.no_capacity
+        if (key, params.get("SubnetId")) in blocked or (key, None) in blocked:
             error = {"Code": "InsufficientInstanceCapacity", "Message": f"no {key} capacity"}
             raise ClientError({"Error": error}, "RunInstances")
         if self.full_launches:
@@ -134,8 +137,12 @@ def stack() -> Iterator[Stack]:
         boto3.DEFAULT_SESSION.events.register("before-call.ec2", behaviour.count_call)
         ec2 = boto3.client("ec2", region_name=REGION)
         vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+        # One zone each, as a deployment's subnets would be (moto picks zones at random).
         subnets = [
-            ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{index}.0/24")["Subnet"]["SubnetId"] for index in (1, 2)
+            ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{index}.0/24", AvailabilityZone=f"{REGION}{zone}")["Subnet"][
+                "SubnetId"
+            ]
+            for index, zone in ((1, "a"), (2, "b"))
         ]
         templates = {
             queue: ec2.create_launch_template(LaunchTemplateName=queue, LaunchTemplateData={"ImageId": "ami-12345678"})[
@@ -156,8 +163,8 @@ def scaler_env(endpoint: str, queues: list[dict[str, Any]], **extra: str) -> dic
         "QUEUES": json.dumps(queues),
         "BUILDKITE_AGENT_TOKEN_PARAMETER": TOKEN_PARAMETER,
         "BUILDKITE_AGENT_ENDPOINT": endpoint,
-        "SSH_KEY_PARAMETER": "/buildkite/ssh-key",
-        "NIX_SIGNING_KEY_PARAMETER": "/buildkite/nix-signing-key",
+        "SSH_KEY_PARAMETER": "/buildkite/ssh-deploy-key",
+        "NIX_SIGNING_KEY_PARAMETER": "/buildkite/nix-cache-signing-key",
         "NIX_CACHE_BUCKET": "test-nix-cache",
         "NIX_CACHE_PUBLIC_KEY": "test-cache-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
         **extra,

@@ -37,10 +37,22 @@ def test_defaults() -> None:
     (queue,) = loaded.queues
     assert (queue.min_instances, queue.agents_per_instance, queue.include_waiting) == (0, 5, False)
     assert (queue.idle_timeout_seconds, queue.max_uptime_seconds) == (600, 21600)
+    assert (queue.capacity_type, queue.on_demand_fallback, queue.markets) == ("on-demand", True, ("on-demand",))
     assert loaded.endpoint == "https://agent.buildkite.com/v3"
     assert (loaded.bootstrap_timeout_seconds, loaded.ready_grace_seconds, loaded.dry_run) == (1200, 60, False)
     assert loaded.user_data.cache_region == "eu-west-1"
     assert (loaded.user_data.root_mode, loaded.user_data.nix_determinate) == ("overlayroot", True)
+
+
+def test_spot_queues_try_spot_then_on_demand_unless_fallback_is_off() -> None:
+    spot, strict = settings(
+        [
+            {**QUEUE, "capacity_type": "spot"},
+            {**QUEUE, "name": "deploy", "capacity_type": "spot", "on_demand_fallback": False},
+        ]
+    ).queues
+    assert spot.markets == ("spot", "on-demand")
+    assert strict.markets == ("spot",)
 
 
 def test_any_number_of_queues() -> None:
@@ -70,6 +82,14 @@ def test_any_number_of_queues() -> None:
         ([{**QUEUE, "subnet_ids": ["a", ""]}], r"QUEUES\[0\]\.subnet_ids\[1\] must be a non-empty string \(got ''\)"),
         ([{**QUEUE, "idle_timeout_seconds": 0}], r"QUEUES\[0\]\.idle_timeout_seconds must be >= 1 \(got 0\)"),
         ([{**QUEUE, "include_waiting": "yes"}], r"QUEUES\[0\]\.include_waiting must be true or false \(got 'yes'\)"),
+        (
+            [{**QUEUE, "capacity_type": "Spot"}],
+            r"QUEUES\[0\]\.capacity_type must be one of on-demand, spot \(got 'Spot'\)",
+        ),
+        (
+            [{**QUEUE, "capacity_type": "spot", "on_demand_fallback": "no"}],
+            r"QUEUES\[0\]\.on_demand_fallback must be true or false \(got 'no'\)",
+        ),
         ([{**QUEUE, "max_instance": 3}], r"QUEUES\[0\]\.max_instance is not a known queue setting \(got 3\)"),
         ([{**QUEUE, "name": "a b"}], r"QUEUES\[0\]\.name must be letters, digits.*\(got 'a b'\)"),
         ([QUEUE, QUEUE], r"QUEUES\[1\]\.name is a duplicate \(got 'nixos-x86-aws'\)"),

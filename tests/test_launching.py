@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from autoscaler.config import QueueConfig
 from autoscaler.fleet import LaunchError, LaunchSpec
 from autoscaler.launching import launch
@@ -90,3 +93,100 @@ def test_a_non_capacity_error_stops_the_fallback() -> None:
     assert len(fleet.specs) == 1
     assert [failure.code for failure in outcome.failures] == ["UnauthorizedOperation"]
     assert outcome.shortfall == 2
+
+
+SPOT_QUEUE = replace(QUEUE, capacity_type="spot")
+
+
+def pools_of(fleet: RecordingFleet) -> list[tuple[str, str, str, int]]:
+    return [(spec.market, spec.instance_type, spec.subnet_id, spec.count) for spec in fleet.specs]
+
+
+def test_spot_asks_the_cheapest_pools_first_and_spreads_the_count() -> None:
+    fleet = RecordingFleet()
+    prices = {("m7i.4xlarge", "subnet-b"): 0.2, ("c7i.4xlarge", "subnet-b"): 0.3}
+    outcome = launch(fleet, "ci", SPOT_QUEUE, "burst", 5, b"", NOW, prices)
+
+    assert pools_of(fleet) == [
+        ("spot", "m7i.4xlarge", "subnet-b", 2),
+        ("spot", "c7i.4xlarge", "subnet-b", 1),
+        ("spot", "c7i.4xlarge", "subnet-a", 1),
+        ("spot", "m7i.4xlarge", "subnet-a", 1),
+    ]
+    assert outcome.count("spot") == 5
+    assert not outcome.fallback
+
+
+def test_a_spot_pool_without_capacity_passes_its_share_to_the_pools_left() -> None:
+    fleet = RecordingFleet(no_capacity={("c7i.4xlarge", "subnet-a"), ("m7i.4xlarge", "subnet-a")})
+    # The recording fleet has no markets: a pool without capacity has none in either.
+    outcome = launch(fleet, "ci", SPOT_QUEUE, "burst", 4, b"", NOW)
+
+    assert pools_of(fleet) == [
+        ("spot", "c7i.4xlarge", "subnet-a", 1),
+        ("spot", "m7i.4xlarge", "subnet-a", 2),
+        ("spot", "c7i.4xlarge", "subnet-b", 2),
+        ("spot", "m7i.4xlarge", "subnet-b", 2),
+    ]
+    assert (outcome.count("spot"), outcome.shortfall) == (4, 0)
+    assert len(set(tokens(fleet))) == 4
+
+
+def test_the_same_pool_in_another_market_gets_another_token() -> None:
+    spot, on_demand = RecordingFleet(), RecordingFleet()
+    run(spot, queue=replace(SPOT_QUEUE, subnet_ids=("subnet-a",), instance_types=("c7i.4xlarge",)))
+    run(on_demand, queue=replace(QUEUE, subnet_ids=("subnet-a",), instance_types=("c7i.4xlarge",)))
+    assert tokens(spot) != tokens(on_demand)
+
+
+POOLS = [(kind, subnet) for subnet in QUEUE.subnet_ids for kind in QUEUE.instance_types]
+
+
+@dataclass
+class TwoMarketFleet(RecordingFleet):
+    """No capacity in the given pools of the given market; a partial launch elsewhere."""
+
+    no_spot: set[tuple[str, str]] = field(default_factory=set)
+    at_most: int = 3
+
+    def run(self, spec: LaunchSpec) -> list[str]:
+        self.specs.append(spec)
+        empty = self.no_spot if spec.market == "spot" else self.no_capacity
+        if (spec.instance_type, spec.subnet_id) in empty:
+            raise LaunchError("InsufficientInstanceCapacity", "none left")
+        return [f"i-{len(self.specs)}-{n}" for n in range(min(spec.count, self.at_most))]
+
+
+@given(
+    count=st.integers(1, 30),
+    no_spot=st.sets(st.sampled_from(POOLS)),
+    no_on_demand=st.sets(st.sampled_from(POOLS)),
+    prices=st.dictionaries(st.sampled_from(POOLS), st.floats(0.01, 5)),
+    fallback=st.booleans(),
+    at_most=st.integers(1, 10),
+)
+def test_spot_launches_account_for_every_instance(
+    count: int,
+    no_spot: set[tuple[str, str]],
+    no_on_demand: set[tuple[str, str]],
+    prices: dict[tuple[str, str], float],
+    fallback: bool,
+    at_most: int,
+) -> None:
+    fleet = TwoMarketFleet(no_capacity=no_on_demand, no_spot=no_spot, at_most=at_most)
+    queue = replace(SPOT_QUEUE, on_demand_fallback=fallback)
+    outcome = launch(fleet, "ci", queue, "burst", count, b"", NOW, prices)
+
+    assert len(outcome.instance_ids) + outcome.shortfall == count
+    assert outcome.shortfall >= 0
+    assert set(outcome.markets) == set(outcome.instance_ids)
+    spot = [(s.instance_type, s.subnet_id) for s in fleet.specs if s.market == "spot"]
+    # Spot tries each pool at most once, cheapest first, and never after on-demand.
+    assert len(spot) == len(set(spot))
+    assert [prices.get(pool, float("inf")) for pool in spot] == sorted(prices.get(pool, float("inf")) for pool in spot)
+    assert [s.market for s in fleet.specs] == sorted((s.market for s in fleet.specs), key=lambda m: m != "spot")
+    # On-demand is asked only for what spot could not supply, and only with the fallback on.
+    on_demand_asked = sum(1 for s in fleet.specs if s.market == "on-demand")
+    assert (on_demand_asked > 0) == (fallback and outcome.spot_shortfall > 0)
+    assert bool(outcome.fallback) == (outcome.spot_shortfall > 0)
+    assert len(set(tokens(fleet))) == len(fleet.specs)

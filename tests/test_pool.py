@@ -35,7 +35,8 @@ ON_EXIT = "buildkite-autoscaler:on-exit"
 def invoke(monkeypatch: pytest.MonkeyPatch, buildkite: FakeBuildkite, queue: dict[str, Any]) -> dict[str, Any]:
     for key, value in scaler_env(buildkite.endpoint, [queue]).items():
         monkeypatch.setenv(key, value)
-    return scaler.handler(json.loads((EVENTS / "scaler-scheduled.json").read_text()), LambdaContext(5.0))
+    # 20 s: one poll, with time for its EC2 calls (as tests/test_scaler_handler.py).
+    return scaler.handler(json.loads((EVENTS / "scaler-scheduled.json").read_text()), LambdaContext(20.0))
 
 
 def reap(monkeypatch: pytest.MonkeyPatch, queue: dict[str, Any]) -> dict[str, Any]:

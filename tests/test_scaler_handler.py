@@ -30,10 +30,10 @@ def invoke(
     buildkite: FakeBuildkite,
     queues: list[dict[str, Any]],
     event: str = "scaler-scheduled.json",
-    budget: float = 5.0,
+    budget: float = 20.0,
     **env: str,
 ) -> dict[str, Any]:
-    """One invocation; a 5 s budget leaves room for exactly one poll."""
+    """One invocation; a 20 s budget leaves room for exactly one poll, with time for its EC2 calls."""
     for key, value in scaler_env(buildkite.endpoint, queues, **env).items():
         monkeypatch.setenv(key, value)
     return scaler.handler(json.loads((EVENTS / event).read_text()), LambdaContext(budget))

@@ -164,7 +164,12 @@ def test_instance_gets_the_files_of_userdata_dir_unchanged() -> None:
     assert hook["content"] == (REPO / "userdata/upload-to-cache.sh").read_text()
     unit = files["/etc/systemd/system/buildkite-bootstrap.service"]
     assert unit["content"] == (REPO / "userdata/buildkite-bootstrap.service").read_text()
-    assert document["runcmd"] == [["/usr/local/sbin/buildkite-bootstrap", "prepare"]]
+    assert document["runcmd"] == [
+        ["systemctl", "enable", "--now", "--no-block", "spot-interruption-watch.service"],
+        ["/usr/local/sbin/buildkite-bootstrap", "prepare"],
+    ]
+    watch = files["/etc/systemd/system/spot-interruption-watch.service"]
+    assert watch["content"] == (REPO / "userdata/spot-interruption-watch.service").read_text()
 
 
 @pytest.mark.parametrize(("queue", "role", "root_mode"), VARIANTS)

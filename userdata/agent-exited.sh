@@ -6,9 +6,15 @@
 # After a crash systemd restarts the agent, and the instance stays.
 set -euo pipefail
 
+# Left by spot-interruption-watch.sh on an interruption notice.
+RECLAIMED="${BOOTSTRAP_ROOT:-}/run/buildkite-spot-watch/reclaimed"
+
 main() {
     local result=${SERVICE_RESULT:-unknown}
-    if [[ "$result" == success ]]; then
+    if [[ -e "$RECLAIMED" ]]; then
+        printf 'buildkite-agent stopped on a spot interruption: powering off\n' >&2
+        systemctl --no-block poweroff
+    elif [[ "$result" == success ]]; then
         if "${BOOTSTRAP_ROOT:-}/usr/local/sbin/buildkite-bootstrap" release; then
             printf 'buildkite-agent exited cleanly: back into the warm pool\n' >&2
             return 0

@@ -22,6 +22,9 @@ DEFAULT_REAP_CAP = 20
 DEFAULT_POOL_MAX_AGE = 7 * 24 * 3600
 ROOT_MODES = ("overlayroot", "ebs")
 ROLES = ("floor", "burst", "pool")
+ON_DEMAND = "on-demand"
+SPOT = "spot"
+CAPACITY_TYPES = (ON_DEMAND, SPOT)
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -58,6 +61,18 @@ class QueueConfig:
     @property
     def has_pool(self) -> bool:
         return self.pool_ceiling > 0
+
+    # `spot`: launch spot first, spread over every type and subnet; with
+    # on_demand_fallback, on-demand in the same poll when no spot is found.
+    capacity_type: str = ON_DEMAND
+    on_demand_fallback: bool = True
+
+    @property
+    def markets(self) -> tuple[str, ...]:
+        """The markets a launch tries, in order."""
+        if self.capacity_type == ON_DEMAND:
+            return (ON_DEMAND,)
+        return (SPOT, ON_DEMAND) if self.on_demand_fallback else (SPOT,)
 
 
 @dataclass(frozen=True)
@@ -174,6 +189,8 @@ _QUEUE_FIELDS = {
     "warm_pool_size",
     "max_pool_instances",
     "schedules",
+    "capacity_type",
+    "on_demand_fallback",
 }
 
 
@@ -206,6 +223,8 @@ def _queue(where: str, raw: Any) -> QueueConfig:
         if raw.get("max_pool_instances") is None
         else _int(where, raw, "max_pool_instances", 0, 0),
         schedules=_schedules(where, raw),
+        capacity_type=_one_of(where, raw, "capacity_type", CAPACITY_TYPES, defaults.capacity_type),
+        on_demand_fallback=_bool(where, raw, "on_demand_fallback", defaults.on_demand_fallback),
     )
     if queue.max_instances < queue.min_instances:
         raise ConfigError(
@@ -286,6 +305,13 @@ def _bool(where: str, raw: dict[str, Any], key: str, default: bool) -> bool:
     value = raw.get(key, default)
     if not isinstance(value, bool):
         raise ConfigError(f"{where}.{key} must be true or false (got {_short(value)})")
+    return value
+
+
+def _one_of(where: str, raw: dict[str, Any], key: str, choices: tuple[str, ...], default: str) -> str:
+    value = raw.get(key, default)
+    if value not in choices:
+        raise ConfigError(f"{where}.{key} must be one of {', '.join(choices)} (got {_short(value)})")
     return value
 
 

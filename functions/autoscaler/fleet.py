@@ -15,12 +15,14 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from autoscaler.config import ON_DEMAND, SPOT
 from autoscaler.lifecycle import (
     BOOTSTRAP_PENDING,
     BOOTSTRAP_TAG,
     BOOTSTRAP_WARMING,
     FLEET_TAG,
     LIVE_STATES,
+    MARKET_TAG,
     ON_EXIT_TAG,
     QUEUE_TAG,
     READY_AT_TAG,
@@ -34,8 +36,23 @@ from autoscaler.lifecycle import (
 TEMPLATE_ID_TAG = "aws:ec2launchtemplate:id"
 TEMPLATE_VERSION_TAG = "aws:ec2launchtemplate:version"
 
-# Bounded retries and timeouts: a poll must end well within the Lambda's time.
-AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=3, read_timeout=10)
+
+# One EC2 call, retries included, must fit in the time a poll has left (the scaler's last
+# poll starts with 15 s): two attempts; a connect in the region takes milliseconds, and
+# RunInstances answers in one or two seconds. A retried RunInstances carries the same
+# ClientToken, so a timed-out first attempt that did launch is not launched twice.
+EC2_ATTEMPTS = 2
+EC2_CONNECT_TIMEOUT = 1.0
+EC2_READ_TIMEOUT = 4.0
+AWS_CONFIG = Config(
+    retries={"mode": "standard", "total_max_attempts": EC2_ATTEMPTS},
+    connect_timeout=EC2_CONNECT_TIMEOUT,
+    read_timeout=EC2_READ_TIMEOUT,
+)
+# The longest one call can take: every attempt timing out, and between attempts botocore's
+# standard-mode backoff, at most 2**i s before retry i+1 (its throttling scale; other
+# errors wait less).
+EC2_CALL_SECONDS = EC2_ATTEMPTS * (EC2_CONNECT_TIMEOUT + EC2_READ_TIMEOUT) + sum(2**i for i in range(EC2_ATTEMPTS - 1))
 
 # Errors after which another instance type or subnet may succeed.
 CAPACITY_ERRORS = frozenset(
@@ -47,6 +64,9 @@ CAPACITY_ERRORS = frozenset(
         "Unsupported",
         "VcpuLimitExceeded",
         "InstanceLimitExceeded",
+        # Spot only: the account's spot vCPU quota, or no pool at our price.
+        "MaxSpotInstanceCountExceeded",
+        "SpotMaxPriceTooLow",
     }
 )
 
@@ -64,6 +84,11 @@ class LaunchSpec:
     user_data: bytes
     count: int
     client_token: str
+    market: str = ON_DEMAND
+
+
+# A pool is one instance type in one subnet: the unit of spot capacity.
+Pool = tuple[str, str]  # (instance_type, subnet_id)
 
 
 class LaunchError(Exception):
@@ -112,6 +137,10 @@ class Ec2Fleet:
     def connect(cls, fleet: str) -> Ec2Fleet:
         return cls(boto3.client("ec2", config=AWS_CONFIG), fleet)
 
+    @property
+    def client(self) -> Any:
+        return self._ec2
+
     def list_instances(self, states: Sequence[str] = LIVE_STATES) -> list[Instance]:
         pages = self._ec2.get_paginator("describe_instances").paginate(
             Filters=[
@@ -128,8 +157,24 @@ class Ec2Fleet:
         ]
 
     def run(self, spec: LaunchSpec) -> list[str]:
+        tag_specifications = [
+            {"ResourceType": "instance", "Tags": _tags(spec, include_bootstrap=True)},
+            {"ResourceType": "volume", "Tags": _tags(spec, include_bootstrap=False)},
+        ]
+        market_options: dict[str, Any] = {}
+        if spec.market == SPOT:
+            # One-time and terminate: an interrupted instance is gone, as one that idles out.
+            market_options["InstanceMarketOptions"] = {
+                "MarketType": "spot",
+                "SpotOptions": {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"},
+            }
+            # The spot request is created by RunInstances too; tagged so IAM can scope it.
+            tag_specifications.append(
+                {"ResourceType": "spot-instances-request", "Tags": _tags(spec, include_bootstrap=False)}
+            )
         try:
             response = self._ec2.run_instances(
+                **market_options,
                 LaunchTemplate={"LaunchTemplateId": spec.launch_template_id, "Version": "$Latest"},
                 InstanceType=spec.instance_type,
                 SubnetId=spec.subnet_id,
@@ -138,10 +183,7 @@ class Ec2Fleet:
                 MaxCount=spec.count,
                 InstanceInitiatedShutdownBehavior="terminate",
                 ClientToken=spec.client_token,
-                TagSpecifications=[
-                    {"ResourceType": "instance", "Tags": _tags(spec, include_bootstrap=True)},
-                    {"ResourceType": "volume", "Tags": _tags(spec, include_bootstrap=False)},
-                ],
+                TagSpecifications=tag_specifications,
             )
         except ClientError as error:
             raise LaunchError(error.response["Error"]["Code"], error.response["Error"].get("Message", "")) from None
@@ -194,12 +236,45 @@ class Ec2Fleet:
         return latest
 
 
+class Ec2SpotPrices:
+    """Current spot prices per pool, for ordering spot launches (cheapest first).
+
+    DescribeSubnets runs once per object (a subnet never changes zone);
+    DescribeSpotPriceHistory once per call, for the current price only.
+    """
+
+    def __init__(self, ec2: Any) -> None:
+        self._ec2 = ec2
+        self._zones: dict[str, str] = {}
+
+    def prices(self, instance_types: Sequence[str], subnet_ids: Sequence[str], now: datetime) -> dict[Pool, float]:
+        missing = [subnet for subnet in subnet_ids if subnet not in self._zones]
+        if missing:
+            for subnet in self._ec2.describe_subnets(SubnetIds=missing)["Subnets"]:
+                self._zones[subnet["SubnetId"]] = subnet["AvailabilityZone"]
+        # StartTime=now returns each type and zone's price in force now.
+        response = self._ec2.describe_spot_price_history(
+            InstanceTypes=list(instance_types), ProductDescriptions=["Linux/UNIX"], StartTime=now
+        )
+        by_zone: dict[tuple[str, str], float] = {}
+        for entry in response.get("SpotPriceHistory", []):
+            if "SpotPrice" in entry:
+                by_zone.setdefault((entry["InstanceType"], entry["AvailabilityZone"]), float(entry["SpotPrice"]))
+        return {
+            (instance_type, subnet): by_zone[(instance_type, self._zones[subnet])]
+            for instance_type in instance_types
+            for subnet in subnet_ids
+            if (instance_type, self._zones.get(subnet, "")) in by_zone
+        }
+
+
 def _tags(spec: LaunchSpec, include_bootstrap: bool) -> list[dict[str, str]]:
     tags = {
         "Name": f"buildkite-{spec.queue}",
         FLEET_TAG: spec.fleet,
         QUEUE_TAG: spec.queue,
         ROLE_TAG: spec.role,
+        MARKET_TAG: spec.market,
     }
     if include_bootstrap:
         # A pool instance's first boot warms it up and stops it; it is no capacity.
@@ -229,6 +304,7 @@ def to_instance(raw: dict[str, Any]) -> Instance:
         launch_template_id=tags.get(TEMPLATE_ID_TAG, ""),
         launch_template_version=tags.get(TEMPLATE_VERSION_TAG, ""),
         on_exit=tags.get(ON_EXIT_TAG, ""),
+        market=SPOT if raw.get("InstanceLifecycle") == "spot" else ON_DEMAND,
     )
 
 

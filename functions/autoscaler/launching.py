@@ -1,19 +1,27 @@
-"""Launch N instances for a queue, falling back across instance types and subnets.
+"""Launch N instances for a queue: spot first where configured, then on-demand.
 
-Subnets are the outer loop and instance types the inner one: a capacity
-error moves to the next type in the same subnet, and only when every type
-failed there to the next subnet. EC2 may start fewer instances than asked
-(MinCount=1); the remainder is carried to the next attempt.
+Each market's pools are tried in the order `markets.pools` gives. On-demand
+asks each pool for everything still missing: a capacity error moves to the
+next type in the same subnet, and only when every type failed there to the
+next subnet. Spot spreads the instances over every pool (`markets.ask`); when
+spot pools are exhausted and the queue allows it, the rest is launched
+on-demand in the same call, and the outcome says why. EC2 may start fewer
+instances than asked (MinCount=1); the remainder is carried to the next pool.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from autoscaler.config import QueueConfig
-from autoscaler.fleet import Fleet, LaunchError, LaunchSpec
+from autoscaler.config import SPOT, QueueConfig
+from autoscaler.fleet import Fleet, LaunchError, LaunchSpec, Pool
+from autoscaler.markets import ask, pools
+
+# The failure recorded when the time left could not finish another RunInstances.
+NO_TIME_LEFT = "NoTimeLeft"
 
 
 @dataclass(frozen=True)
@@ -22,6 +30,7 @@ class LaunchFailure:
     subnet_id: str
     code: str
     message: str
+    market: str = ""
 
 
 @dataclass
@@ -29,10 +38,32 @@ class LaunchOutcome:
     requested: int
     instance_ids: list[str] = field(default_factory=list)
     failures: list[LaunchFailure] = field(default_factory=list)
+    markets: dict[str, str] = field(default_factory=dict)  # instance id → market it was launched in
+    fallback: str = ""  # why spot fell short, when it did
+    spot_shortfall: int = 0  # instances spot could not supply
 
     @property
     def shortfall(self) -> int:
         return self.requested - len(self.instance_ids)
+
+    @property
+    def out_of_time(self) -> bool:
+        return bool(self.failures) and self.failures[-1].code == NO_TIME_LEFT
+
+    def count(self, market: str) -> int:
+        return sum(1 for launched in self.markets.values() if launched == market)
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """What stays the same over every attempt of one launch."""
+
+    fleet_name: str
+    queue: QueueConfig
+    role: str
+    user_data: bytes
+    poll_time: datetime
+    time_for_a_call: Callable[[], bool]
 
 
 def client_token(spec_fields: tuple[str, ...]) -> str:
@@ -52,52 +83,92 @@ def launch(
     count: int,
     user_data: bytes,
     poll_time: datetime,
+    spot_prices: Mapping[Pool, float] | None = None,
+    time_for_a_call: Callable[[], bool] = lambda: True,
 ) -> LaunchOutcome:
+    """Start `count` instances; a call is started only while `time_for_a_call()` holds,
+    so the Lambda never ends in the middle of a RunInstances it cannot see the answer of."""
+    request = LaunchRequest(fleet_name, queue, role, user_data, poll_time, time_for_a_call)
     outcome = LaunchOutcome(requested=count)
-    user_data_hash = hashlib.sha256(user_data).hexdigest()
-    attempt = 0
-    for subnet_id in queue.subnet_ids:
-        for instance_type in queue.instance_types:
-            if outcome.shortfall <= 0:
-                return outcome
-            attempt += 1
-            remaining = outcome.shortfall
-            token = client_token(
-                (
-                    fleet_name,
-                    queue.name,
-                    role,
-                    poll_time.isoformat(),
-                    str(attempt),
-                    instance_type,
-                    subnet_id,
-                    str(remaining),
-                    queue.launch_template_id,
-                    user_data_hash,
-                )
-            )
-            spec = LaunchSpec(
-                fleet=fleet_name,
-                queue=queue.name,
-                role=role,
-                launch_template_id=queue.launch_template_id,
-                instance_type=instance_type,
-                subnet_id=subnet_id,
-                user_data=user_data,
-                count=remaining,
-                client_token=token,
-            )
-            try:
-                started = fleet.run(spec)
-            except LaunchError as error:
-                outcome.failures.append(LaunchFailure(instance_type, subnet_id, error.code, str(error)))
-                if not error.capacity:
-                    # Permission or parameter errors will not go away on
-                    # another type or subnet; stop rather than spam the API.
-                    return outcome
-                continue
-            outcome.instance_ids.extend(started)
-            if len(started) < remaining:
-                message = f"EC2 started {len(started)} of {remaining}; trying the rest elsewhere"
-                outcome.failures.append(LaunchFailure(instance_type, subnet_id, "PartialLaunch", message))
+    attempts = 0
+    for market in queue.markets:
+        if outcome.shortfall <= 0 or outcome.out_of_time:
+            break
+        attempts = _launch_in_market(fleet, request, market, pools(queue, market, spot_prices or {}), outcome, attempts)
+        if market == SPOT and outcome.shortfall > 0:
+            outcome.spot_shortfall = outcome.shortfall
+            outcome.fallback = _fallback_reason(queue, outcome)
     return outcome
+
+
+def _launch_in_market(
+    fleet: Fleet, request: LaunchRequest, market: str, ordered: list[Pool], outcome: LaunchOutcome, attempts: int
+) -> int:
+    """Try `ordered` pools until the shortfall is met; returns the attempt count so far."""
+    for index, (instance_type, subnet_id) in enumerate(ordered):
+        if outcome.shortfall <= 0:
+            break
+        if not request.time_for_a_call():
+            message = f"{outcome.shortfall} instance(s) not started: too little time left in this run"
+            outcome.failures.append(LaunchFailure(instance_type, subnet_id, NO_TIME_LEFT, message, market))
+            return attempts
+        attempts += 1
+        asked = ask(market, outcome.shortfall, len(ordered) - index)
+        spec = _spec(request, market, instance_type, subnet_id, asked, attempts)
+        try:
+            started = fleet.run(spec)
+        except LaunchError as error:
+            outcome.failures.append(LaunchFailure(instance_type, subnet_id, error.code, str(error), market))
+            if not error.capacity:
+                # Permission or parameter errors will not go away on another
+                # pool of this market; stop rather than spam the API. (A spot
+                # refusal still leaves on-demand to try.)
+                break
+            continue
+        outcome.instance_ids.extend(started)
+        outcome.markets.update(dict.fromkeys(started, market))
+        if len(started) < asked:
+            message = f"EC2 started {len(started)} of {asked}; trying the rest elsewhere"
+            outcome.failures.append(LaunchFailure(instance_type, subnet_id, "PartialLaunch", message, market))
+    return attempts
+
+
+def _spec(
+    request: LaunchRequest, market: str, instance_type: str, subnet_id: str, count: int, attempt: int
+) -> LaunchSpec:
+    queue = request.queue
+    token = client_token(
+        (
+            request.fleet_name,
+            queue.name,
+            request.role,
+            request.poll_time.isoformat(),
+            str(attempt),
+            market,
+            instance_type,
+            subnet_id,
+            str(count),
+            queue.launch_template_id,
+            hashlib.sha256(request.user_data).hexdigest(),
+        )
+    )
+    return LaunchSpec(
+        fleet=request.fleet_name,
+        queue=queue.name,
+        role=request.role,
+        launch_template_id=queue.launch_template_id,
+        instance_type=instance_type,
+        subnet_id=subnet_id,
+        user_data=request.user_data,
+        count=count,
+        client_token=token,
+        market=market,
+    )
+
+
+def _fallback_reason(queue: QueueConfig, outcome: LaunchOutcome) -> str:
+    codes = sorted({failure.code for failure in outcome.failures if failure.market == SPOT})
+    then = (
+        "launching the rest on-demand" if queue.on_demand_fallback else "on_demand_fallback is off: retried next poll"
+    )
+    return f"spot short by {outcome.shortfall} after {', '.join(codes) or 'no error'}; {then}"

@@ -10,12 +10,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 
+from autoscaler.config import ON_DEMAND
+
 TAG_PREFIX = "buildkite-autoscaler:"
 FLEET_TAG = TAG_PREFIX + "fleet"
 QUEUE_TAG = TAG_PREFIX + "queue"
 ROLE_TAG = TAG_PREFIX + "role"
 BOOTSTRAP_TAG = TAG_PREFIX + "bootstrap"
 READY_AT_TAG = TAG_PREFIX + "ready-at"
+MARKET_TAG = TAG_PREFIX + "market"
 # Warm pool (see autoscaler.pool): when the scaler last started the instance,
 # and what the instance does when its agent exits (stop back into the pool,
 # or terminate).
@@ -60,6 +63,7 @@ class Instance:
     launch_template_id: str = ""
     launch_template_version: str = ""
     on_exit: str = ""
+    market: str = ON_DEMAND  # or SPOT: EC2's InstanceLifecycle
 
 
 class Stage(Enum):

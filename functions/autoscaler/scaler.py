@@ -12,15 +12,19 @@ from aws_lambda_powertools.utilities import parameters
 
 from autoscaler.buildkite import MetricsClient, Secret
 from autoscaler.config import ScalerSettings
-from autoscaler.fleet import Ec2Fleet
+from autoscaler.fleet import Ec2Fleet, Ec2SpotPrices
 from autoscaler.invocation import Clock, SystemClock, dry_run_requested
 from autoscaler.scaling import PollResult, Scaler
 from autoscaler.telemetry import logger
 from autoscaler.userdata import render_user_data
 
-# Stop starting polls this long before the Lambda timeout: one poll (metrics
-# call with its timeouts, DescribeInstances, launches) fits in it.
+# Stop starting polls this long before the Lambda timeout. The metrics call (at most
+# CONNECT_TIMEOUT + READ_TIMEOUT, 8 s) always fits; each EC2 call after it starts only
+# if its worst case (fleet.EC2_CALL_SECONDS, 11 s) still fits, so a slow poll launches
+# less rather than being cut off by the timeout in the middle of a RunInstances.
 SAFETY_SECONDS = 15.0
+# Kept back from every EC2 call's deadline for the invocation's summary and logs.
+WRAP_UP_SECONDS = 1.0
 TOKEN_CACHE_SECONDS = 300
 
 
@@ -32,11 +36,13 @@ class AllPollsFailed(RuntimeError):
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     settings = ScalerSettings.from_env(os.environ)
     dry_run = settings.dry_run or dry_run_requested(event)
+    fleet = Ec2Fleet.connect(settings.fleet_name)
     scaler = Scaler(
         settings,
         MetricsClient(settings.endpoint, partial(_agent_token, settings.agent_token_parameter)),
-        Ec2Fleet.connect(settings.fleet_name),
+        fleet,
         partial(render_user_data, settings.user_data, fleet_name=settings.fleet_name),
+        Ec2SpotPrices(fleet.client),
     )
     return run(scaler, SystemClock(), lambda: context.get_remaining_time_in_millis() / 1000, dry_run)
 
@@ -45,7 +51,7 @@ def run(scaler: Scaler, clock: Clock, remaining_seconds: Callable[[], float], dr
     """Poll at the interval the API asks for until the invocation's time is nearly up."""
     polls: list[PollResult] = []
     while True:
-        polls.append(scaler.poll(clock.now(), dry_run))
+        polls.append(scaler.poll(clock.now(), dry_run, lambda: remaining_seconds() - WRAP_UP_SECONDS))
         wait = polls[-1].next_poll_seconds
         if remaining_seconds() - wait < SAFETY_SECONDS:
             break
@@ -60,10 +66,24 @@ def summarize(polls: list[PollResult], dry_run: bool) -> dict[str, Any]:
     queues: dict[str, dict[str, Any]] = {}
     for poll in polls:
         for name, result in poll.queues.items():
-            entry = queues.setdefault(name, {"launched": [], "started": [], "failures": [], "unmet_polls": 0})
+            entry = queues.setdefault(
+                name,
+                {
+                    "launched": [],
+                    "started": [],
+                    "markets": {},
+                    "fallbacks": [],
+                    "failures": [],
+                    "shortfall": 0,
+                    "unmet_polls": 0,
+                },
+            )
             entry["launched"].extend(result.instance_ids)
             entry["started"].extend(result.started)
+            entry["markets"].update(result.markets)
+            entry["fallbacks"].extend(result.fallbacks)
             entry["failures"].extend(asdict(failure) for failure in result.failures)
+            entry["shortfall"] += result.shortfall
             entry["unmet_polls"] += bool(result.plan.unmet_instances)
             entry["last_plan"] = {**asdict(result.plan), "launch_total": result.plan.launch_total}
             entry["schedule"] = result.schedule

@@ -6,7 +6,7 @@ handler, the tests and the simulation all drive the same `Scaler`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -15,8 +15,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from autoscaler import pool, schedules
 from autoscaler.buildkite import DEFAULT_POLL_SECONDS, MetricsError, MetricsRateLimited, MetricsSnapshot
-from autoscaler.config import ROLES, QueueConfig, ScalerSettings
-from autoscaler.fleet import Fleet, LaunchError
+from autoscaler.config import ON_DEMAND, ROLES, SPOT, QueueConfig, ScalerSettings
+from autoscaler.fleet import EC2_CALL_SECONDS, Fleet, LaunchError, Pool
 from autoscaler.launching import LaunchFailure, LaunchOutcome, launch
 from autoscaler.lifecycle import (
     BOOTSTRAP_PENDING,
@@ -32,10 +32,20 @@ from autoscaler.pool import PoolPlan, plan_with_pool
 from autoscaler.telemetry import emit, logger
 
 RenderUserData = Callable[[QueueConfig, str], bytes]
+# Seconds left in the invocation; unbounded for callers without a deadline.
+TimeLeft = Callable[[], float]
+
+
+def unbounded() -> float:
+    return float("inf")
 
 
 class MetricsSource(Protocol):
     def fetch(self, queues: Iterable[str]) -> MetricsSnapshot: ...
+
+
+class SpotPriceSource(Protocol):
+    def prices(self, instance_types: Sequence[str], subnet_ids: Sequence[str], now: datetime) -> dict[Pool, float]: ...
 
 
 @dataclass
@@ -46,6 +56,12 @@ class QueueResult:
     pool: PoolPlan | None = None
     schedule: str = ""  # the schedule that set min_instances and warm_pool_size, "" for none
     started: list[str] = field(default_factory=list)  # pool instances started
+    markets: dict[str, str] = field(default_factory=dict)  # instance id → spot or on-demand
+    fallbacks: list[str] = field(default_factory=list)  # why spot fell short, per launch
+    spot_shortfall: int = 0
+    # Instances the plan launched that did not start, after every fallback: demand left
+    # unmet. A refused attempt that a fallback then covered is a failure, not a shortfall.
+    shortfall: int = 0
 
 
 @dataclass
@@ -67,8 +83,11 @@ class Scaler:
         source: MetricsSource,
         fleet: Fleet,
         render_user_data: RenderUserData,
+        spot_prices: SpotPriceSource | None = None,
     ) -> None:
         self._settings = settings
+        # None (the simulation, tests): spot pools are tried in configured order.
+        self._spot_prices = spot_prices
         self._source = source
         self._fleet = fleet
         self._render = render_user_data
@@ -88,7 +107,9 @@ class Scaler:
         # The interval the API last asked for; kept through failed polls.
         self._poll_seconds = DEFAULT_POLL_SECONDS
 
-    def poll(self, now: datetime, dry_run: bool) -> PollResult:
+    def poll(self, now: datetime, dry_run: bool, time_left: TimeLeft = unbounded) -> PollResult:
+        """One poll. An EC2 call is started only when `time_left()` covers its worst case
+        (EC2_CALL_SECONDS: every attempt timing out), so none outlives the invocation."""
         fleet_dims = {"fleet": self._settings.fleet_name}
         names = [queue.name for queue in self._settings.queues]
         try:
@@ -101,6 +122,9 @@ class Scaler:
             retry_after = error.retry_after if isinstance(error, MetricsRateLimited) and error.retry_after else 0.0
             return PollResult(now, max(retry_after, self._poll_seconds), error=f"metrics {error.kind}: {error}")
         self._poll_seconds = snapshot.poll_seconds
+        if time_left() < EC2_CALL_SECONDS:
+            logger.warning("too little time left to list the fleet; poll ends", extra={"time_left": time_left()})
+            return PollResult(now, snapshot.poll_seconds)
         try:
             instances = self._listed_and_unlisted(self._list(), now)
         except (ClientError, BotoCoreError) as error:
@@ -110,10 +134,17 @@ class Scaler:
 
         result = PollResult(now, snapshot.poll_seconds)
         for queue in self._settings.queues:
-            result.queues[queue.name] = self._scale_queue(queue, snapshot, instances, now, dry_run)
-        launched = sum(len(queue.instance_ids) for queue in result.queues.values())
-        errors = sum(len(queue.failures) for queue in result.queues.values())
-        emit(fleet_dims, {"MetricsApiErrors": 0, "InstancesLaunched": launched, "LaunchErrors": errors})
+            result.queues[queue.name] = self._scale_queue(queue, snapshot, instances, now, dry_run, time_left)
+        queues = result.queues.values()
+        emit(
+            fleet_dims,
+            {
+                "MetricsApiErrors": 0,
+                "InstancesLaunched": sum(len(queue.instance_ids) for queue in queues),
+                "LaunchErrors": sum(len(queue.failures) for queue in queues),
+                "LaunchShortfall": sum(queue.shortfall for queue in queues),
+            },
+        )
         return result
 
     def _list(self) -> list[Instance]:
@@ -129,6 +160,7 @@ class Scaler:
         instances: list[Instance],
         now: datetime,
         dry_run: bool,
+        time_left: TimeLeft,
     ) -> QueueResult:
         metrics = snapshot.for_queue(queue.name)
         scheduled = schedules.at(queue, now)
@@ -138,11 +170,13 @@ class Scaler:
         refilled = pool_plan.refill
         if not dry_run:
             # Starting a stopped pool instance beats launching one; what did not start is launched.
-            burst = pool_plan.launch_burst + self._start(queue, result, pool_plan.start, now)
+            burst = pool_plan.launch_burst + self._start(queue, result, pool_plan.start, now, time_left)
+            prices = self._prices(queue, now, time_left) if plan.launch_floor + burst else {}
             refilled = 0
             for role, count in (("floor", plan.launch_floor), ("burst", burst), (ROLE_POOL, pool_plan.refill)):
                 if count:
-                    outcome = self._launch(queue, role, count, now, self._user_data_for(scheduled, role, now))
+                    user_data = self._user_data_for(scheduled, role, now)
+                    outcome = self._launch(queue, role, count, now, prices, time_left, user_data)
                     self._record(result, outcome)
                     refilled += len(outcome.instance_ids) if role == ROLE_POOL else 0
         on_exit = pool.on_exit(pool_plan, instances, refilled)
@@ -160,7 +194,10 @@ class Scaler:
                 "started": result.started,
                 "on_exit": on_exit,
                 "launched": result.instance_ids,
+                "markets": result.markets,
+                "fallbacks": result.fallbacks,
                 "failures": [vars(failure) for failure in result.failures],
+                "shortfall": result.shortfall,
             },
         )
         emit(
@@ -178,15 +215,26 @@ class Scaler:
                 "InstancesLaunched": len(result.instance_ids),
                 "InstancesStarted": len(result.started),
                 "WarmPoolReady": pool_plan.ready,
+                "SpotInstancesLaunched": sum(market == SPOT for market in result.markets.values()),
+                "OnDemandInstancesLaunched": sum(market == ON_DEMAND for market in result.markets.values()),
+                "SpotShortfall": result.spot_shortfall,
                 "LaunchErrors": len(result.failures),
+                "LaunchShortfall": result.shortfall,
             },
         )
         return result
 
-    def _start(self, queue: QueueConfig, result: QueueResult, instance_ids: tuple[str, ...], now: datetime) -> int:
+    def _start(
+        self, queue: QueueConfig, result: QueueResult, instance_ids: tuple[str, ...], now: datetime, time_left: TimeLeft
+    ) -> int:
         """Start pool instances; returns how many did not start."""
         failed = 0
         for instance_id in instance_ids:
+            # As for a launch: no start begun without the time for its call. One cut short
+            # after its tag leaves a stopped instance tagged pending, which the reaper retires.
+            if time_left() < EC2_CALL_SECONDS:
+                failed += 1
+                continue
             try:
                 self._fleet.start(instance_id, now)
             except (LaunchError, ClientError, BotoCoreError) as error:
@@ -215,9 +263,44 @@ class Scaler:
             return self._render(replace(queue, max_uptime_seconds=schedules.floor_max_uptime(scheduled, now)), role)
         return self._user_data[(queue.name, role)]
 
-    def _launch(self, queue: QueueConfig, role: str, count: int, now: datetime, user_data: bytes) -> LaunchOutcome:
+    def _prices(self, queue: QueueConfig, now: datetime, time_left: TimeLeft) -> dict[Pool, float]:
+        """Current spot prices of the queue's pools; none (configured order) when unknown
+        or when the time left is better spent on the launch itself."""
+        if queue.capacity_type != SPOT or self._spot_prices is None or time_left() < 2 * EC2_CALL_SECONDS:
+            return {}
         try:
-            outcome = launch(self._fleet, self._settings.fleet_name, queue, role, count, user_data, now)
+            return self._spot_prices.prices(queue.instance_types, queue.subnet_ids, now)
+        except (ClientError, BotoCoreError) as error:
+            logger.warning(
+                "spot prices unavailable; trying spot pools in configured order", extra={"error": str(error)}
+            )
+            return {}
+
+    def _launch(
+        self,
+        queue: QueueConfig,
+        role: str,
+        count: int,
+        now: datetime,
+        prices: dict[Pool, float],
+        time_left: TimeLeft,
+        user_data: bytes,
+    ) -> LaunchOutcome:
+        if role == ROLE_POOL:
+            # A one-time spot instance cannot be stopped: the pool is on-demand.
+            queue = replace(queue, capacity_type=ON_DEMAND)
+        try:
+            outcome = launch(
+                self._fleet,
+                self._settings.fleet_name,
+                queue,
+                role,
+                count,
+                user_data,
+                now,
+                prices,
+                lambda: time_left() >= EC2_CALL_SECONDS,
+            )
         except Exception as error:  # noqa: BLE001 - one queue's failure must not stop the others
             logger.exception("launch failed", extra={"queue": queue.name, "role": role})
             outcome = LaunchOutcome(requested=count)
@@ -225,7 +308,13 @@ class Scaler:
         bootstrap = BOOTSTRAP_WARMING if role == ROLE_POOL else BOOTSTRAP_PENDING
         for instance_id in outcome.instance_ids:
             self._unlisted[instance_id] = Instance(
-                instance_id, self._settings.fleet_name, queue.name, role, bootstrap, now
+                instance_id,
+                self._settings.fleet_name,
+                queue.name,
+                role,
+                bootstrap,
+                now,
+                market=outcome.markets.get(instance_id, ON_DEMAND),
             )
         return outcome
 
@@ -233,6 +322,11 @@ class Scaler:
     def _record(result: QueueResult, outcome: LaunchOutcome) -> None:
         result.instance_ids.extend(outcome.instance_ids)
         result.failures.extend(outcome.failures)
+        result.markets.update(outcome.markets)
+        result.spot_shortfall += outcome.spot_shortfall
+        if outcome.fallback:
+            result.fallbacks.append(outcome.fallback)
+        result.shortfall += max(outcome.shortfall, 0)
 
     def _listed_and_unlisted(self, listed: list[Instance], now: datetime) -> list[Instance]:
         seen = {instance.instance_id for instance in listed}

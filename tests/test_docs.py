@@ -1,0 +1,169 @@
+"""The docs a new user follows, checked against the repository and the template.
+
+The shell commands in the docs' code blocks are read as commands: the SSM
+parameters they create must be the ones the template expects, the README's
+commands must run as written, and every file the docs point to must exist.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tools.invoke import load_template
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
+TEMPLATE = load_template()
+SECRET_PARAMETERS = ("AgentTokenParameter", "SshKeyParameter", "NixSigningKeyParameter")
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", flags=re.MULTILINE | re.DOTALL)
+
+
+def code_blocks(path: Path, languages: tuple[str, ...]) -> list[str]:
+    return [body for language, body in FENCE.findall(path.read_text(encoding="utf-8")) if language in languages]
+
+
+def shell_commands(path: Path) -> Iterator[list[str]]:
+    """Each command of the shell code blocks, as the shell splits it: continuations and
+    quoted newlines joined, comments dropped."""
+    for block in code_blocks(path, ("sh", "bash", "")):
+        pending = ""
+        for line in block.replace("\\\n", " ").splitlines():
+            pending += line + "\n"
+            try:
+                words = shlex.split(pending, comments=True)
+            except ValueError:  # an open quote: the command goes on
+                continue
+            pending = ""
+            if words:
+                yield words
+        assert not pending, f"unterminated command in {path.name}: {pending}"
+
+
+def option(words: list[str], name: str) -> str | None:
+    return words[words.index(name) + 1] if name in words else None
+
+
+def created_parameters(path: Path) -> set[str]:
+    return {
+        option(words, "--name") or ""
+        for words in shell_commands(path)
+        if words[:3] == ["aws", "ssm", "put-parameter"] and option(words, "--type") == "SecureString"
+    }
+
+
+def test_the_docs_create_the_secrets_under_the_names_the_template_expects() -> None:
+    expected = {TEMPLATE["Parameters"][name]["Default"] for name in SECRET_PARAMETERS}
+    for path in DOCS:
+        assert created_parameters(path) <= expected, path.name
+    # The deploy guide, which a new user follows from the top, creates all three.
+    assert created_parameters(ROOT / "docs" / "deploy.md") == expected
+
+
+def test_the_docs_secret_names_are_read_as_commands() -> None:
+    # The reader above must see the guide's commands, or the check means nothing.
+    commands = [words for words in shell_commands(ROOT / "docs" / "instance-boot.md") if words[:2] == ["aws", "ssm"]]
+    assert len(commands) == 3
+
+
+def test_the_example_parameter_overrides_deploy() -> None:
+    (block,) = [b for b in code_blocks(ROOT / "docs" / "deploy.md", ("toml",)) if "parameter_overrides" in b]
+    overrides = dict(
+        item.split("=", 1) for item in tomllib.loads(block)["default"]["deploy"]["parameters"]["parameter_overrides"]
+    )
+    parameters = TEMPLATE["Parameters"]
+    assert set(overrides) <= set(parameters)
+    required = {name for name, spec in parameters.items() if "Default" not in spec}
+    assert required <= set(overrides)
+    for name, value in overrides.items():
+        pattern = parameters[name].get("AllowedPattern")
+        if pattern:
+            assert re.fullmatch(pattern, value), (name, value)
+        if "AllowedValues" in parameters[name]:
+            assert value in map(str, parameters[name]["AllowedValues"]), (name, value)
+
+
+# ----------------------------------------------------------------- files the docs point to
+
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+# A path in backticks that names a file or directory of this repository.
+PATH = re.compile(r"`((?:\.ci|docs|tools|tests|functions|userdata|events|simulation)/[\w./-]*|[\w-]+\.md)`")
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
+def test_every_document_and_file_the_docs_point_to_is_in_the_repository(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    links = [target for target in LINK.findall(text) if "://" not in target]
+    for target in links:
+        assert (path.parent / target).exists(), target
+    for target in PATH.findall(text):
+        found = (ROOT / target).exists() or any(ROOT.glob(f"**/{target}"))
+        assert found, target
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
+def test_the_docs_do_not_lean_on_documents_outside_the_repository(path: Path) -> None:
+    text = path.read_text(encoding="utf-8").lower()
+    for phrase in ("seed setup", "the seed", "original setup document", "setup document"):
+        assert phrase not in text, phrase
+
+
+# ----------------------------------------------------------------- the README's commands
+
+
+def test_the_readme_prerequisites_name_every_tool_make_test_runs() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    prerequisites = readme.split("## The two commands", 1)[1].split("\n## ", 1)[0]
+    # The tools `make test` runs that its virtualenvs do not provide.
+    for tool in ("make", "Python 3.11", "cloud-init", "Node.js", "npm"):
+        assert tool in prerequisites, tool
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert "npm ci" in makefile
+    assert "cloud-init schema" in readme
+
+
+def test_the_readme_simulation_command_runs_as_written() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    (command,) = set(re.findall(r"`([^`]*-m simulation[^`]*)`", readme))
+    done = subprocess.run(f"{command} --help", shell=True, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "--compare" in done.stdout
+
+
+# ----------------------------------------------------------------- licence, version, changes
+
+
+def test_the_licence_is_mit_and_the_changelog_names_the_current_version() -> None:
+    assert (ROOT / "LICENSE").read_text(encoding="utf-8").startswith("MIT License")
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    (latest,) = re.findall(r"^## (\d+\.\d+\.\d+)", changelog, flags=re.MULTILINE)[:1]
+    assert latest == version
+
+
+def test_the_deploy_guide_covers_upgrading_and_ends_with_a_first_launch_checklist() -> None:
+    guide = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    sections = re.findall(r"^## (.+)$", guide, flags=re.MULTILINE)
+    assert "Upgrading" in sections
+    assert "Migrating from hand-launched agents" in sections
+    assert "checklist" in sections[-1].lower()
+    last = guide.rsplit("\n## ", 1)[1]
+    assert len(re.findall(r"^- \[ \] ", last, flags=re.MULTILINE)) >= 5
+
+
+def test_the_deploy_guide_creates_the_cache_bucket_with_encryption_and_a_lifecycle_rule() -> None:
+    commands = [" ".join(words) for words in shell_commands(ROOT / "docs" / "deploy.md")]
+    s3api = [command for command in commands if command.startswith("aws s3api")]
+    for call in (
+        "create-bucket",
+        "put-public-access-block",
+        "put-bucket-encryption",
+        "put-bucket-lifecycle-configuration",
+    ):
+        assert any(f"aws s3api {call} " in command for command in s3api), call
+    assert any(command.startswith("nix-store --generate-binary-cache-key") for command in commands)

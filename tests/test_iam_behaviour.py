@@ -1,0 +1,280 @@
+"""The template's IAM policies, judged on behaviour by an independent evaluator.
+
+Each role's policy (placeholders filled in as AWS would) is evaluated by
+@cloud-copilot/iam-simulate (pinned in tools/iam-simulate, installed by
+`make iam-simulate`) against concrete requests with the context keys AWS
+puts in them: the requests the product makes must be allowed, the ones it
+must never make denied. parliament and cfn-lint judge the policies' form
+(tests/test_template.py); this judges what they let happen.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.test_template import ACCOUNT, FLEET, REGION, STACK, Resolver, parameter_values, statements
+from tools.invoke import load_template
+
+from autoscaler.lifecycle import BOOTSTRAP_TAG, FLEET_TAG, QUEUE_TAG, READY_AT_TAG, ROLE_TAG
+
+SIMULATOR = Path(__file__).resolve().parent.parent / "tools" / "iam-simulate"
+ALLOWED, DENIED, EXPLICITLY_DENIED = "Allowed", "ImplicitlyDenied", "ExplicitlyDenied"
+
+SELF = "i-0aaaaaaaaaaaaaaa1"
+PEER = "i-0bbbbbbbbbbbbbbb2"
+EC2 = f"arn:aws:ec2:{REGION}:{ACCOUNT}"
+# Tags an instance of this fleet carries while it boots.
+BOOTING = {FLEET_TAG: FLEET, QUEUE_TAG: "nixos-x86-aws", ROLE_TAG: "burst", BOOTSTRAP_TAG: "pending"}
+LAUNCH_TAGS = {"Name": "buildkite-nixos-x86-aws", FLEET_TAG: FLEET, QUEUE_TAG: "nixos-x86-aws", ROLE_TAG: "burst"}
+
+
+@dataclass(frozen=True)
+class Request:
+    action: str
+    resource: str
+    context: Mapping[str, Any] = field(default_factory=dict)
+
+
+def instance(instance_id: str) -> str:
+    return f"{EC2}:instance/{instance_id}"
+
+
+def resource_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    return {f"aws:ResourceTag/{key}": value for key, value in tags.items()}
+
+
+def request_tags(tags: Mapping[str, str]) -> dict[str, Any]:
+    return {**{f"aws:RequestTag/{key}": value for key, value in tags.items()}, "aws:TagKeys": list(tags)}
+
+
+def self_tag(target: str, tags: Mapping[str, str], target_tags: Mapping[str, str] = BOOTING, caller: str = SELF):
+    """CreateTags signed with the role credentials of instance `caller`, on instance `target`."""
+    context = {**resource_tags(target_tags), **request_tags(tags), "ec2:InstanceID": target}
+    if caller:
+        context["ec2:SourceInstanceARN"] = instance(caller)
+    return Request("ec2:CreateTags", instance(target), context)
+
+
+def terminate(tags: Mapping[str, str], action: str = "ec2:TerminateInstances") -> Request:
+    return Request(action, instance(PEER), {**resource_tags(tags), "ec2:InstanceID": PEER})
+
+
+# ----------------------------------------------------------------- the evaluator
+
+
+def evaluate(policy: Mapping[str, Any], principal: str, requests: list[Request]) -> list[str]:
+    node = shutil.which("node")
+    assert node, "node is needed for the IAM evaluator"
+    assert (SIMULATOR / "node_modules").is_dir(), "run `make iam-simulate` to install the IAM evaluator"
+    payload = {
+        "policies": [policy],
+        "requests": [
+            {
+                "action": r.action,
+                "resource": r.resource,
+                "account": ACCOUNT,
+                "principal": principal,
+                "context": dict(r.context),
+            }
+            for r in requests
+        ],
+    }
+    done = subprocess.run(
+        [node, "simulate.mjs"], cwd=SIMULATOR, input=json.dumps(payload), capture_output=True, text=True, check=True
+    )
+    results = json.loads(done.stdout)
+    for request, result in zip(requests, results, strict=True):
+        # A request the evaluator cannot judge, or whose context keys it drops as not
+        # applying to the action, would make the verdict meaningless.
+        assert result["result"] in (ALLOWED, DENIED, EXPLICITLY_DENIED), (request, result)
+        assert result["ignoredContextKeys"] == [], (request, result)
+    return [result["result"] for result in results]
+
+
+@pytest.fixture(scope="module")
+def resolver() -> Resolver:
+    template = load_template()
+    return Resolver(template, parameter_values(template))
+
+
+def policy_of(resolver: Resolver, role: str) -> dict[str, Any]:
+    return {"Version": "2012-10-17", "Statement": statements(resolver.template, resolver, role)}
+
+
+def principal_of(role: str, session: str) -> str:
+    return f"arn:aws:sts::{ACCOUNT}:assumed-role/{STACK}-{role}/{session}"
+
+
+def check(resolver: Resolver, role: str, session: str, cases: Mapping[str, tuple[Request, str]]) -> None:
+    requests = [request for request, _ in cases.values()]
+    verdicts = evaluate(policy_of(resolver, role), principal_of(role, session), requests)
+    got = dict(zip(cases, verdicts, strict=True))
+    assert got == {name: expected for name, (_, expected) in cases.items()}
+
+
+# ----------------------------------------------------------------- agent
+
+
+def secret(name: str) -> str:
+    return f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter{name}"
+
+
+AGENT_CASES: dict[str, tuple[Request, str]] = {
+    "tag itself complete": (self_tag(SELF, {BOOTSTRAP_TAG: "complete", READY_AT_TAG: "2026-01-01T00:00:00Z"}), ALLOWED),
+    "tag itself failed": (self_tag(SELF, {BOOTSTRAP_TAG: "failed"}), ALLOWED),
+    "tag another instance of its fleet": (self_tag(PEER, {BOOTSTRAP_TAG: "complete"}), DENIED),
+    "retag itself into another fleet": (self_tag(SELF, {FLEET_TAG: "other-fleet"}), DENIED),
+    "retag its queue": (self_tag(SELF, {QUEUE_TAG: "nixos-arm-aws"}), DENIED),
+    "a third tag key alongside the two": (self_tag(SELF, {BOOTSTRAP_TAG: "complete", ROLE_TAG: "floor"}), DENIED),
+    "tag itself when not of this fleet": (self_tag(SELF, {BOOTSTRAP_TAG: "complete"}, {FLEET_TAG: "other"}), DENIED),
+    "its credentials used off the instance": (self_tag(SELF, {BOOTSTRAP_TAG: "complete"}, caller=""), DENIED),
+    "terminate itself": (terminate(BOOTING), DENIED),
+    "read the agent token": (Request("ssm:GetParameter", secret("/buildkite/agent-token")), ALLOWED),
+    "read the deploy key": (Request("ssm:GetParameter", secret("/buildkite/ssh-deploy-key")), ALLOWED),
+    "read the signing key": (Request("ssm:GetParameters", secret("/buildkite/nix-cache-signing-key")), ALLOWED),
+    "read another parameter": (Request("ssm:GetParameter", secret("/prod/database-password")), DENIED),
+    "read the cache": (Request("s3:GetObject", "arn:aws:s3:::test-nix-cache/nix-cache-info"), ALLOWED),
+    "write the cache": (Request("s3:PutObject", "arn:aws:s3:::test-nix-cache/abc.narinfo"), ALLOWED),
+    "write another bucket": (Request("s3:PutObject", "arn:aws:s3:::other-bucket/abc.narinfo"), DENIED),
+    "delete from the cache": (Request("s3:DeleteObject", "arn:aws:s3:::test-nix-cache/abc.narinfo"), DENIED),
+}
+
+
+def test_agent_role_allows_what_the_instance_does_and_nothing_it_must_not(resolver: Resolver) -> None:
+    check(resolver, "AgentRole", SELF, AGENT_CASES)
+
+
+# ----------------------------------------------------------------- reaper
+
+REAPER_CASES: dict[str, tuple[Request, str]] = {
+    "terminate a failed instance": (terminate({**BOOTING, BOOTSTRAP_TAG: "failed"}), ALLOWED),
+    "terminate a stuck instance": (terminate(BOOTING), ALLOWED),
+    "terminate a ready instance": (terminate({**BOOTING, BOOTSTRAP_TAG: "complete"}), EXPLICITLY_DENIED),
+    "terminate another fleet's instance": (terminate({**BOOTING, FLEET_TAG: "other-fleet"}), DENIED),
+    "terminate an untagged instance": (terminate({}), DENIED),
+    "read a fleet instance's console": (terminate(BOOTING, "ec2:GetConsoleOutput"), ALLOWED),
+    "read another fleet's console": (terminate({FLEET_TAG: "other"}, "ec2:GetConsoleOutput"), DENIED),
+    "list instances": (Request("ec2:DescribeInstances", "*"), ALLOWED),
+    "launch": (Request("ec2:RunInstances", instance("*"), request_tags(LAUNCH_TAGS)), DENIED),
+    "retag an instance": (Request("ec2:CreateTags", instance(PEER), request_tags({BOOTSTRAP_TAG: "x"})), DENIED),
+    "read the agent token": (Request("ssm:GetParameter", secret("/buildkite/agent-token")), DENIED),
+}
+
+
+def test_reaper_role_terminates_only_unready_instances_of_its_fleet(resolver: Resolver) -> None:
+    check(resolver, "ReaperRole", "reaper", REAPER_CASES)
+
+
+# ----------------------------------------------------------------- scaler
+
+
+def launch_template(resolver: Resolver, logical_id: str = "X86LaunchTemplate") -> str:
+    return f"{EC2}:launch-template/{resolver.ref(logical_id)}"
+
+
+def run_instances(resolver: Resolver, tags: Mapping[str, str], template_arn: str = "") -> dict[str, Request]:
+    """One RunInstances call as IAM sees it: one request per resource it uses or creates."""
+    via = {"ec2:LaunchTemplate": template_arn or launch_template(resolver)}
+    tagged = {**via, **request_tags(tags)}
+    group = resolver.ref("AgentSecurityGroup")
+    return {
+        "launch-template": Request("ec2:RunInstances", via["ec2:LaunchTemplate"], via),
+        "image": Request("ec2:RunInstances", f"arn:aws:ec2:{REGION}::image/ami-0aaaaaaaaaaaaaaa1", via),
+        "subnet": Request("ec2:RunInstances", f"{EC2}:subnet/subnet-0aaa1111", via),
+        "network-interface": Request("ec2:RunInstances", f"{EC2}:network-interface/*", via),
+        "security-group": Request("ec2:RunInstances", f"{EC2}:security-group/{group}", via),
+        "instance": Request("ec2:RunInstances", instance("*"), tagged),
+        "volume": Request("ec2:RunInstances", f"{EC2}:volume/*", tagged),
+    }
+
+
+def tag_at_launch(resource: str, tags: Mapping[str, str], create_action: str = "RunInstances") -> Request:
+    context = {**request_tags(tags), **({"ec2:CreateAction": create_action} if create_action else {})}
+    return Request("ec2:CreateTags", resource, context)
+
+
+def scaler_cases(resolver: Resolver) -> dict[str, tuple[Request, str]]:
+    token = secret("/buildkite/agent-token")
+    cases: dict[str, tuple[Request, str]] = {
+        f"launch: {kind}": (request, ALLOWED) for kind, request in run_instances(resolver, LAUNCH_TAGS).items()
+    }
+    cases |= {
+        f"launch from the arm template: {kind}": (request, ALLOWED)
+        for kind, request in run_instances(
+            resolver, LAUNCH_TAGS, launch_template(resolver, "ArmLaunchTemplate")
+        ).items()
+    }
+    untagged = {key: value for key, value in LAUNCH_TAGS.items() if key != FLEET_TAG}
+    foreign = f"{EC2}:launch-template/lt-0foreign000000000"
+    cases |= {
+        "launch without the fleet tag: instance": (run_instances(resolver, untagged)["instance"], DENIED),
+        "launch without the fleet tag: volume": (run_instances(resolver, untagged)["volume"], DENIED),
+        "launch into another fleet": (run_instances(resolver, {**LAUNCH_TAGS, FLEET_TAG: "x"})["instance"], DENIED),
+        "launch from a foreign template: template": (
+            run_instances(resolver, LAUNCH_TAGS, foreign)["launch-template"],
+            DENIED,
+        ),
+        "launch from a foreign template: instance": (run_instances(resolver, LAUNCH_TAGS, foreign)["instance"], DENIED),
+        "launch from a foreign template: image": (run_instances(resolver, LAUNCH_TAGS, foreign)["image"], DENIED),
+        "tag the instance at launch": (
+            tag_at_launch(instance("*"), {**LAUNCH_TAGS, BOOTSTRAP_TAG: "pending"}),
+            ALLOWED,
+        ),
+        "tag the volume at launch": (tag_at_launch(f"{EC2}:volume/*", LAUNCH_TAGS), ALLOWED),
+        "tag a running instance": (tag_at_launch(instance(PEER), {BOOTSTRAP_TAG: "complete"}, ""), DENIED),
+        "tag at launch into another fleet": (tag_at_launch(instance("*"), {FLEET_TAG: "other"}), DENIED),
+        "terminate": (terminate(BOOTING), DENIED),
+        "list instances": (Request("ec2:DescribeInstances", "*"), ALLOWED),
+        "pass the agent role to EC2": (
+            Request(
+                "iam:PassRole",
+                resolver.attribute("AgentRole", "Arn"),
+                {"iam:PassedToService": "ec2.amazonaws.com"},
+            ),
+            ALLOWED,
+        ),
+        "pass the agent role to Lambda": (
+            Request(
+                "iam:PassRole",
+                resolver.attribute("AgentRole", "Arn"),
+                {"iam:PassedToService": "lambda.amazonaws.com"},
+            ),
+            DENIED,
+        ),
+        "pass another role": (
+            Request("iam:PassRole", f"arn:aws:iam::{ACCOUNT}:role/admin", {"iam:PassedToService": "ec2.amazonaws.com"}),
+            DENIED,
+        ),
+        "read the agent token": (Request("ssm:GetParameter", token), ALLOWED),
+        "read the deploy key": (Request("ssm:GetParameter", secret("/buildkite/ssh-deploy-key")), DENIED),
+        # Decrypting through SSM with the parameter's encryption context is checked by form
+        # (test_template.py): the evaluator's action data does not list the
+        # kms:EncryptionContext:<key> keys for kms:Decrypt and would drop them.
+        "decrypt directly": (
+            Request("kms:Decrypt", f"arn:aws:kms:{REGION}:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"),
+            DENIED,
+        ),
+    }
+    return cases
+
+
+def test_scaler_role_launches_only_tagged_instances_from_the_stacks_templates(resolver: Resolver) -> None:
+    check(resolver, "ScalerRole", "scaler", scaler_cases(resolver))
+
+
+def test_the_evaluator_tells_allowed_from_denied() -> None:
+    # The evaluator itself, on a policy small enough to judge by eye: were it to
+    # allow everything or nothing, the tests above would mean nothing.
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::a/*"}],
+    }
+    requests = [Request("s3:GetObject", "arn:aws:s3:::a/k"), Request("s3:GetObject", "arn:aws:s3:::b/k")]
+    assert evaluate(policy, principal_of("r", "s"), requests) == [ALLOWED, DENIED]

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# spot-interruption-watch.service: drains the Buildkite agent when EC2 is
+# about to reclaim this spot instance. On-demand instances exit at once.
+#
+#   rebalance recommendation  SIGTERM: the agent stops taking jobs, finishes
+#                             the running one and exits; the instance then
+#                             powers off (agent-exited.sh)
+#   interruption notice       SIGTERM (unless already sent), then SIGQUIT
+#                             CANCEL_MARGIN seconds before the termination
+#                             time: the job is cancelled and Buildkite records
+#                             signal_reason agent_stop, which pipelines retry
+#
+# Each signal is sent at most once: a second SIGTERM is an immediate cancel
+# in the agent. A signal waits until the agent is running (during the
+# bootstrap there is none to drain). Both events are counted in CloudWatch.
+set -euo pipefail
+
+ROOT=${BOOTSTRAP_ROOT:-}
+SETTINGS="$ROOT/etc/buildkite-bootstrap/settings.env"
+STATE="$ROOT/run/buildkite-spot-watch"
+IMDS=${SPOT_WATCH_IMDS:-http://169.254.169.254}/latest
+INTERVAL=${SPOT_WATCH_INTERVAL:-5}
+# The agent's cancel-grace-period is 10 s; the rest is for Buildkite to
+# receive the job's end before the instance goes.
+CANCEL_MARGIN=${SPOT_WATCH_CANCEL_MARGIN:-30}
+AGENT=buildkite-agent.service
+METRICS_NAMESPACE=BuildkiteAutoscaler/Spot
+
+log() {
+    printf 'spot-interruption-watch: %s\n' "$*" >&2
+}
+
+# imds_get PATH: the document, or a failure when there is none (404) or
+# the service did not answer. The IMDSv2 token goes to curl on stdin.
+imds_get() {
+    local token
+    token=$(curl -fsS --max-time 2 -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 60" "$IMDS/api/token") ||
+        return 1
+    printf 'X-aws-ec2-metadata-token: %s\n' "$token" | curl -fsS --max-time 2 -H @- "$IMDS/$1"
+}
+
+# count METRIC: one data point, best effort (the drain matters more).
+count() {
+    aws cloudwatch put-metric-data --region "$BK_REGION" --namespace "$METRICS_NAMESPACE" \
+        --metric-name "$1" --dimensions "fleet=$BK_FLEET,queue=$BK_QUEUE" --value 1 --unit Count ||
+        log "could not count $1"
+}
+
+# once NAME: true the first time NAME is marked, false after.
+once() {
+    [[ ! -e "$STATE/$1" ]] || return 1
+    touch "$STATE/$1"
+}
+
+# signal_agent_once NAME SIGNAL: SIGNAL to the agent's main process, once;
+# false (try again next round) while the agent is not running.
+signal_agent_once() {
+    [[ ! -e "$STATE/$1" ]] || return 0
+    systemctl is-active --quiet "$AGENT" || return 1
+    systemctl kill --kill-whom=main --signal="$2" "$AGENT"
+    touch "$STATE/$1"
+    log "sent $2 to $AGENT ($1)"
+}
+
+on_rebalance() {
+    if once rebalance-seen; then
+        log "rebalance recommendation: draining the agent"
+        count RebalanceRecommendations
+    fi
+    signal_agent_once drain SIGTERM || true
+}
+
+# on_notice TIME: the instance is terminated at TIME (ISO 8601, UTC).
+on_notice() {
+    local ends deadline
+    # Two minutes from now when the time does not parse (date -d '' is midnight).
+    if [[ -z "$1" ]] || ! ends=$(date -u -d "$1" +%s); then
+        ends=$(($(date -u +%s) + 120))
+    fi
+    deadline=$((ends - CANCEL_MARGIN))
+    if once notice-seen; then
+        log "interruption notice: terminated at $1, running jobs cancelled at $(date -u -d "@$deadline" +%FT%TZ)"
+        # agent-exited.sh powers off after any agent exit from now on: a
+        # restarted agent could take a job it cannot finish.
+        touch "$STATE/reclaimed"
+        count InterruptionNotices
+    fi
+    signal_agent_once drain SIGTERM || true
+    if (($(date -u +%s) >= deadline)) && signal_agent_once cancel SIGQUIT; then
+        exit 0
+    fi
+}
+
+check() {
+    local rebalance action
+    if rebalance=$(imds_get meta-data/events/recommendations/rebalance) && [[ "$rebalance" == *noticeTime* ]]; then
+        on_rebalance
+    fi
+    if action=$(imds_get meta-data/spot/instance-action) && [[ "$action" == *'"time"'* ]]; then
+        on_notice "$(printf '%s' "$action" | sed -n 's/.*"time" *: *"\([^"]*\)".*/\1/p')"
+    fi
+}
+
+main() {
+    local lifecycle
+    # Unreachable metadata fails the service; systemd starts it again.
+    lifecycle=$(imds_get meta-data/instance-life-cycle)
+    if [[ "$lifecycle" != spot ]]; then
+        log "a $lifecycle instance: nothing to watch"
+        exit 0
+    fi
+    # shellcheck source=/dev/null
+    . "$SETTINGS"
+    mkdir -p "$STATE"
+    log "watching for rebalance recommendations and interruption notices"
+    while :; do
+        check
+        sleep "$INTERVAL"
+    done
+}
+
+main
