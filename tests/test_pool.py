@@ -307,3 +307,17 @@ def test_floor_instances_a_schedule_launched_recycle_when_it_ends(
         files = yaml.safe_load(gzip.decompress(user_data_of(stack, instance["InstanceId"])))["write_files"]
         (settings,) = [f["content"] for f in files if f["path"] == "/etc/buildkite-bootstrap/settings.env"]
         assert "BK_MAX_UPTIME_SECONDS=3600\n" in settings
+
+
+def test_a_spot_queue_fills_its_pool_on_demand(
+    stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A one-time spot instance cannot be stopped.
+    buildkite.serve_metrics({})
+
+    invoke(monkeypatch, buildkite, stack.queue(X86, warm_pool_size=2, capacity_type="spot"))
+
+    assert len(pool_members(stack)) == 2
+    assert stack.behaviour.run_calls
+    assert all("InstanceMarketOptions" not in call for call in stack.behaviour.run_calls)
+    assert {tags_of(i)["buildkite-autoscaler:market"] for i in pool_members(stack)} == {"on-demand"}
