@@ -35,7 +35,7 @@ $(IAM_SIMULATE)/node_modules/.stamp: $(IAM_SIMULATE)/package-lock.json
 iam-simulate: $(IAM_SIMULATE)/node_modules/.stamp
 
 demo: $(BIN)/.stamp
-	PYTHONPATH=functions $(BIN)/python -m simulation $(ARGS)
+	PYTHONPATH=functions $(BIN)/python -m simulation --label stock --compare baked:boot_path=baked $(ARGS)
 
 test: lint checkov pytest
 
@@ -64,10 +64,10 @@ build: $(SAM_VENV)/bin/.stamp
 	$(SAM) build
 
 # Run by `sam build` (BuildMethod: makefile) from the repository root, once per function
-# (SAM does not share the build between functions); both targets make the same artifact:
+# (SAM does not share the build between functions); every target makes the same artifact:
 # the pinned dependencies, the package and userdata/. Bytecode is compiled when this
 # Python is the runtime's 3.13, since Lambda cannot write it at cold start.
-build-ScalerFunction build-ReaperFunction:
+build-ScalerFunction build-ReaperFunction build-QueueCheckFunction:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-compile $(LAMBDA_WHEELS) \
 		--target "$(ARTIFACTS_DIR)" -r functions/requirements.txt
 	cp -R functions/autoscaler userdata "$(ARTIFACTS_DIR)/"
@@ -77,13 +77,18 @@ build-ScalerFunction build-ReaperFunction:
 
 # `make invoke-scaler EVENT=events/scaler-scheduled.json STACK=<stack>` (or ENV_FILE=<sam env-vars file>):
 # the handler in this process against real AWS, with the deployed function's environment.
+# OFFLINE=1: against moto and a loopback metrics fake instead, fed by SCENARIO, for POLLS polls
+# of simulated time (ENV_FILE defaults to events/env.json); no account, no Docker, no network.
+INVOKE_SOURCE = $(if $(STACK),--stack $(STACK)) $(if $(ENV_FILE),--env-file $(ENV_FILE))
+INVOKE_OFFLINE = $(if $(OFFLINE),--offline --scenario $(or $(SCENARIO),$(1)) $(if $(POLLS),--polls $(POLLS)))
+
 invoke-scaler: $(BIN)/.stamp
 	$(BIN)/python tools/invoke.py ScalerFunction $(or $(EVENT),events/scaler-dry-run.json) \
-		$(if $(STACK),--stack $(STACK)) $(if $(ENV_FILE),--env-file $(ENV_FILE))
+		$(INVOKE_SOURCE) $(call INVOKE_OFFLINE,events/scenarios/burst.json)
 
 invoke-reaper: $(BIN)/.stamp
 	$(BIN)/python tools/invoke.py ReaperFunction $(or $(EVENT),events/reaper-dry-run.json) \
-		$(if $(STACK),--stack $(STACK)) $(if $(ENV_FILE),--env-file $(ENV_FILE))
+		$(INVOKE_SOURCE) $(call INVOKE_OFFLINE,events/scenarios/stuck.json)
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) $(SAM_VENV) $(IAM_SIMULATE)/node_modules .aws-sam .pytest_cache .ruff_cache .hypothesis out

@@ -77,6 +77,7 @@ class MemoryFleet:
             instance_id,
             spec.queue,
             spec.role,
+            spec.instance_type,
             queue.agents_per_instance,
             None if floor else float(queue.idle_timeout_seconds),
             float(queue.max_uptime_seconds) if queue.max_uptime_seconds else None,

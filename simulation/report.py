@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from simulation.cost import (
+    DAYS_PER_MONTH,
+    WORKING_DAYS_PER_MONTH,
+    InvocationPattern,
+    Prices,
+    QueueUsage,
+    StackCost,
+    queue_cost,
+    stack_cost,
+)
+from simulation.deployment import Deployment
 from simulation.runner import RunResult
 from simulation.world import SimInstance
 
@@ -26,35 +38,72 @@ class QueueSummary:
     launched: int
     reaped: int
     peak_instances: int
+    cost_per_day: float
+    cost_per_month: float
 
 
+@dataclass(frozen=True)
+class Pricing:
+    prices: Prices
+    days_per_month: float = WORKING_DAYS_PER_MONTH
+
+
+# label, field, format, a tail figure (its range shown by default)
 ROWS = (
-    ("jobs", "jobs", "{:.0f}"),
-    ("wait p50 (min)", "wait_p50_min", "{:.1f}"),
-    ("wait p95 (min)", "wait_p95_min", "{:.1f}"),
-    ("wait max (min)", "wait_max_min", "{:.1f}"),
-    ("instance-hours", "instance_hours", "{:.1f}"),
-    ("idle agent-hours", "idle_agent_hours", "{:.1f}"),
-    ("launched", "launched", "{:.0f}"),
-    ("reaped", "reaped", "{:.0f}"),
-    ("peak instances", "peak_instances", "{:.0f}"),
+    ("jobs", "jobs", "{:.0f}", False),
+    ("done", "jobs_done", "{:.0f}", False),
+    ("wait p50 (min)", "wait_p50_min", "{:.1f}", False),
+    ("wait p95 (min)", "wait_p95_min", "{:.1f}", True),
+    ("wait max (min)", "wait_max_min", "{:.1f}", True),
+    ("instance-hours", "instance_hours", "{:.1f}", False),
+    ("idle agent-hours", "idle_agent_hours", "{:.1f}", False),
+    ("launched", "launched", "{:.0f}", False),
+    ("reaped", "reaped", "{:.0f}", False),
+    ("peak instances", "peak_instances", "{:.0f}", False),
+    ("$ per day", "cost_per_day", "{:.2f}", False),
+    ("$ per month", "cost_per_month", "{:.0f}", False),
 )
 
 
-def summarize(result: RunResult) -> list[QueueSummary]:
-    return [_queue_summary(result, queue.name) for queue in result.scenario.queues]
+def summarize(result: RunResult, pricing: Pricing | None = None) -> list[QueueSummary]:
+    pricing = pricing or Pricing(Prices())
+    return [_queue_summary(result, queue.name, pricing) for queue in result.scenario.queues]
 
 
-def _queue_summary(result: RunResult, queue: str) -> QueueSummary:
+def job_waits(result: RunResult, queue: str) -> list[float]:
+    """Every arrived job's wait, sorted; a job that never started waits until the end of the run."""
+    waits = []
+    for sim in result.world.jobs.values():
+        if sim.job.queue != queue or sim.job.scheduled_at > result.end:
+            continue
+        ready = sim.job.scheduled_at if sim.ready_at is None else sim.ready_at
+        waits.append((result.end if sim.started_at is None else sim.started_at) - ready)
+    return sorted(waits)
+
+
+def trace_days(result: RunResult) -> int:
+    """Days the trace covers, from the start to the last arrival: the costs are spread over them."""
+    last = max((sim.job.scheduled_at for sim in result.world.jobs.values()), default=0.0)
+    return max(1, math.ceil(last / 86400))
+
+
+def usage(result: RunResult, queue: str) -> QueueUsage:
+    seconds: dict[str, float] = {}
+    for instance in result.world.instances.values():
+        if instance.queue == queue:
+            seconds[instance.instance_type] = seconds.get(instance.instance_type, 0.0) + lifetime(instance, result.end)
+    return QueueUsage(queue, seconds, sum(seconds.values()) * result.scenario.root_volume_gib)
+
+
+def _queue_summary(result: RunResult, queue: str, pricing: Pricing) -> QueueSummary:
     world = result.world
     jobs = [sim for sim in world.jobs.values() if sim.job.queue == queue]
-    waits = sorted(
-        sim.started_at - sim.ready_at for sim in jobs if sim.started_at is not None and sim.ready_at is not None
-    )
+    waits = job_waits(result, queue)
     instances = [instance for instance in world.instances.values() if instance.queue == queue]
     for instance in instances:
         if instance.live:
             instance.account(result.end)
+    cost = queue_cost(usage(result, queue), pricing.prices, trace_days(result), pricing.days_per_month)
     return QueueSummary(
         queue=queue,
         jobs=len(jobs),
@@ -67,7 +116,26 @@ def _queue_summary(result: RunResult, queue: str) -> QueueSummary:
         launched=len(instances),
         reaped=sum(instance.reaped for instance in instances),
         peak_instances=world.peak_live.get(queue, 0),
+        cost_per_day=cost.per_day,
+        cost_per_month=cost.per_month,
     )
+
+
+def fixed_cost(result: RunResult, deployed: Deployment) -> StackCost:
+    """The stack's monthly cost, from the template and the run's invocation pattern."""
+    telemetry = result.telemetry
+    assert telemetry is not None
+    scaler_runs = max(telemetry.runs["scaler"], 1)
+    reaper_runs = max(telemetry.runs["reaper"], 1)
+    pattern = InvocationPattern(
+        scaler_per_month=DAYS_PER_MONTH * 86400 / result.scenario.scaler_period,
+        scaler_seconds=result.scaler_seconds / max(result.scaler_invocations, 1),
+        reaper_per_month=DAYS_PER_MONTH * 86400 / result.scenario.reaper_period,
+        log_bytes_per_scaler=telemetry.log_bytes["scaler"] / scaler_runs,
+        log_bytes_per_reaper=telemetry.log_bytes["reaper"] / reaper_runs,
+        metrics=len(telemetry.metrics),
+    )
+    return stack_cost(pattern, deployed)
 
 
 def lifetime(instance: SimInstance, end: float) -> float:
@@ -82,52 +150,147 @@ def percentile(sorted_values: list[float], pct: float) -> float:
     return sorted_values[rank - 1]
 
 
-def table(summaries: list[QueueSummary]) -> str:
-    return side_by_side({summary.queue: summary for summary in summaries}, "")
+@dataclass(frozen=True)
+class Spread:
+    """One figure over several seeds."""
+
+    median: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, values: list[float]) -> Spread:
+        return cls(statistics.median(values), min(values), max(values))
 
 
-def comparison(runs: dict[str, list[QueueSummary]]) -> str:
-    """One block per queue; one column per named run."""
-    queues = [summary.queue for summary in next(iter(runs.values()))]
+def spreads(runs: list[list[QueueSummary]]) -> list[dict[str, Spread]]:
+    """Per queue, each figure's median and range over the runs."""
+    per_queue = zip(*runs, strict=True)
+    return [
+        {key: Spread.of([float(asdict(summary)[key]) for summary in summaries]) for _, key, _, _ in ROWS}
+        for summaries in per_queue
+    ]
+
+
+def table(runs: dict[str, list[list[QueueSummary]]], all_ranges: bool) -> str:
+    """One block per queue; one column per named setting, each figure a median (and range) over seeds."""
+    stats = {label: spreads(summaries) for label, summaries in runs.items()}
+    queues = [summary.queue for summary in next(iter(runs.values()))[0]]
+    width = max(17, *(len(label) + 2 for label in runs))
     blocks = []
     for index, queue in enumerate(queues):
-        blocks.append(side_by_side({label: summaries[index] for label, summaries in runs.items()}, queue))
+        lines = [f"{queue:<18}" + "".join(f"{label:>{width}}" for label in runs)]
+        for name, key, fmt, tail in ROWS:
+            cells = "".join(
+                f"{_cell(per_label[index][key], fmt, tail or all_ranges):>{width}}" for per_label in stats.values()
+            )
+            lines.append(f"{name:<18}{cells}")
+        blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
 
-def side_by_side(columns: dict[str, QueueSummary], title: str) -> str:
-    width = max(12, *(len(label) + 2 for label in columns))
-    lines = [f"{title:<18}" + "".join(f"{label:>{width}}" for label in columns)]
-    for label, key, fmt in ROWS:
-        cells = "".join(f"{fmt.format(asdict(summary)[key]):>{width}}" for summary in columns.values())
-        lines.append(f"{label:<18}{cells}")
-    return "\n".join(lines)
+def _cell(spread: Spread, fmt: str, ranged: bool) -> str:
+    text = fmt.format(spread.median)
+    low, high = fmt.format(spread.low), fmt.format(spread.high)
+    return f"{text} ({low}-{high})" if ranged and low != high else text
 
 
-def chart(result: RunResult, path: Path, title: str) -> Path:
-    """A PNG per run: demand, connected agents and instances over time, one panel per queue."""
-    import matplotlib  # noqa: PLC0415 - a dev-only dependency, loaded only when a chart is asked for
+def stack_line(label: str, cost: StackCost, metrics: int) -> str:
+    lambdas = cost.lambda_compute + cost.lambda_requests
+    return (
+        f"{label}: stack fixed cost ${cost.per_month:.2f}/month: Lambda ${lambdas:.2f}, "
+        f"{metrics} metrics ${cost.metrics:.2f}, logs ${cost.logs:.2f}, alarms ${cost.alarms:.2f}, "
+        f"dashboard ${cost.dashboard:.2f}"
+    )
+
+
+def _pyplot():  # noqa: ANN202 - matplotlib is a dev-only dependency, loaded only for charts
+    import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
+    return plt
+
+
+def chart(result: RunResult, summaries: list[QueueSummary], path: Path, title: str) -> Path:
+    """A PNG per run: per queue, fleet and demand over the day, and each job's wait by when it was ready."""
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
+
+    plt = _pyplot()
     queues = [queue.name for queue in result.scenario.queues]
-    figure, axes = plt.subplots(len(queues), 1, figsize=(12, 3.6 * len(queues)), sharex=True, squeeze=False)
-    for axis, queue in zip(axes[:, 0], queues, strict=True):
+    figure, axes = plt.subplots(len(queues), 2, figsize=(15, 3.8 * len(queues)), squeeze=False)
+    offset = result.start.hour + result.start.minute / 60
+    for (fleet_axis, wait_axis), queue, summary in zip(axes, queues, summaries, strict=True):
         samples = [sample for sample in result.samples if sample.queue == queue]
-        hours = [8 + sample.time / HOUR for sample in samples]
-        axis.plot(hours, [s.demand for s in samples], label="jobs scheduled + running", color="tab:red", lw=1)
-        axis.plot(hours, [s.agents for s in samples], label="connected agents", color="tab:blue", lw=1)
-        right = axis.twinx()
-        right.plot(hours, [s.instances for s in samples], label="live instances", color="tab:green", lw=1, ls="--")
+        hours = [offset + sample.time / HOUR for sample in samples]
+        fleet_axis.plot(hours, [s.demand for s in samples], label="jobs scheduled + running", color="tab:red", lw=1)
+        fleet_axis.plot(hours, [s.agents for s in samples], label="connected agents", color="tab:blue", lw=1)
+        right = fleet_axis.twinx()
+        right.step(hours, [s.instances for s in samples], label="live instances", color="tab:green", lw=1, where="post")
+        right.yaxis.set_major_locator(MaxNLocator(integer=True))
         right.set_ylabel("instances")
-        axis.set_ylabel("jobs / agents")
-        axis.set_title(queue)
-        handles = axis.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
-        axis.legend(handles=handles, loc="upper left", fontsize="small")
-    axes[-1, 0].set_xlabel("hour of the simulated day")
+        fleet_axis.yaxis.set_major_locator(MaxNLocator(integer=True))
+        fleet_axis.set_ylabel("jobs / agents")
+        fleet_axis.set_xlabel("hour (UTC) from the first day's midnight")
+        fleet_axis.set_title(f"{queue}: ${summary.cost_per_day:.2f}/day, {summary.instance_hours:.1f} instance-h")
+        handles = fleet_axis.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+        fleet_axis.legend(handles=handles, loc="upper left", fontsize="small")
+        _wait_scatter(wait_axis, result, queue, offset)
     figure.suptitle(title)
     figure.tight_layout()
+    return _save(plt, figure, path)
+
+
+def _wait_scatter(axis, result: RunResult, queue: str, offset: float) -> None:  # noqa: ANN001 - a matplotlib Axes
+    done, unfinished = [], []
+    for sim in result.world.jobs.values():
+        if sim.job.queue != queue or sim.job.scheduled_at > result.end:
+            continue
+        ready = sim.job.scheduled_at if sim.ready_at is None else sim.ready_at
+        point = (offset + ready / HOUR, ((result.end if sim.started_at is None else sim.started_at) - ready) / MINUTE)
+        (done if sim.started_at is not None else unfinished).append(point)
+    if done:
+        axis.scatter(*zip(*done, strict=True), s=6, color="tab:blue", label="started")
+    if unfinished:
+        axis.scatter(*zip(*unfinished, strict=True), s=10, color="tab:red", marker="x", label="never started")
+    axis.set_xlabel("hour (UTC) the job became ready")
+    axis.set_ylabel("wait (min)")
+    axis.set_title(f"{queue}: each job's wait")
+    if done or unfinished:
+        axis.legend(loc="upper left", fontsize="small")
+
+
+def compare_chart(runs: dict[str, list[QueueSummary]], results: dict[str, RunResult], path: Path, title: str) -> Path:
+    """Side by side: per queue, the distribution of waits of each setting, and each setting's cost per day."""
+    plt = _pyplot()
+    queues = [summary.queue for summary in next(iter(runs.values()))]
+    figure, axes = plt.subplots(1, len(queues) + 1, figsize=(5.5 * (len(queues) + 1), 4.2), squeeze=False)
+    for axis, queue in zip(axes[0], queues, strict=False):
+        for label, result in results.items():
+            waits = [w / MINUTE for w in job_waits(result, queue)]
+            share = [(index + 1) / len(waits) for index in range(len(waits))]
+            axis.step(waits, share, where="post", label=label)
+        axis.set_xlabel("wait (min)")
+        axis.set_ylabel("share of jobs waiting at most this")
+        axis.set_title(f"{queue}: waits")
+        axis.legend(fontsize="small")
+    cost_axis = axes[0][-1]
+    labels = list(runs)
+    bottom = [0.0] * len(labels)
+    for index, queue in enumerate(queues):
+        values = [runs[label][index].cost_per_day for label in labels]
+        cost_axis.bar(labels, values, bottom=bottom, label=queue)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    cost_axis.set_ylabel("instances and volumes, $ per day")
+    cost_axis.set_title("cost")
+    cost_axis.legend(fontsize="small")
+    figure.suptitle(title)
+    figure.tight_layout()
+    return _save(plt, figure, path)
+
+
+def _save(plt, figure, path: Path) -> Path:  # noqa: ANN001
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=90)
     plt.close(figure)

@@ -8,57 +8,64 @@ reaper period. Nothing really sleeps.
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from contextlib import contextmanager, redirect_stdout
+from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from autoscaler import reaper, scaler
-from autoscaler.config import QueueConfig, ReaperSettings, ScalerSettings, UserDataSettings, parse_queues
+from autoscaler.config import QueueConfig, ReaperSettings, ScalerSettings, UserDataSettings, env_int
 from autoscaler.scaling import PollResult, Scaler, TimeLeft, unbounded
 from autoscaler.telemetry import logger
 from autoscaler.userdata import render_user_data
 from simulation.cloud import MemoryFleet, MotoFleet, Sample, SimBuildkite
-from simulation.trace import ARM, X86, Job
+from simulation.deployment import TEMPLATE, deployment
+from simulation.trace import START, Job, blocked_by_cycles
 from simulation.world import World, WorldSettings
 
-START = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)  # a Monday, 08:00
 FLEET = "simulated"
-INVOCATION_PERIOD = 60.0  # the scaler's schedule
-LAMBDA_TIMEOUT = 70.0  # the scaler's timeout in template.yaml
-HARD_STOP = 36 * 3600.0  # a run never simulates more than this
 METRICS_DISABLED = "POWERTOOLS_METRICS_DISABLED"
+TELEMETRY_HOURS = 24.0  # a day of logs and metrics is the cost model's sample
 
 
 @dataclass(frozen=True)
 class Scenario:
     queues: tuple[QueueConfig, ...]
+    bootstrap_timeout_seconds: int
+    ready_grace_seconds: int
+    reap_cap: int
     world: WorldSettings = field(default_factory=WorldSettings)
-    bootstrap_timeout_seconds: int = 1200
-    ready_grace_seconds: int = 60
-    poll_seconds: float = 10.0
+    poll_seconds: float = 10.0  # the metrics API's poll interval
+    scaler_period: float = 60.0
+    scaler_timeout: float = 70.0
     reaper_period: float = 300.0
-    reap_cap: int = 20
+    drain_hours: float = 12.0  # a run stops this long after the last job arrives
+    log_level: str = "INFO"  # the Lambdas' log level: what the stack's log volume is made of
+    root_volume_gib: int = 100
 
 
-def default_scenario() -> Scenario:
-    def queue(name: str, instance_type: str, max_instances: int) -> QueueConfig:
-        return QueueConfig(
-            name=name,
-            launch_template_id=f"lt-{name}",
-            instance_types=(instance_type,),
-            subnet_ids=("subnet-sim",),
-            max_instances=max_instances,
-            agents_per_instance=5,
-            idle_timeout_seconds=600,
-            max_uptime_seconds=21600,
-        )
-
-    return Scenario(queues=(queue(X86, "c7i.4xlarge", 20), queue(ARM, "m7g.2xlarge", 4)))
+def default_scenario(template: Path = TEMPLATE) -> Scenario:
+    """What `sam deploy` deploys with the template's defaults, validated as the Lambdas validate it."""
+    deployed = deployment(template)
+    return Scenario(
+        queues=deployed.queues,
+        bootstrap_timeout_seconds=env_int(deployed.env, "BOOTSTRAP_TIMEOUT_SECONDS"),
+        ready_grace_seconds=env_int(deployed.env, "READY_GRACE_SECONDS"),
+        reap_cap=env_int(deployed.env, "REAPER_MAX_TERMINATIONS"),
+        scaler_period=deployed.scaler_period,
+        scaler_timeout=deployed.scaler_timeout,
+        reaper_period=deployed.reaper_period,
+        log_level=deployed.env.get("POWERTOOLS_LOG_LEVEL", "INFO"),
+        root_volume_gib=deployed.root_volume_gib,
+    )
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,11 @@ class RunResult:
     end: float
     samples: list[Sample]
     decisions: list[Decision]
+    start: datetime = START
+    scaler_seconds: float = 0.0  # the scaler invocations' total (simulated) duration
+    scaler_invocations: int = 0
+    telemetry: TelemetrySink | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 class _SimClock:
@@ -116,25 +128,79 @@ def simulate(
     until: float | None = None,
     ec2: Any = None,
     progress: Callable[[float, float], None] | None = None,
+    start: datetime = START,
+    telemetry: bool = True,
 ) -> RunResult:
-    """Simulate `trace`; on moto when `ec2` (a boto3 EC2 client in `mock_aws`) is given."""
-    with _quiet():
-        return _simulate(trace, scenario, until, ec2, progress)
+    """Simulate `trace`; on moto when `ec2` (a boto3 EC2 client in `mock_aws`) is given.
+
+    Without `until`, a run ends when every job is done and only floor instances
+    are left, or `drain_hours` after the last arrival: the result's warnings say so.
+    With `telemetry`, the Lambdas' logs and metrics of the first
+    `TELEMETRY_HOURS` are counted for the cost model (they double the time a
+    simulated hour takes); without, they are silenced.
+    """
+    sink = TelemetrySink(TELEMETRY_HOURS * 3600.0 if telemetry else 0.0)
+    with _captured(sink, scenario.log_level if telemetry else "CRITICAL", telemetry):
+        result = _simulate(trace, scenario, until, ec2, progress, start, sink)
+    if until is None:
+        result.warnings.extend(run_warnings(trace, result))
+    return result
+
+
+class TelemetrySink(io.TextIOBase):
+    """Where the Lambdas' log lines and EMF records go in a run: counted, for the cost model, not kept."""
+
+    def __init__(self, until: float) -> None:
+        self.until = until  # simulated second the counting stops
+        self.log_bytes = {"scaler": 0, "reaper": 0}
+        self.runs = {"scaler": 0, "reaper": 0}  # invocations counted
+        self.metrics: set[tuple[str, tuple[tuple[str, str], ...]]] = set()  # name, dimensions
+        self.function = "scaler"
+
+    def counting(self, now: float) -> bool:
+        """Whether invocations at `now` are counted; past the window, silence the Lambdas for speed."""
+        if now < self.until:
+            return True
+        if self.until >= 0:
+            self.until = -1.0
+            logger.setLevel("CRITICAL")
+            os.environ[METRICS_DISABLED] = "true"
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.log_bytes[self.function] += len(text.encode())
+        if '"_aws"' in text:
+            self._metrics(json.loads(text))
+        return len(text)
+
+    def _metrics(self, record: dict[str, Any]) -> None:
+        for directive in record["_aws"]["CloudWatchMetrics"]:
+            for dimensions in directive["Dimensions"]:
+                key = tuple((name, str(record[name])) for name in sorted(dimensions))
+                self.metrics.update((metric["Name"], key) for metric in directive["Metrics"])
 
 
 @contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence the Lambda's per-poll log lines and EMF records: thousands a simulated day."""
-    level, disabled = logger.log_level, os.environ.get(METRICS_DISABLED)
-    logger.setLevel("CRITICAL")
-    os.environ[METRICS_DISABLED] = "true"
+def _captured(sink: TelemetrySink, level_name: str, metrics: bool) -> Iterator[None]:
+    """Send the Lambdas' log lines (at `level_name`) and EMF records (unless not `metrics`) to `sink`."""
+    handler = logger.registered_handler
+    assert isinstance(handler, logging.StreamHandler)
+    level, stream, disabled = logger.log_level, handler.stream, os.environ.pop(METRICS_DISABLED, None)
+    if not metrics:
+        os.environ[METRICS_DISABLED] = "true"
+    logger.setLevel(level_name)
+    handler.setStream(sink)
     try:
-        yield
+        with redirect_stdout(sink):
+            yield
     finally:
+        handler.setStream(stream)
         logger.setLevel(level)
-        if disabled is None:
-            del os.environ[METRICS_DISABLED]
-        else:
+        os.environ.pop(METRICS_DISABLED, None)
+        if disabled is not None:
             os.environ[METRICS_DISABLED] = disabled
 
 
@@ -144,8 +210,10 @@ def _simulate(
     until: float | None,
     ec2: Any,
     progress: Callable[[float, float], None] | None,
+    start: datetime,
+    sink: TelemetrySink,
 ) -> RunResult:
-    world = World(trace, START, scenario.world)
+    world = World(trace, start, scenario.world)
     queues = {queue.name: queue for queue in scenario.queues}
     fleet = MemoryFleet(world, FLEET, queues) if ec2 is None else MotoFleet(world, FLEET, queues, ec2)
     source = SimBuildkite(world, scenario.poll_seconds)
@@ -153,37 +221,71 @@ def _simulate(
     settings = scaler_settings(scenario)
     render = partial(render_user_data, settings.user_data, fleet_name=FLEET)
     decisions: list[Decision] = []
-    _schedule_reaper(world, fleet, scenario, clock)
+    _schedule_reaper(world, fleet, scenario, clock, sink)
 
     last_arrival = max((job.scheduled_at for job in trace), default=0.0)
-    stop = HARD_STOP if until is None else until
-    invocation = 0.0
-    while invocation < stop and not (until is None and _settled(world, fleet, invocation, last_arrival)):
+    stop = last_arrival + scenario.drain_hours * 3600 if until is None else until
+    invocation, busy, invocations = 0.0, 0.0, 0
+    while invocation < stop and not (until is None and _settled(world, invocation, last_arrival)):
         world.advance_to(invocation)
-        deadline = invocation + LAMBDA_TIMEOUT
+        deadline = invocation + scenario.scaler_timeout
         poller = _RecordingScaler(
             decisions, lambda: world.now, settings=settings, source=source, fleet=fleet, render_user_data=render
         )
+        sink.runs["scaler"] += sink.counting(invocation)
         scaler.run(poller, clock, lambda deadline=deadline: deadline - world.now, dry_run=False)
+        busy += world.now - invocation
+        invocations += 1
         if progress is not None:
-            progress(world.now, stop if until is not None else max(last_arrival, world.now))
-        invocation += INVOCATION_PERIOD
+            progress(world.now, stop)
+        invocation += scenario.scaler_period
     world.advance_to(invocation)
-    return RunResult(scenario, world, world.now, source.samples, decisions)
+    return RunResult(scenario, world, world.now, source.samples, decisions, start, busy, invocations, sink)
 
 
-def _settled(world: World, fleet: MemoryFleet, now: float, last_arrival: float) -> bool:
+def _settled(world: World, now: float, last_arrival: float) -> bool:
     """All jobs done and only floor instances left: nothing more can happen."""
     if now <= last_arrival or world.unfinished_jobs():
         return False
     return all(instance.role == "floor" for instance in world.instances.values() if instance.live)
 
 
-def _schedule_reaper(world: World, fleet: MemoryFleet, scenario: Scenario, clock: _SimClock) -> None:
+def run_warnings(trace: list[Job], result: RunResult) -> list[str]:
+    """Everything that makes the figures incomplete: each one also makes the command exit 1."""
+    warnings = []
+    names = {queue.name for queue in result.scenario.queues}
+    strangers = Counter(job.queue for job in trace if job.queue not in names)
+    for queue, count in sorted(strangers.items()):
+        warnings.append(
+            f"trace queue {queue!r} ({count} jobs) is not a queue of the scenario ({', '.join(sorted(names))}): "
+            "its jobs never run"
+        )
+    blocked = blocked_by_cycles(trace)
+    if blocked:
+        warnings.append(f"{len(blocked)} jobs wait on a dependency cycle and never run (e.g. {blocked[0]!r})")
+    unfinished = result.world.unfinished_jobs()
+    last_arrival = max((job.scheduled_at for job in trace), default=0.0)
+    if result.end >= last_arrival + result.scenario.drain_hours * 3600 and unfinished:
+        warnings.append(f"stopped at the time cap, drain_hours={result.scenario.drain_hours:g} after the last arrival")
+    if unfinished:
+        never = sum(sim.started_at is None for sim in result.world.jobs.values())
+        warnings.append(
+            f"{unfinished} of {len(trace)} jobs did not finish ({never} never started); "
+            "their waits count up to the end of the run"
+        )
+    return warnings
+
+
+def _schedule_reaper(
+    world: World, fleet: MemoryFleet, scenario: Scenario, clock: _SimClock, sink: TelemetrySink
+) -> None:
     settings = ReaperSettings(FLEET, scenario.bootstrap_timeout_seconds, scenario.reap_cap, dry_run=False)
 
     def reap() -> None:
+        sink.function = "reaper"
+        sink.runs["reaper"] += sink.counting(world.now)
         reaper.run(fleet, settings, clock, dry_run=False)
+        sink.function = "scaler"
         world.schedule(world.now + scenario.reaper_period, reap)
 
     world.schedule(scenario.reaper_period, reap)
@@ -211,62 +313,3 @@ def scaler_settings(scenario: Scenario) -> ScalerSettings:
         dry_run=False,
         user_data=user_data,
     )
-
-
-QUEUE_KEYS = (
-    "min_instances",
-    "max_instances",
-    "agents_per_instance",
-    "idle_timeout_seconds",
-    "max_uptime_seconds",
-    "include_waiting",
-)
-WORLD_KEYS = ("boot_seconds", "boot_jitter", "connect_delay", "failure_share", "seed")
-SCENARIO_KEYS = ("bootstrap_timeout_seconds", "ready_grace_seconds", "poll_seconds", "reaper_period", "reap_cap")
-
-
-def with_overrides(scenario: Scenario, overrides: dict[str, str]) -> Scenario:
-    """Apply `key=value` settings; a queue key applies to every queue, or to one as `QUEUE.key`."""
-    for key, text in overrides.items():
-        queue_name, _, name = key.rpartition(".")
-        if name in QUEUE_KEYS:
-            scenario = _override_queues(scenario, queue_name, name, text)
-        elif queue_name:
-            raise ValueError(f"{key}: {name!r} is not a queue setting (one of {', '.join(QUEUE_KEYS)})")
-        elif name in WORLD_KEYS:
-            world = scenario.world
-            scenario = replace(scenario, world=replace(world, **{name: _typed(key, text, getattr(world, name))}))
-        elif name in SCENARIO_KEYS:
-            scenario = replace(scenario, **{name: _typed(key, text, getattr(scenario, name))})
-        else:
-            known = ", ".join(QUEUE_KEYS + WORLD_KEYS + SCENARIO_KEYS)
-            raise ValueError(f"{key}: unknown setting (got {text!r}; known: {known})")
-    return scenario
-
-
-def _override_queues(scenario: Scenario, queue_name: str, name: str, text: str) -> Scenario:
-    names = [queue.name for queue in scenario.queues]
-    if queue_name and queue_name not in names:
-        raise ValueError(f"{queue_name}.{name}: no queue {queue_name!r} (queues: {', '.join(names)})")
-    queues = tuple(
-        replace(queue, **{name: _typed(name, text, getattr(queue, name))}) if queue_name in ("", queue.name) else queue
-        for queue in scenario.queues
-    )
-    # The product's own validation, so the simulation accepts exactly what a deployment would.
-    return replace(scenario, queues=parse_queues(json.dumps([asdict(queue) for queue in queues])))
-
-
-def _typed(key: str, text: str, current: object) -> Any:
-    kind = type(current)
-    try:
-        if kind is bool:
-            if text.lower() not in ("true", "false"):
-                raise ValueError(text)
-            return text.lower() == "true"
-        value = kind(text)
-    except ValueError:
-        wanted = {bool: "true or false", int: "an integer"}.get(kind, "a number")
-        raise ValueError(f"{key} must be {wanted} (got {text!r})") from None
-    if value < 0:
-        raise ValueError(f"{key} must be >= 0 (got {text!r})")
-    return value

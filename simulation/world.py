@@ -21,9 +21,34 @@ from simulation.trace import Job
 
 
 @dataclass(frozen=True)
+class BootPath:
+    seconds: float  # launch → bootstrap=complete, typical
+    jitter: float  # each boot takes seconds x (1 ± jitter)
+    source: str
+
+
+# Launch to `bootstrap=complete`. Assumptions, not measurements of this fleet:
+# replace them with your own (`--set boot_seconds=...`) once you have them.
+BOOT_PATHS = {
+    "stock": BootPath(
+        420.0,
+        0.25,
+        "stock Ubuntu AMI: apt + Nix install, overlayroot reboot, agent start; about 7 min "
+        "(5-9 min) as docs/instance-boot.md's steps take on a 2xlarge",
+    ),
+    "baked": BootPath(
+        60.0,
+        0.25,
+        "baked image: EC2 start (~15 s), kernel + cloud-init (~25 s), agent start checked 20 s; "
+        "about 1 min (45-75 s), one boot, no installs",
+    ),
+}
+
+
+@dataclass(frozen=True)
 class WorldSettings:
-    boot_seconds: float = 420.0  # two boots, Nix and the agent: about 7 minutes
-    boot_jitter: float = 0.25  # each boot takes boot_seconds x (1 ± jitter)
+    boot_seconds: float = BOOT_PATHS["stock"].seconds
+    boot_jitter: float = BOOT_PATHS["stock"].jitter
     connect_delay: float = 5.0  # ready-at → agents visible in the metrics
     failure_share: float = 0.04  # of launches: half hang, half report failed
     seed: int = 7
@@ -45,6 +70,7 @@ class SimInstance:
     instance_id: str
     queue: str
     role: str
+    instance_type: str
     agents_per_instance: int
     idle_timeout: float | None  # None: floor instances never idle out
     max_uptime: float | None
@@ -93,12 +119,17 @@ class World:
         self.peak_live: dict[str, int] = {}
         self._events: list[tuple[float, int, Callable[[], None]]] = []
         self._sequence = itertools.count()
-        self._rng = random.Random(settings.seed)
+        # One random stream per queue: a change to one queue leaves the others' draws alone.
+        self._rngs: dict[str, random.Random] = {}
         self._dependents: dict[str, list[SimJob]] = {}
         self._listeners: list[CloudListener] = []
+        # Indexes, so a week's trace does not scan every job at every poll.
+        self._counts: dict[str, dict[str, int]] = {}
+        self._ready: dict[str, list[tuple[float, str, SimJob]]] = {}
+        self._live: dict[str, dict[str, SimInstance]] = {}
         for sim in self.jobs.values():
-            if sim.job.waits_on:
-                self._dependents.setdefault(sim.job.waits_on, []).append(sim)
+            for dependency in sim.job.waits_on:
+                self._dependents.setdefault(dependency, []).append(sim)
             self.schedule(sim.job.scheduled_at, lambda sim=sim: self._arrive(sim))
 
     # -- time ---------------------------------------------------------------
@@ -127,22 +158,28 @@ class World:
     # -- Buildkite's view -----------------------------------------------------
 
     def queue_counts(self, queue: str) -> dict[str, int]:
-        counts = dict.fromkeys(("scheduled", "running", "waiting", "idle", "busy", "total"), 0)
-        for sim in self.jobs.values():
-            if sim.job.queue == queue and sim.state in ("scheduled", "running", "waiting"):
-                counts[sim.state] += 1
-        for instance in self.instances.values():
-            if instance.queue == queue and instance.connected:
+        jobs = self._counts.get(queue, {})
+        counts = {state: jobs.get(state, 0) for state in ("scheduled", "running", "waiting")}
+        counts.update(idle=0, busy=0)
+        for instance in self._live.get(queue, {}).values():
+            if instance.connected:
                 counts["busy"] += len(instance.busy)
                 counts["idle"] += instance.agents_per_instance - len(instance.busy)
         counts["total"] = counts["idle"] + counts["busy"]
         return counts
 
     def live_count(self, queue: str) -> int:
-        return sum(1 for instance in self.instances.values() if instance.queue == queue and instance.live)
+        return len(self._live.get(queue, {}))
 
     def unfinished_jobs(self) -> int:
-        return sum(sim.state != "done" for sim in self.jobs.values())
+        return len(self.jobs) - sum(counts.get("done", 0) for counts in self._counts.values())
+
+    def _set_state(self, sim: SimJob, state: str) -> None:
+        counts = self._counts.setdefault(sim.job.queue, {})
+        if sim.state != "pending":
+            counts[sim.state] -= 1
+        counts[state] = counts.get(state, 0) + 1
+        sim.state = state
 
     # -- EC2's view -----------------------------------------------------------
 
@@ -151,19 +188,22 @@ class World:
         instance_id: str,
         queue: str,
         role: str,
+        instance_type: str,
         agents_per_instance: int,
         idle_timeout: float | None,
         max_uptime: float | None,
     ) -> SimInstance:
         settings = self.settings
         # Drawn in launch order, so two runs making the same decisions get the same fates.
-        roll = self._rng.random()
+        rng = self._rngs.setdefault(queue, random.Random(f"{settings.seed}/{queue}"))
+        roll = rng.random()
         fate = "ok" if roll >= settings.failure_share else ("hang" if roll < settings.failure_share / 2 else "fail")
-        boot = settings.boot_seconds * self._rng.uniform(1 - settings.boot_jitter, 1 + settings.boot_jitter)
+        boot = settings.boot_seconds * rng.uniform(1 - settings.boot_jitter, 1 + settings.boot_jitter)
         instance = SimInstance(
-            instance_id, queue, role, agents_per_instance, idle_timeout, max_uptime, self.now, fate, boot
+            instance_id, queue, role, instance_type, agents_per_instance, idle_timeout, max_uptime, self.now, fate, boot
         )
         self.instances[instance_id] = instance
+        self._live.setdefault(queue, {})[instance_id] = instance
         self.launch_count += 1
         self.peak_live[queue] = max(self.peak_live.get(queue, 0), self.live_count(queue))
         if fate != "hang":
@@ -234,38 +274,37 @@ class World:
             return
         instance.account(self.now)
         instance.ended_at = self.now
+        del self._live[instance.queue][instance.instance_id]
         self._notify("ended", instance)
 
     # -- jobs -----------------------------------------------------------------
 
     def _arrive(self, sim: SimJob) -> None:
-        dependency = self.jobs.get(sim.job.waits_on)
-        if dependency is not None and dependency.state != "done":
-            sim.state = "waiting"
+        if not self._runnable(sim):
+            self._set_state(sim, "waiting")
             return
         self._make_ready(sim)
 
+    def _runnable(self, sim: SimJob) -> bool:
+        return all(self.jobs[dependency].state == "done" for dependency in sim.job.waits_on)
+
     def _make_ready(self, sim: SimJob) -> None:
-        sim.state = "scheduled"
+        self._set_state(sim, "scheduled")
         sim.ready_at = self.now
+        heapq.heappush(self._ready.setdefault(sim.job.queue, []), (self.now, sim.job.job_id, sim))
         self._dispatch(sim.job.queue)
 
     def _dispatch(self, queue: str) -> None:
-        ready = sorted(
-            (sim for sim in self.jobs.values() if sim.state == "scheduled" and sim.job.queue == queue),
-            key=lambda sim: (sim.ready_at, sim.job.job_id),
-        )
-        for instance in self.instances.values():
+        ready = self._ready.get(queue)
+        for instance in list(self._live.get(queue, {}).values()):
+            while ready and instance.free_agents() > 0:
+                self._start(heapq.heappop(ready)[2], instance)
             if not ready:
                 return
-            if instance.queue != queue:
-                continue
-            while ready and instance.free_agents() > 0:
-                self._start(ready.pop(0), instance)
 
     def _start(self, sim: SimJob, instance: SimInstance) -> None:
         instance.account(self.now)
-        sim.state = "running"
+        self._set_state(sim, "running")
         sim.started_at = self.now
         sim.instance_id = instance.instance_id
         sim.runs += 1
@@ -274,12 +313,12 @@ class World:
         self.schedule(self.now + sim.job.duration, lambda: self._finish(sim, instance))
 
     def _finish(self, sim: SimJob, instance: SimInstance) -> None:
-        sim.state = "done"
+        self._set_state(sim, "done")
         sim.finished_at = self.now
         instance.account(self.now)
         instance.busy.remove(sim)
         for dependent in self._dependents.get(sim.job.job_id, []):
-            if dependent.state == "waiting":
+            if dependent.state == "waiting" and self._runnable(dependent):
                 self._make_ready(dependent)
         if instance.exiting and not instance.busy:
             self._end(instance)

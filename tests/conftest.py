@@ -8,12 +8,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
 import pytest
 from aws_lambda_powertools.utilities import parameters
-from botocore.exceptions import ClientError
+from emulators import aws
+from emulators.buildkite import FakeBuildkite
 from moto import mock_aws
-from tests.fake_buildkite import FakeBuildkite
 
 from autoscaler.telemetry import logger
 
@@ -74,50 +73,15 @@ def buildkite() -> Iterator[FakeBuildkite]:
     fake.stop()
 
 
-class Ec2Behaviour:
-    """Makes moto act like EC2 where it does not, through the AWS client's hooks.
-
-    moto starts MinCount instances where EC2 starts up to MaxCount when it
-    has capacity, and never runs out of capacity; this hook gives every
-    RunInstances call EC2's answer. It also records every EC2 call.
-    """
-
-    def __init__(self) -> None:
-        self.full_launches = True
-        self.no_capacity: set[tuple[str, str | None]] = set()  # (type, subnet or None for any)
-        self.no_spot_capacity: set[tuple[str, str | None]] = set()  # the same, for spot requests
-        self.run_calls: list[dict[str, Any]] = []
-        self.operations: list[str] = []
-
-    def count_call(self, model: Any, **_: Any) -> None:
-        self.operations.append(model.name)
-
-    def run_instances(self, params: dict[str, Any], **_: Any) -> None:
-        self.run_calls.append(dict(params))
-        key = params.get("InstanceType", "")
-        spot = params.get("InstanceMarketOptions", {}).get("MarketType") == "spot"
-        blocked = self.no_spot_capacity if spot else self.no_capacity
-        if (key, params.get("SubnetId")) in blocked or (key, None) in blocked:
-            error = {"Code": "InsufficientInstanceCapacity", "Message": f"no {key} capacity"}
-            raise ClientError({"Error": error}, "RunInstances")
-        if self.full_launches:
-            params["MinCount"] = params["MaxCount"]
-
-
 @dataclass
-class Stack:
-    """What `sam deploy` would have created, in moto."""
-
-    ec2: Any
-    subnets: list[str]
-    templates: dict[str, str]  # queue → launch template id
-    behaviour: Ec2Behaviour
-
+class Stack(aws.Stack):
     def queue(self, name: str, **overrides: Any) -> dict[str, Any]:
         arm = "arm" in name
+        architecture = "arm64" if arm else "x86_64"
         config = {
             "name": name,
-            "launch_template_id": self.templates[name],
+            "architecture": architecture,
+            "launch_template_id": self.templates[architecture],
             "instance_types": ["m7g.2xlarge", "c7g.2xlarge"] if arm else ["c7i.4xlarge", "m7i.4xlarge"],
             "subnet_ids": self.subnets,
             "min_instances": 0,
@@ -130,31 +94,8 @@ class Stack:
 @pytest.fixture
 def stack() -> Iterator[Stack]:
     with mock_aws():
-        boto3.setup_default_session()
-        behaviour = Ec2Behaviour()
-        # Registered on the default session, so the handlers' own clients get it.
-        boto3.DEFAULT_SESSION.events.register("before-parameter-build.ec2.RunInstances", behaviour.run_instances)
-        boto3.DEFAULT_SESSION.events.register("before-call.ec2", behaviour.count_call)
-        ec2 = boto3.client("ec2", region_name=REGION)
-        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-        # One zone each, as a deployment's subnets would be (moto picks zones at random).
-        subnets = [
-            ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{index}.0/24", AvailabilityZone=f"{REGION}{zone}")["Subnet"][
-                "SubnetId"
-            ]
-            for index, zone in ((1, "a"), (2, "b"))
-        ]
-        templates = {
-            queue: ec2.create_launch_template(LaunchTemplateName=queue, LaunchTemplateData={"ImageId": "ami-12345678"})[
-                "LaunchTemplate"
-            ]["LaunchTemplateId"]
-            for queue in ("nixos-x86-aws", "nixos-arm-aws")
-        }
-        boto3.client("ssm", region_name=REGION).put_parameter(
-            Name=TOKEN_PARAMETER, Value=FAKE_TOKEN, Type="SecureString"
-        )
-        behaviour.operations.clear()
-        yield Stack(ec2, subnets, templates, behaviour)
+        created = aws.create_stack(REGION, TOKEN_PARAMETER, FAKE_TOKEN)
+        yield Stack(**vars(created))
 
 
 def scaler_env(endpoint: str, queues: list[dict[str, Any]], **extra: str) -> dict[str, str]:

@@ -13,12 +13,13 @@ import gzip
 import re
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
-from tests.test_userdata_render import PUBLIC_KEY, SETTINGS
+from tests.test_userdata_render import PUBLIC_KEY, REPO, SETTINGS
 
 from autoscaler.config import QueueConfig, UserDataSettings
 from autoscaler.userdata import render_user_data
@@ -47,23 +48,38 @@ REAL_COMMANDS = (
     "grep",
     "install",
     "dirname",
+    "mktemp",
+    "mv",
+    "timeout",
 )
 STUBBED = ["curl", "aws", "apt-get", "apt-cache", "gpg", "systemctl", "uname", "usermod", "groupadd", "chgrp"]
 STUBBED += ["chown", "id", "update-grub", "update-initramfs", "unzip", "sleep", "poweroff", "nix-installer", "nix"]
-STUBBED += ["jq", "yq", "git", "git-lfs", "aws-installer"]
+STUBBED += ["jq", "yq", "git", "git-lfs", "aws-installer", "mount", "df", "logger"]
+IMDS = "http://169.254.169.254/latest/"
 
 # One stub for every command (bash, for speed): logs its argv as one line of
-# fields ending in \x1f, exits with the code of the first STUB_FAIL line
-# ("prefix<TAB>code") that starts the call, and otherwise acts just enough
-# for the script to go on.
+# fields ending in \x1f. STUB_FAIL lines "prefix<TAB>code[<TAB>times[<TAB>stderr]]"
+# make a call that starts with prefix print stderr and exit with code (the
+# first `times` such calls only, when given); otherwise the stub acts just
+# enough for the script to go on.
 STUB = r"""#!/bin/bash
 name=${0##*/}
 # One write per call: stubs in a pipeline run at the same time.
 line=$(printf '%s\x1f' "$name" "$@")
 printf '%s\n' "$line" >>"$STUB_LOG"
 call="$name $*"
-while IFS=$'\t' read -r prefix code; do
-    if [[ -n "$prefix" && "$call" == "$prefix"* ]]; then exit "$code"; fi
+rule=0
+while IFS=$'\t' read -r prefix code times message; do
+    rule=$((rule + 1))
+    if [[ -n "$prefix" && "$call" == "$prefix"* ]]; then
+        counter="$STUB_LOG.rule$rule"
+        seen=$(($(cat "$counter" 2>/dev/null || echo 0) + 1))
+        echo "$seen" >"$counter"
+        if [[ -z "$times" || "$seen" -le "$times" ]]; then
+            [[ -z "$message" ]] || echo "$message" >&2
+            exit "$code"
+        fi
+    fi
 done <<<"${STUB_FAIL:-}"
 # What systemd does when the service's start timeout passes.
 if [[ "$name" == "${STUB_TERM_PARENT_FROM:-}" ]]; then
@@ -86,10 +102,18 @@ curl)
     case "${!#}" in
     */api/token) printf imds-session-token ;;
     */meta-data/instance-id) printf '%s' "$STUB_INSTANCE_ID" ;;
+    # The instance's tags (STUB_TAGS: key=value lines) as IMDS serves them: the
+    # keys, or one value; 404 (curl -f: exit 22) for a missing tag, and for all
+    # when STUB_TAGS is unset (InstanceMetadataTags disabled).
+    */meta-data/tags/instance/)
+        [[ -n "${STUB_TAGS+set}" ]] || exit 22
+        printf '%s\n' "$STUB_TAGS" | sed 's/=.*//'
+        ;;
     */meta-data/tags/instance/*)
-        # IMDS answers 404 (curl -f: exit 22) for a tag the instance does not have.
-        [[ -n "${STUB_TAG_VALUE:-}" ]] || exit 22
-        printf '%s' "$STUB_TAG_VALUE"
+        key=${!#}
+        key=${key##*/tags/instance/}
+        printf '%s\n' "${STUB_TAGS:-}" |
+            awk -F= -v k="$key" '$1 == k { sub(/^[^=]*=/, ""); printf "%s", $0; f = 1 } END { exit !f }' || exit 22
         ;;
     *install.determinate.systems*) printf '#!/bin/sh\nexec nix-installer "$@"\n' >"$(option -o "$@")" ;;
     *) echo "-----BEGIN PGP PUBLIC KEY BLOCK-----" ;;
@@ -98,6 +122,9 @@ curl)
 nix-installer)
     mkdir -p "$BOOTSTRAP_ROOT"/nix/var/nix/{daemon-socket,profiles/default/bin} "$BOOTSTRAP_ROOT/etc/nix"
     echo "# written by the installer" >"$BOOTSTRAP_ROOT/etc/nix/nix.custom.conf"
+    ;;
+nix)
+    if [[ -n "${STUB_NIX_HANG:-}" ]]; then /bin/sleep "$STUB_NIX_HANG"; fi
     ;;
 gpg)
     if [[ " $* " == *" --show-keys "* ]]; then
@@ -111,9 +138,20 @@ aws)
     if [[ "$1 $2" == "ssm get-parameter" ]]; then
         cat "$STUB_SSM_DIR$(option --name "$@")"
         echo
+    elif [[ " $* " == *" --dry-run "* ]]; then
+        echo "An error occurred (DryRunOperation) when calling the CreateTags operation:" \
+            "Request would have succeeded, but DryRun flag is set." >&2
+        exit 254
     fi
     ;;
 apt-cache) printf '%s\n' "$STUB_MADISON" ;;
+df)
+    echo "Filesystem 1024-blocks Used Available Capacity Mounted on"
+    shift
+    for path in "$@"; do
+        [[ "$path" == -* ]] || echo "/dev/root 104857600 1000 ${STUB_DF_AVAIL_KIB:-90000000} 1% $path"
+    done
+    ;;
 unzip)
     mkdir -p "$(option -d "$@")/aws"
     printf '#!/bin/sh\nexec aws-installer "$@"\n' >"$(option -d "$@")/aws/install"
@@ -137,6 +175,9 @@ class Run:
     def read(self, path: str) -> str:
         return (self.root / path.lstrip("/")).read_text()
 
+    def steps(self) -> list[str]:
+        return re.findall(r"buildkite-bootstrap: step (\w+)", self.console)
+
 
 def make_settings(**changes: object) -> UserDataSettings:
     return dataclasses.replace(SETTINGS, **changes)
@@ -144,6 +185,7 @@ def make_settings(**changes: object) -> UserDataSettings:
 
 X86_QUEUE = QueueConfig(
     name="nixos-x86-aws",
+    architecture="x86_64",
     launch_template_id="lt-0123",
     instance_types=("m7i.4xlarge", "m6i.4xlarge"),
     subnet_ids=("subnet-1",),
@@ -154,7 +196,22 @@ X86_QUEUE = QueueConfig(
 )
 
 
-ARM_QUEUE = dataclasses.replace(X86_QUEUE, name="nixos-arm-aws", instance_types=("c7g.4xlarge",))
+ARM_QUEUE = dataclasses.replace(X86_QUEUE, name="nixos-arm-aws", architecture="arm64", instance_types=("c7g.4xlarge",))
+OVERLAYROOT = make_settings(root_mode="overlayroot")
+# What the image component writes before `buildkite-bootstrap install`: install settings only.
+BAKE_SETTINGS = """BK_ROOT_MODE={mode}
+BK_NIX_INSTALLER_VERSION=v3.21.2
+BK_NIX_DETERMINATE=true
+BK_NIX_TRUST_JOBS=false
+BK_AGENT_VERSION=3.87.0
+BK_CACHE_BUCKET=fleet-nix-cache
+BK_CACHE_REGION=eu-central-1
+BK_CACHE_PUBLIC_KEY={key}
+"""
+# What the component writes after the install (autoscaler.bake mark).
+MARKER = "image_version=1.0.0/7\nimage_arn=arn:aws:imagebuilder:us-west-2:123456789012:image/a/1.0.0/7\n"
+MARKER += "agent_version=3.87.0\nnix_version=2.31.2\n"
+MADISON = " buildkite-agent | 3.87.0-5805 | https://apt.buildkite.com/buildkite-agent stable/main amd64 Packages"
 
 
 @pytest.fixture
@@ -206,34 +263,44 @@ def install_user_data(root: Path, user_data: bytes) -> None:
         path.chmod(int(entry["permissions"], 8))
 
 
-def boot(
+Fail = int | tuple[int, int, str]
+
+
+def stub_failures(fail: dict[str, Fail] | None) -> str:
+    lines = []
+    for prefix, rule in (fail or {}).items():
+        fields = (rule,) if isinstance(rule, int) else rule
+        lines.append("\t".join([prefix, *map(str, fields)]))
+    return "\n".join(lines)
+
+
+def run_script(
     tmp_path: Path,
     stubs: Path,
+    mode: str,
     *,
-    mode: str = "run",
-    settings: UserDataSettings | None = None,
-    queue: QueueConfig = X86_QUEUE,
-    role: str = "burst",
     machine: str = "x86_64",
-    fail: dict[str, int] | None = None,
-    root_type: str = "overlay",
+    fail: dict[str, Fail] | None = None,
+    root_type: str = "ext4",
     madison: str = "",
     term_from: str = "",
+    **extra: str,
 ) -> Run:
+    """One run of `buildkite-bootstrap MODE` on the root under tmp_path, with its own call log."""
     root = tmp_path / "root"
-    install_user_data(root, render_user_data(settings or make_settings(), queue, role, "ci-fleet"))
-    (root / "proc").mkdir(exist_ok=True)
+    (root / "proc").mkdir(parents=True, exist_ok=True)
     (root / "proc/mounts").write_text(f"/dev/root /media/root-ro ext4 ro 0 0\noverlayroot / {root_type} rw 0 0\n")
-    log = tmp_path / "calls.log"
-    failures = "\n".join(f"{prefix}\t{code}" for prefix, code in (fail or {}).items())
+    log = tmp_path / f"calls-{mode}.log"
+    log.unlink(missing_ok=True)
     env = stub_env(
         stubs,
         root,
         log,
         STUB_MACHINE=machine,
-        STUB_FAIL=failures,
+        STUB_FAIL=stub_failures(fail),
         STUB_MADISON=madison,
         STUB_TERM_PARENT_FROM=term_from,
+        **extra,
     )
     script = root / "usr/local/sbin/buildkite-bootstrap"
     result = subprocess.run(
@@ -242,9 +309,58 @@ def boot(
     return Run(result.returncode, result.stdout + result.stderr, read_calls(log), root)
 
 
+def boot(
+    tmp_path: Path,
+    stubs: Path,
+    *,
+    mode: str = "run",
+    settings: UserDataSettings | None = None,
+    queue: QueueConfig = X86_QUEUE,
+    role: str = "burst",
+    root_type: str | None = None,
+    **options: object,
+) -> Run:
+    """cloud-init writes the rendered user-data, then one mode of the script runs."""
+    settings = settings or make_settings()
+    install_user_data(tmp_path / "root", render_user_data(settings, queue, role, "ci-fleet"))
+    if root_type is None:
+        root_type = "overlay" if settings.root_mode == "overlayroot" and mode == "run" else "ext4"
+    return run_script(tmp_path, stubs, mode, root_type=root_type, **options)  # type: ignore[arg-type]
+
+
+def reboot(root: Path) -> None:
+    """What a reboot leaves: /run is gone (and, with overlayroot, every write of the boot)."""
+    shutil.rmtree(root / "run", ignore_errors=True)
+
+
+def bake(tmp_path: Path, stubs: Path, mode: str = "ebs", **options: object) -> Run:
+    """The image component: the userdata files in place, its settings, `buildkite-bootstrap install`."""
+    root = tmp_path / "root"
+    install_user_data(root, render_user_data(make_settings(root_mode=mode), X86_QUEUE, "burst", "ci-fleet"))
+    (root / "etc/buildkite-bootstrap/settings.env").write_text(BAKE_SETTINGS.format(mode=mode, key=PUBLIC_KEY))
+    (stubs / "aws").unlink(missing_ok=True)
+    run = run_script(tmp_path, stubs, "install", madison=MADISON, **options)  # type: ignore[arg-type]
+    (stubs / "aws").symlink_to(stubs.parent / "stub")
+    if run.returncode == 0:
+        (root / "etc/buildkite-bootstrap/image").write_text(MARKER)
+    return run
+
+
 def agent_config(run: Run) -> dict[str, str]:
     lines = run.read("/etc/buildkite-agent/buildkite-agent.cfg").splitlines()
     return dict(line.split("=", 1) for line in lines)
+
+
+def downloads(run: Run) -> list[str]:
+    """Every URL fetched other than the instance metadata service."""
+    return [call[-1] for call in run.calls if call[0] == "curl" and not call[-1].startswith(IMDS)]
+
+
+def apt_changes(run: Run) -> list[list[str]]:
+    return [call for call in run.calls if call[0] == "apt-get" and ("install" in call or "update" in call)]
+
+
+# ---------------------------------------------------------------- run (every boot, both paths)
 
 
 def test_agent_runs_with_the_token_from_ssm_and_the_queue_settings(tmp_path: Path, stubs: Path) -> None:
@@ -260,6 +376,7 @@ def test_agent_runs_with_the_token_from_ssm_and_the_queue_settings(tmp_path: Pat
     assert config["disconnect-after-idle-timeout"] == "600"
     assert config["disconnect-after-uptime"] == "21600"
     assert ["systemctl", "start", "buildkite-agent.service"] in run.calls
+    assert ["systemctl", "start", "buildkite-cache-upload.service"] in run.calls
 
 
 def test_floor_agent_never_idles_out_but_still_recycles(tmp_path: Path, stubs: Path) -> None:
@@ -272,52 +389,13 @@ def test_floor_agent_never_idles_out_but_still_recycles(tmp_path: Path, stubs: P
 
 
 def test_arm_queue_boots_on_arm(tmp_path: Path, stubs: Path) -> None:
-    run = boot(tmp_path, stubs, queue=ARM_QUEUE, machine="aarch64", settings=make_settings(root_mode="ebs"))
+    run = boot(tmp_path, stubs, queue=ARM_QUEUE, machine="aarch64")
 
     assert run.returncode == 0, run.console
     assert "arch=arm64,queue=nixos-arm-aws" in agent_config(run)["tags"]
 
 
-def test_nix_uses_the_s3_cache_and_uploads_with_the_hook(tmp_path: Path, stubs: Path) -> None:
-    run = boot(tmp_path, stubs)
-
-    assert run.returncode == 0, run.console
-    installer = next(call for call in run.calls if call[0] == "nix-installer")
-    assert installer[1:4] == ["install", "linux", "--no-confirm"]
-    assert "--determinate" in installer
-    assert "trusted-users = root buildkite-agent @nix-users ubuntu" in installer
-    conf = run.read("/etc/nix/nix.custom.conf")
-    assert conf.startswith("# written by the installer\n")
-    assert "extra-substituters = s3://fleet-nix-cache?region=eu-central-1\n" in conf
-    assert (
-        f"trusted-public-keys = cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY= {PUBLIC_KEY}\n" in conf
-    )
-    assert "post-build-hook = /etc/nix/upload-to-cache.sh\n" in conf
-    assert "accept-flake-config = true\n" in conf
-    assert "download-buffer-size = 1073741824\n" in conf
-    key = run.root / "etc/nix/cache-priv-key.pem"
-    assert key.read_text().strip() == SIGNING_KEY
-    assert key.stat().st_mode & 0o777 == 0o600
-    assert ["systemctl", "restart", "nix-daemon.service"] in run.calls
-
-    hook = run.root / "etc/nix/upload-to-cache.sh"
-    nix = run.root / "nix/var/nix/profiles/default/bin/nix"
-    nix.symlink_to(stubs / "nix")
-    env = stub_env(stubs, run.root, tmp_path / "hook.log", OUT_PATHS="/nix/store/aaa-x /nix/store/bbb-y")
-    subprocess.run(["/bin/bash", str(hook)], env=env, check=True, capture_output=True)
-    assert read_calls(tmp_path / "hook.log") == [
-        [
-            "nix",
-            "copy",
-            "--to",
-            "s3://fleet-nix-cache?region=eu-central-1&secret-key=/etc/nix/cache-priv-key.pem",
-            "/nix/store/aaa-x",
-            "/nix/store/bbb-y",
-        ]
-    ]
-
-
-def test_agent_gets_the_deploy_key_and_the_nix_environment(tmp_path: Path, stubs: Path) -> None:
+def test_agent_gets_the_deploy_key_and_the_uploader_the_signing_key(tmp_path: Path, stubs: Path) -> None:
     run = boot(tmp_path, stubs)
 
     assert run.returncode == 0, run.console
@@ -325,13 +403,9 @@ def test_agent_gets_the_deploy_key_and_the_nix_environment(tmp_path: Path, stubs
     assert key.read_text().strip() == SSH_KEY
     assert key.stat().st_mode & 0o777 == 0o600
     assert "StrictHostKeyChecking accept-new" in run.read("/var/lib/buildkite-agent/.ssh/config")
-    environment = run.read("/etc/systemd/system/buildkite-agent.service.d/environment.conf")
-    assert "Environment=PATH=/nix/var/nix/profiles/default/bin:" in environment
-    assert 'Environment="NIX_CONFIG=eval-cache = false"' in environment
-    lifecycle = run.read("/etc/systemd/system/buildkite-agent.service.d/lifecycle.conf")
-    assert "ExecStopPost=/usr/local/lib/buildkite-bootstrap/agent-exited.sh" in lifecycle
-    assert ["usermod", "-aG", "nix-users", "buildkite-agent"] in run.calls
-    assert ["chgrp", "nix-users", f"{run.root}/nix/var/nix/daemon-socket"] in run.calls
+    signing = run.root / "etc/nix/cache-priv-key.pem"
+    assert signing.read_text().strip() == SIGNING_KEY
+    assert signing.stat().st_mode & 0o777 == 0o600
 
 
 def test_instance_tags_itself_complete_last(tmp_path: Path, stubs: Path) -> None:
@@ -357,43 +431,51 @@ def test_secrets_are_never_on_a_command_line_or_the_console(tmp_path: Path, stub
         assert fragment not in run.console
 
 
-def test_pinned_agent_version_installs_that_build(tmp_path: Path, stubs: Path) -> None:
-    madison = (
-        " buildkite-agent | 3.88.1-5900 | https://apt.buildkite.com/buildkite-agent stable/main amd64 Packages\n"
-        " buildkite-agent | 3.87.0-5805 | https://apt.buildkite.com/buildkite-agent stable/main amd64 Packages"
-    )
-    run = boot(tmp_path, stubs, settings=make_settings(agent_version="3.87.0"), madison=madison)
-
-    assert run.returncode == 0, run.console
-    installs = [call for call in run.calls if call[0] == "apt-get" and "install" in call]
-    assert installs[-1][-1] == "buildkite-agent=3.87.0-5805"
-
-
 @pytest.mark.parametrize(
     ("fail", "machine", "step", "code"),
     [
-        ({"aws ssm get-parameter": 254}, "x86_64", "read_secrets", 254),
-        ({"nix-installer": 1}, "x86_64", "install_nix", 1),
+        ({"curl -fsS --retry 5 --retry-connrefused --max-time 5 -X PUT": 7}, "x86_64", "load_instance_id", 7),
         ({}, "aarch64", "check_arch", 1),
+        ({"aws ec2 create-tags --dry-run": (254, 1, "An error occurred (UnauthorizedOperation)")}, "x86_64",
+         "check_tag_permission", 1),
+        ({"aws ssm get-parameter": 254}, "x86_64", "read_secrets", 254),
+        ({"chown": 1}, "x86_64", "install_ssh_key", 1),
+        ({"chgrp": 1}, "x86_64", "write_agent_config", 1),
+        ({"systemctl start buildkite-cache-upload": 1}, "x86_64", "start_agent", 1),
         ({"systemctl is-active": 3}, "x86_64", "start_agent", 1),
+        ({"aws ec2 create-tags --region us-west-2 --resources i-0abc123def4567890 --tags Key=buildkite-autoscaler"
+          ":bootstrap,Value=complete": 254}, "x86_64", "mark_complete", 1),
     ],
-    ids=["ssm-read", "nix-install", "arch-mismatch", "agent-not-running"],
-)
+    ids=["imds", "arch-mismatch", "tag-refused", "ssm-read", "ssh-key", "agent-config", "uploader", "agent-down",
+         "complete-refused"],
+)  # fmt: skip
 def test_failed_step_tags_failed_and_powers_off(
-    tmp_path: Path, stubs: Path, fail: dict[str, int], machine: str, step: str, code: int
+    tmp_path: Path, stubs: Path, fail: dict[str, Fail], machine: str, step: str, code: int
 ) -> None:
     run = boot(tmp_path, stubs, fail=fail, machine=machine)
 
     assert run.returncode == code
     assert f"FAILED step={step} exit={code}" in run.console
-    assert run.aws_calls()[-1][-1] == "Key=buildkite-autoscaler:bootstrap,Value=failed"
+    if step != "load_instance_id":  # without its id the instance cannot tag itself
+        assert run.aws_calls()[-1][-1] == "Key=buildkite-autoscaler:bootstrap,Value=failed"
     assert run.calls[-1] == ["systemctl", "--no-block", "poweroff"]
     assert run.console.count("FAILED") == 1
     assert run.calls.count(["systemctl", "--no-block", "poweroff"]) == 1
-    steps = re.findall(r"buildkite-bootstrap: step (\w+)", run.console)
-    assert steps[-1] == step
+    assert run.steps()[-1] == step
     assert not (run.root / "var/lib/buildkite-bootstrap-complete").exists()
-    assert not any("Value=complete" in " ".join(call) for call in run.calls)
+    if step != "mark_complete":
+        assert not any("Value=complete" in " ".join(call) for call in run.calls if "--dry-run" not in call)
+
+
+def test_refused_tag_permission_is_named_and_no_job_is_ever_taken(tmp_path: Path, stubs: Path) -> None:
+    refused = "An error occurred (UnauthorizedOperation) when calling the CreateTags operation"
+    run = boot(tmp_path, stubs, fail={"aws ec2 create-tags": (254, 9, refused)})
+
+    assert f"REFUSED: ec2:CreateTags on {INSTANCE_ID}" in run.console
+    assert refused in run.console
+    assert not [call for call in run.calls if call[:2] == ["systemctl", "start"]]
+    assert not [call for call in run.calls if call[:2] == ["aws", "ssm"]]
+    assert run.calls[-1] == ["systemctl", "--no-block", "poweroff"]
 
 
 def test_bootstrap_stopped_by_its_timeout_reports_the_step_and_powers_off(tmp_path: Path, stubs: Path) -> None:
@@ -405,100 +487,151 @@ def test_bootstrap_stopped_by_its_timeout_reports_the_step_and_powers_off(tmp_pa
     assert run.calls[-1] == ["systemctl", "--no-block", "poweroff"]
 
 
-def test_failed_step_stops_before_the_next_one(tmp_path: Path, stubs: Path) -> None:
-    run = boot(tmp_path, stubs, fail={"nix-installer": 1})
-
-    assert not [call for call in run.calls if call[0] in ("apt-get", "usermod", "chown")]
-    assert not (run.root / "etc/buildkite-agent/buildkite-agent.cfg").exists()
-
-
 def test_overlayroot_instance_refuses_to_bootstrap_on_the_disk_root(tmp_path: Path, stubs: Path) -> None:
-    run = boot(tmp_path, stubs, root_type="ext4")
+    run = boot(tmp_path, stubs, settings=OVERLAYROOT, root_type="ext4")
 
     assert "FAILED step=check_root_filesystem exit=1" in run.console
     assert run.calls[-1] == ["systemctl", "--no-block", "poweroff"]
     assert not [call for call in run.calls if call[:2] == ["aws", "ssm"]]
 
 
-def test_odd_values_reach_the_instance_as_data(tmp_path: Path, stubs: Path) -> None:
-    odd_key = "q'\"$(touch${IFS}pwned)`touch${IFS}pwned2`:" + "Q" * 43 + "="
-    run = boot(tmp_path, stubs, settings=make_settings(cache_public_key=odd_key))
+@pytest.mark.parametrize("size", ["75%", "90%", "48g"])
+def test_overlayroot_build_space_is_the_configured_size(tmp_path: Path, stubs: Path, size: str) -> None:
+    run = boot(tmp_path, stubs, settings=make_settings(root_mode="overlayroot", root_tmpfs_size=size))
 
     assert run.returncode == 0, run.console
-    assert f" {odd_key}\n" in run.read("/etc/nix/nix.custom.conf")
-    assert not list(tmp_path.rglob("pwned*"))
+    remount = ["mount", "-o", f"remount,size={size}", f"{run.root}/media/root-rw"]
+    assert remount in run.calls
+    # Before any job can write to it.
+    assert run.calls.index(remount) < run.calls.index(["systemctl", "start", "buildkite-agent.service"])
+    assert f"build space on the overlayroot tmpfs (size={size})" in run.console
 
 
-def test_prepare_with_overlayroot_sets_up_the_tmpfs_root_and_asks_for_a_reboot(tmp_path: Path, stubs: Path) -> None:
-    grub = tmp_path / "root/etc/default/grub.d/40-force-partuuid.cfg"
-    grub.parent.mkdir(parents=True)
-    grub.write_text("GRUB_FORCE_PARTUUID=1234-abcd\n")
+def test_ebs_root_is_left_as_it_is(tmp_path: Path, stubs: Path) -> None:
+    run = boot(tmp_path, stubs)
 
+    assert run.returncode == 0, run.console
+    assert not [call for call in run.calls if call[0] == "mount"]
+
+
+# ---------------------------------------------------------------- install (stock boot and image bake)
+
+
+def test_stock_boot_installs_nix_pinned_with_the_s3_cache_and_no_root_for_jobs(tmp_path: Path, stubs: Path) -> None:
     run = boot(tmp_path, stubs, mode="prepare")
 
     assert run.returncode == 0, run.console
-    assert run.read("/etc/overlayroot.local.conf") == 'overlayroot="tmpfs:tmpfs_size=75%"\n'
-    assert grub.read_text() == "#GRUB_FORCE_PARTUUID=1234-abcd\n"
-    assert ["update-grub"] in run.calls
-    assert ["update-initramfs", "-u"] in run.calls
-    assert ["systemctl", "enable", "buildkite-bootstrap.service"] in run.calls
-    assert (run.root / "run/buildkite-bootstrap/reboot-requested").exists()
-    assert not [call for call in run.calls if call[:2] == ["systemctl", "start"]]
-
-
-def test_prepare_with_ebs_root_starts_the_bootstrap_without_reboot(tmp_path: Path, stubs: Path) -> None:
-    run = boot(tmp_path, stubs, mode="prepare", settings=make_settings(root_mode="ebs"))
-
-    assert run.returncode == 0, run.console
-    assert ["systemctl", "start", "--no-block", "buildkite-bootstrap.service"] in run.calls
-    assert not (run.root / "run/buildkite-bootstrap/reboot-requested").exists()
-    assert not (run.root / "etc/overlayroot.local.conf").exists()
-    assert not [call for call in run.calls if call[0] in ("update-grub", "update-initramfs")]
-
-
-def test_prepare_on_the_wrong_architecture_powers_off_instead_of_rebooting(tmp_path: Path, stubs: Path) -> None:
-    run = boot(tmp_path, stubs, mode="prepare", machine="aarch64")
-
-    assert "FAILED step=check_arch exit=1" in run.console
-    assert run.calls[-1] == ["systemctl", "--no-block", "poweroff"]
-    assert not (run.root / "run/buildkite-bootstrap/reboot-requested").exists()
+    fetch = next(url for url in downloads(run) if "install.determinate.systems" in url)
+    assert fetch == "https://install.determinate.systems/nix/tag/v3.21.2"
+    installer = next(call for call in run.calls if call[0] == "nix-installer")
+    assert installer[1:] == [
+        "install",
+        "linux",
+        "--no-confirm",
+        "--determinate",
+        "--extra-conf",
+        "trusted-users = root ubuntu",
+    ]
+    conf = run.read("/etc/nix/nix.custom.conf")
+    assert conf.startswith("# written by the installer\n")
+    assert "extra-substituters = s3://fleet-nix-cache?region=eu-central-1\n" in conf
+    assert (
+        f"trusted-public-keys = cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY= {PUBLIC_KEY}\n" in conf
+    )
+    assert "post-build-hook = /etc/nix/upload-to-cache.sh\n" in conf
+    assert "download-buffer-size = 1073741824\n" in conf
+    assert "accept-flake-config" not in conf
+    assert ["systemctl", "restart", "nix-daemon.service"] in run.calls
+    assert not (run.root / "etc/nix/cache-priv-key.pem").exists()
 
 
 @pytest.mark.parametrize(
-    ("result", "powers_off"),
-    [("success", True), ("exit-code", False), ("signal", False)],
+    ("changes", "flavour"),
+    [({"nix_determinate": False}, "--prefer-upstream-nix"), ({"nix_installer_version": "v3.13.2"}, "--determinate")],
 )
-def test_instance_powers_off_only_when_the_agent_exits_for_good(
-    tmp_path: Path, stubs: Path, result: str, powers_off: bool
+def test_nix_flavour_and_installer_version_are_settings(
+    tmp_path: Path, stubs: Path, changes: dict[str, object], flavour: str
 ) -> None:
-    install_user_data(tmp_path, render_user_data(make_settings(), X86_QUEUE, "burst", "ci-fleet"))
-    log = tmp_path / "exit.log"
-    env = stub_env(stubs, tmp_path, log, SERVICE_RESULT=result)
-    script = tmp_path / "usr/local/lib/buildkite-bootstrap/agent-exited.sh"
-    subprocess.run(["/bin/bash", str(script)], env=env, check=True, capture_output=True)
+    settings = make_settings(**changes)
+    run = boot(tmp_path, stubs, mode="prepare", settings=settings)
 
-    assert (["systemctl", "--no-block", "poweroff"] in read_calls(log)) is powers_off
+    assert run.returncode == 0, run.console
+    installer = next(call for call in run.calls if call[0] == "nix-installer")
+    assert installer[4] == flavour
+    assert {"--determinate", "--prefer-upstream-nix"} & set(installer) == {flavour}
+    assert f"https://install.determinate.systems/nix/tag/{settings.nix_installer_version}" in downloads(run)
 
 
-def test_prepare_with_a_package_missing_fails_before_changing_the_root(tmp_path: Path, stubs: Path) -> None:
-    (stubs / "git-lfs").unlink()
+def test_jobs_become_trusted_nix_users_only_by_explicit_opt_in(tmp_path: Path, stubs: Path) -> None:
+    run = boot(tmp_path, stubs, mode="prepare", settings=make_settings(nix_trust_jobs=True))
 
-    run = boot(tmp_path, stubs, mode="prepare")
+    assert run.returncode == 0, run.console
+    installer = next(call for call in run.calls if call[0] == "nix-installer")
+    assert installer[-1] == "trusted-users = root ubuntu buildkite-agent @nix-users"
+    assert "accept-flake-config = true\n" in run.read("/etc/nix/nix.custom.conf")
 
-    assert "FAILED step=check_packages exit=1" in run.console
-    assert "git-lfs is missing" in run.console
+
+def test_stock_boot_installs_the_packages_itself_and_the_pinned_agent(tmp_path: Path, stubs: Path) -> None:
+    madison = (
+        " buildkite-agent | 3.88.1-5900 | https://apt.buildkite.com/buildkite-agent stable/main amd64 Packages\n"
+        " buildkite-agent | 3.87.0-5805 | https://apt.buildkite.com/buildkite-agent stable/main amd64 Packages"
+    )
+    run = boot(tmp_path, stubs, mode="prepare", settings=make_settings(agent_version="3.87.0"), madison=madison)
+
+    assert run.returncode == 0, run.console
+    installs = [call for call in run.calls if call[0] == "apt-get" and "install" in call]
+    packages = "curl ca-certificates gpg dbus jq yq git git-lfs git-filter-repo pciutils openssl unzip"
+    assert installs[0][-12:] == packages.split()
+    assert installs[-1][-1] == "buildkite-agent=3.87.0-5805"
+    assert ["systemctl", "disable", "--now", "apt-daily.timer", "apt-daily-upgrade.timer"] in run.calls
+    # The package's unit must not start the agent before `run` wrote its config.
+    assert ["systemctl", "disable", "--now", "buildkite-agent.service"] in run.calls
+    assert ["usermod", "-aG", "nix-users", "buildkite-agent"] in run.calls
+    assert ["chgrp", "nix-users", f"{run.root}/nix/var/nix/daemon-socket"] in run.calls
+    environment = run.read("/etc/systemd/system/buildkite-agent.service.d/environment.conf")
+    assert "Environment=PATH=/nix/var/nix/profiles/default/bin:" in environment
+    lifecycle = run.read("/etc/systemd/system/buildkite-agent.service.d/lifecycle.conf")
+    assert "ExecStopPost=/usr/local/lib/buildkite-bootstrap/agent-exited.sh" in lifecycle
+    assert (run.root / "etc/buildkite-agent/hooks/environment").stat().st_mode & 0o111
+
+
+def test_apt_is_retried_while_another_apt_holds_the_lists_lock(tmp_path: Path, stubs: Path) -> None:
+    lock = "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 1234 (apt-get)"
+    run = boot(
+        tmp_path, stubs, mode="prepare", fail={"apt-get -q -y -o DPkg::Lock::Timeout=600 update": (100, 2, lock)}
+    )
+
+    assert run.returncode == 0, run.console
+    updates = [call for call in run.calls if call[0] == "apt-get" and call[-1] == "update"]
+    assert len(updates) == 4  # two refused, then the packages' and the agent repository's
+    assert run.console.count("another apt holds a lock") == 2
+
+
+def test_apt_fails_at_once_on_other_errors(tmp_path: Path, stubs: Path) -> None:
+    run = boot(
+        tmp_path,
+        stubs,
+        mode="prepare",
+        fail={"apt-get -q -y -o DPkg::Lock::Timeout=600 update": (100, 9, "E: mirror down")},
+    )
+
+    assert "FAILED step=install_packages exit=1" in run.console
+    assert len([call for call in run.calls if call[0] == "apt-get"]) == 1
     assert run.calls[-1] == ["systemctl", "--no-block", "poweroff"]
-    assert not (run.root / "etc/overlayroot.local.conf").exists()
 
 
-def test_prepare_installs_the_aws_cli_for_the_machine(tmp_path: Path, stubs: Path) -> None:
+def test_aws_cli_is_unpacked_where_execution_is_allowed(tmp_path: Path, stubs: Path) -> None:
     (stubs / "aws").unlink()
 
     run = boot(tmp_path, stubs, mode="prepare", machine="aarch64", queue=ARM_QUEUE)
 
     assert run.returncode == 0, run.console
-    downloads = [call for call in run.calls if call[0] == "curl" and call[-1].endswith(".zip")]
-    assert downloads[0][-1] == "https://awscli.amazonaws.com/awscli-exe-linux-aarch64.zip"
+    assert "https://awscli.amazonaws.com/awscli-exe-linux-aarch64.zip" in downloads(run)
+    unzip = next(call for call in run.calls if call[0] == "unzip")
+    target = Path(unzip[unzip.index("-d") + 1])
+    # /run is mounted noexec when the boot went through the initramfs.
+    assert not target.is_relative_to(run.root / "run")
+    assert target.is_relative_to(run.root / "var/tmp")
     installer = next(call for call in run.calls if call[0] == "aws-installer")
     assert installer[1:] == [
         "--update",
@@ -507,4 +640,388 @@ def test_prepare_installs_the_aws_cli_for_the_machine(tmp_path: Path, stubs: Pat
         "--bin-dir",
         f"{run.root}/usr/local/bin",
     ]
-    assert not (run.root / "run/buildkite-bootstrap/awscli").exists()
+    assert not target.exists()
+
+
+def test_stock_overlayroot_installs_then_reboots_into_the_tmpfs_root(tmp_path: Path, stubs: Path) -> None:
+    grub = tmp_path / "root/etc/default/grub.d/40-force-partuuid.cfg"
+    grub.parent.mkdir(parents=True)
+    grub.write_text("GRUB_FORCE_PARTUUID=1234-abcd\n")
+
+    run = boot(tmp_path, stubs, mode="prepare", settings=OVERLAYROOT)
+
+    assert run.returncode == 0, run.console
+    assert run.read("/etc/overlayroot.local.conf") == 'overlayroot="tmpfs"\n'
+    assert grub.read_text() == "#GRUB_FORCE_PARTUUID=1234-abcd\n"
+    assert ["update-grub"] in run.calls
+    assert ["update-initramfs", "-u"] in run.calls
+    assert "overlayroot" in next(call for call in run.calls if call[0] == "apt-get" and "install" in call)
+    assert ["systemctl", "enable", "buildkite-bootstrap.service"] in run.calls
+    assert (run.root / "run/buildkite-bootstrap/reboot-requested").exists()
+    assert not [call for call in run.calls if call[:2] == ["systemctl", "start"]]
+
+    reboot(run.root)
+    second = run_script(tmp_path, stubs, "run", root_type="overlay")
+
+    assert second.returncode == 0, second.console
+    assert second.aws_calls()[-1][8] == "Key=buildkite-autoscaler:bootstrap,Value=complete"
+    assert ["mount", "-o", "remount,size=75%", f"{run.root}/media/root-rw"] in second.calls
+    assert not apt_changes(second)
+    assert not downloads(second)
+
+
+def test_stock_ebs_installs_then_starts_the_bootstrap_without_reboot(tmp_path: Path, stubs: Path) -> None:
+    run = boot(tmp_path, stubs, mode="prepare")
+
+    assert run.returncode == 0, run.console
+    assert run.steps()[-2:] == ["enable_bootstrap_service", "start_bootstrap_service"]
+    assert ["systemctl", "start", "--no-block", "buildkite-bootstrap.service"] in run.calls
+    assert not (run.root / "run/buildkite-bootstrap/reboot-requested").exists()
+    assert not (run.root / "etc/overlayroot.local.conf").exists()
+    assert not [call for call in run.calls if call[0] in ("update-grub", "update-initramfs")]
+
+    second = run_script(tmp_path, stubs, "run")
+
+    assert second.returncode == 0, second.console
+    assert second.aws_calls()[-1][8] == "Key=buildkite-autoscaler:bootstrap,Value=complete"
+
+
+def test_prepare_on_the_wrong_architecture_powers_off_instead_of_installing(tmp_path: Path, stubs: Path) -> None:
+    run = boot(tmp_path, stubs, mode="prepare", machine="aarch64", settings=OVERLAYROOT)
+
+    assert "FAILED step=check_arch exit=1" in run.console
+    assert run.calls[-1] == ["systemctl", "--no-block", "poweroff"]
+    assert not apt_changes(run)
+    assert not (run.root / "run/buildkite-bootstrap/reboot-requested").exists()
+
+
+def test_stock_install_failure_tags_failed_and_powers_off(tmp_path: Path, stubs: Path) -> None:
+    run = boot(tmp_path, stubs, mode="prepare", fail={"nix-installer": 1})
+
+    assert "FAILED step=install_nix exit=1" in run.console
+    assert run.aws_calls()[-1][-1] == "Key=buildkite-autoscaler:bootstrap,Value=failed"
+    assert run.calls[-1] == ["systemctl", "--no-block", "poweroff"]
+    assert not [call for call in run.calls if call[0] in ("usermod", "update-grub")]
+
+
+# ---------------------------------------------------------------- the image bake and the baked boot
+
+
+@pytest.mark.parametrize("mode", ["ebs", "overlayroot"])
+def test_bake_and_stock_boot_run_the_same_install(tmp_path: Path, stubs: Path, mode: str) -> None:
+    baked = bake(tmp_path / "bake", stubs, mode)
+    (stubs / "aws").unlink()  # the stock AMI has no AWS CLI either
+    stock = boot(
+        tmp_path / "stock",
+        stubs,
+        mode="prepare",
+        settings=make_settings(root_mode=mode, agent_version="3.87.0"),
+        madison=MADISON,
+    )
+
+    assert baked.returncode == 0, baked.console
+    assert stock.returncode == 0, stock.console
+    install_steps = baked.steps()[1:]  # after load_install_settings
+    assert stock.steps()[3 : 3 + len(install_steps)] == install_steps
+
+    def commands(run: Run) -> list[str]:
+        relevant = [call for call in run.calls if not (call[0] == "curl" and call[-1].startswith(IMDS))]
+        return [" ".join(call).replace(str(run.root), "<root>") for call in relevant if call[0] != "uname"]
+
+    baked_commands = commands(baked)
+    stock_commands = commands(stock)
+    first = stock_commands.index(baked_commands[0])
+    # Sorted: the commands of a pipeline run side by side, in any order.
+    assert sorted(stock_commands[first : first + len(baked_commands)]) == sorted(baked_commands)
+
+
+def test_bake_leaves_no_secret_and_touches_no_instance(tmp_path: Path, stubs: Path) -> None:
+    run = bake(tmp_path, stubs, "overlayroot")
+
+    assert run.returncode == 0, run.console
+    assert not [call for call in run.calls if call[0] == "aws" or "poweroff" in call]
+    assert not (run.root / "etc/nix/cache-priv-key.pem").exists()
+    assert not (run.root / "var/lib/buildkite-bootstrap-complete").exists()
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ["etc/nix/cache-priv-key.pem", "var/lib/buildkite-agent/.ssh/id_ed25519", "run/buildkite-bootstrap/agent-token",
+     "var/lib/buildkite-bootstrap-complete", "etc/buildkite-agent/buildkite-agent.cfg"],
+)  # fmt: skip
+def test_bake_refuses_a_disk_with_a_secret_on_it(tmp_path: Path, stubs: Path, secret: str) -> None:
+    path = tmp_path / "root" / secret
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('token="bkct_leaked"\n' if secret.endswith(".cfg") else "secret\n")
+
+    run = bake(tmp_path, stubs)
+
+    assert run.returncode == 1
+    assert "FAILED step=check_no_secrets" in run.console
+    assert str(path) in run.console
+    assert not (run.root / "etc/buildkite-bootstrap/image").exists()
+    assert not [call for call in run.calls if "poweroff" in call]
+
+
+def test_bake_accepts_the_agent_packages_placeholder_config(tmp_path: Path, stubs: Path) -> None:
+    config = tmp_path / "root/etc/buildkite-agent/buildkite-agent.cfg"
+    config.parent.mkdir(parents=True)
+    config.write_text('token="xxx"\nname="%hostname-%spawn"\n')
+
+    assert bake(tmp_path, stubs).returncode == 0
+
+
+def baked_boot(tmp_path: Path, stubs: Path, mode: str = "ebs", **options: object) -> tuple[Run, Run]:
+    """A bake, then a launch of the image: cloud-init's user-data, `prepare`, the service's `run`."""
+    assert bake(tmp_path, stubs, mode).returncode == 0
+    settings = make_settings(root_mode=mode)
+    install_user_data(tmp_path / "root", render_user_data(settings, X86_QUEUE, "burst", "ci-fleet"))
+    reboot(tmp_path / "root")
+    root_type = "overlay" if mode == "overlayroot" else "ext4"
+    prepare = run_script(tmp_path, stubs, "prepare", root_type=root_type, **options)  # type: ignore[arg-type]
+    if prepare.returncode != 0:
+        return prepare, prepare
+    return prepare, run_script(tmp_path, stubs, "run", root_type=root_type, **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", ["ebs", "overlayroot"])
+def test_baked_boot_installs_downloads_and_reboots_nothing(tmp_path: Path, stubs: Path, mode: str) -> None:
+    prepare, run = baked_boot(tmp_path, stubs, mode)
+
+    assert prepare.returncode == 0, prepare.console
+    assert run.returncode == 0, run.console
+    calls = prepare.calls + run.calls
+    assert [call for call in calls if call[0] == "apt-get"] == []
+    assert [call for call in calls if call[0] in ("nix-installer", "unzip", "aws-installer", "gpg")] == []
+    urls = [call[-1] for call in calls if call[0] == "curl"]
+    assert urls
+    assert all(url.startswith(IMDS) for url in urls)
+    services = {tuple(call[:3]) for call in calls if call[0] == "aws"}
+    assert services == {("aws", "ec2", "create-tags"), ("aws", "ssm", "get-parameter")}
+    assert not [call for call in calls if call[0] in ("update-grub", "update-initramfs", "reboot")]
+    assert not (run.root / "run/buildkite-bootstrap/reboot-requested").exists()
+    assert f"baked image 1.0.0/7: buildkite-agent 3.87.0, nix 2.31.2, root {mode}" in prepare.console
+    steps = "load_settings load_instance_id check_arch check_image install_files start_bootstrap_service"
+    assert prepare.steps() == steps.split()
+    assert ["systemctl", "start", "buildkite-agent.service"] in run.calls
+    assert run.aws_calls()[-1][8] == "Key=buildkite-autoscaler:bootstrap,Value=complete"
+
+
+@pytest.mark.parametrize(
+    ("baked", "fleet", "root_type"), [("overlayroot", "ebs", "overlay"), ("ebs", "overlayroot", "ext4")]
+)
+def test_baked_image_of_another_root_mode_fails_loudly(
+    tmp_path: Path, stubs: Path, baked: str, fleet: str, root_type: str
+) -> None:
+    assert bake(tmp_path, stubs, baked).returncode == 0
+    settings = make_settings(root_mode=fleet)
+    install_user_data(tmp_path / "root", render_user_data(settings, X86_QUEUE, "burst", "ci-fleet"))
+
+    run = run_script(tmp_path, stubs, "prepare", root_type=root_type)
+
+    assert f"this image boots with root mode {baked} but the fleet runs {fleet}" in run.console
+    assert "FAILED step=check_image" in run.console
+    assert run.aws_calls()[-1][-1] == "Key=buildkite-autoscaler:bootstrap,Value=failed"
+    assert run.calls[-1] == ["systemctl", "--no-block", "poweroff"]
+
+
+@pytest.mark.parametrize(
+    ("options", "step"),
+    [
+        ({"machine": "aarch64"}, "check_arch"),
+        ({"fail": {"systemctl daemon-reload": 1}}, "install_files"),
+        ({"fail": {"systemctl start --no-block": 1}}, "start_bootstrap_service"),
+        ({"fail": {"aws ssm get-parameter": 254}}, "read_secrets"),
+        ({"fail": {"systemctl is-active": 3}}, "start_agent"),
+    ],
+    ids=["arch", "files", "service", "ssm", "agent"],
+)
+def test_baked_boot_failure_at_any_step_tags_failed_and_powers_off(
+    tmp_path: Path, stubs: Path, options: dict[str, object], step: str
+) -> None:
+    _, run = baked_boot(tmp_path, stubs, **options)
+
+    assert f"FAILED step={step}" in run.console
+    assert run.aws_calls()[-1][-1] == "Key=buildkite-autoscaler:bootstrap,Value=failed"
+    assert run.calls[-1] == ["systemctl", "--no-block", "poweroff"]
+
+
+# ---------------------------------------------------------------- the agent's exit, its hook, the cache upload
+
+
+@pytest.mark.parametrize(
+    ("result", "exit_code", "exit_status", "powers_off"),
+    [
+        ("success", "exited", "0", True),
+        ("exit-code", "exited", "1", False),
+        ("success", "killed", "PIPE", False),
+        ("success", "killed", "TERM", False),
+        ("success", "killed", "HUP", False),
+        ("signal", "killed", "KILL", False),
+        ("core-dump", "dumped", "SEGV", False),
+    ],
+)
+def test_instance_powers_off_only_when_the_agent_exits_0(
+    tmp_path: Path, stubs: Path, result: str, exit_code: str, exit_status: str, powers_off: bool
+) -> None:
+    install_user_data(tmp_path, render_user_data(make_settings(), X86_QUEUE, "burst", "ci-fleet"))
+    log = tmp_path / "exit.log"
+    env = stub_env(stubs, tmp_path, log, SERVICE_RESULT=result, EXIT_CODE=exit_code, EXIT_STATUS=exit_status)
+    script = tmp_path / "usr/local/lib/buildkite-bootstrap/agent-exited.sh"
+    subprocess.run(["/bin/bash", str(script)], env=env, check=True, capture_output=True)
+
+    assert (["systemctl", "--no-block", "poweroff"] in read_calls(log)) is powers_off
+
+
+def test_agent_restarts_after_signal_deaths_systemd_calls_clean() -> None:
+    lifecycle = (REPO / "userdata/agent-lifecycle.conf").read_text()
+
+    assert "RestartForceExitStatus=SIGHUP SIGINT SIGTERM\n" in lifecycle
+
+
+def run_hook(tmp_path: Path, stubs: Path, avail_kib: int) -> tuple[subprocess.CompletedProcess[str], list[list[str]]]:
+    install_user_data(tmp_path, render_user_data(make_settings(min_free_space_gib=5), X86_QUEUE, "burst", "ci-fleet"))
+    log = tmp_path / "hook.log"
+    env = stub_env(stubs, tmp_path, log, STUB_DF_AVAIL_KIB=str(avail_kib), BUILDKITE_AGENT_PID="999999")
+    env["BUILDKITE_AGENT_NAME"] = "nixos-x86-aws-i-0abc-1"
+    hook = tmp_path / "usr/local/lib/buildkite-bootstrap/build-space-hook.sh"
+    # The agent sources its hooks from a bash wrapper.
+    result = subprocess.run(
+        ["/bin/bash", "-c", f'. "{hook}"; echo job-continues'], env=env, check=False, capture_output=True, text=True
+    )
+    return result, read_calls(log)
+
+
+def test_job_runs_when_there_is_build_space(tmp_path: Path, stubs: Path) -> None:
+    result, calls = run_hook(tmp_path, stubs, avail_kib=6 * 1024 * 1024)
+
+    assert result.returncode == 0
+    assert "job-continues" in result.stdout
+    assert not [call for call in calls if call[0] == "logger"]
+
+
+def test_job_fails_early_and_the_instance_retires_when_build_space_is_nearly_full(tmp_path: Path, stubs: Path) -> None:
+    result, calls = run_hook(tmp_path, stubs, avail_kib=4 * 1024 * 1024)
+
+    assert result.returncode == 75
+    assert "job-continues" not in result.stdout
+    assert "build space nearly full on nixos-x86-aws-i-0abc-1: 4096 MiB free, below the 5 GiB minimum" in result.stdout
+    assert "takes no more jobs and retires" in result.stdout
+    logged = next(call for call in calls if call[0] == "logger")
+    assert logged[1:3] == ["-t", "buildkite-build-space"]
+    assert "retiring the instance" in logged[3]
+    # The agent was told to stop (its pid here is not a process: kill reports it).
+    assert "999999" in result.stderr
+
+
+def queue_build(tmp_path: Path, stubs: Path, out_paths: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    """The Nix post-build hook, as the daemon runs it."""
+    hook = tmp_path / "usr/local/lib/buildkite-bootstrap/upload-to-cache.sh"
+    env = stub_env(stubs, tmp_path, tmp_path / "hook.log", OUT_PATHS=out_paths, **extra)
+    return subprocess.run(["/bin/bash", str(hook)], env=env, check=False, capture_output=True, text=True, timeout=10)
+
+
+def drain(tmp_path: Path, stubs: Path, seconds: int, **extra: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    uploader = tmp_path / "usr/local/lib/buildkite-bootstrap/cache-uploader.sh"
+    env = stub_env(stubs, tmp_path, tmp_path / "upload.log", **extra)
+    started = time.monotonic()
+    result = subprocess.run(
+        ["/bin/bash", str(uploader), "drain", str(seconds)], env=env, check=False, capture_output=True, text=True
+    )
+    return result, time.monotonic() - started
+
+
+@pytest.fixture
+def instance(tmp_path: Path, stubs: Path) -> Path:
+    install_user_data(tmp_path, render_user_data(make_settings(), X86_QUEUE, "burst", "ci-fleet"))
+    nix = tmp_path / "nix/var/nix/profiles/default/bin/nix"
+    nix.parent.mkdir(parents=True)
+    nix.symlink_to(stubs / "nix")
+    return tmp_path
+
+
+def test_post_build_hook_queues_and_the_uploader_signs_and_copies(instance: Path, stubs: Path) -> None:
+    hook = queue_build(instance, stubs, "/nix/store/aaa-x /nix/store/bbb-y")
+    result, _ = drain(instance, stubs, 60)
+
+    assert hook.returncode == 0
+    assert read_calls(instance / "hook.log") == []  # no upload inside the build
+    assert result.returncode == 0
+    assert read_calls(instance / "upload.log") == [
+        [
+            "nix",
+            "copy",
+            "--to",
+            "s3://fleet-nix-cache?region=eu-central-1&secret-key=/etc/nix/cache-priv-key.pem",
+            "/nix/store/aaa-x",
+            "/nix/store/bbb-y",
+        ]
+    ]
+    assert not list((instance / "var/lib/buildkite-cache-upload/queue").glob("batch.*"))
+
+
+def test_post_build_hook_returns_0_when_it_cannot_even_queue(instance: Path, stubs: Path) -> None:
+    (instance / "var/lib").mkdir(parents=True, exist_ok=True)
+    (instance / "var/lib/buildkite-cache-upload").write_text("not a directory")
+
+    hook = queue_build(instance, stubs, "/nix/store/aaa-x")
+
+    assert hook.returncode == 0
+    assert "Could not queue for the S3 cache (not uploaded): /nix/store/aaa-x" in hook.stderr
+
+
+def test_failed_upload_is_logged_counted_and_never_propagated(instance: Path, stubs: Path) -> None:
+    queue_build(instance, stubs, "/nix/store/aaa-x")
+    queue_build(instance, stubs, "/nix/store/bbb-y")
+    result, _ = drain(instance, stubs, 60, STUB_FAIL="nix copy\t1")
+
+    assert result.returncode == 0
+    assert result.stderr.count("FAILED upload of 1 paths (exit 1") == 2
+    assert (instance / "var/lib/buildkite-cache-upload/failed-batches").read_text() == "2\n"
+    assert not list((instance / "var/lib/buildkite-cache-upload/queue").glob("batch.*"))
+
+
+def test_hanging_upload_is_bounded(instance: Path, stubs: Path) -> None:
+    queue_build(instance, stubs, "/nix/store/aaa-x")
+    queue_build(instance, stubs, "/nix/store/bbb-y")
+    result, elapsed = drain(instance, stubs, 2, STUB_NIX_HANG="30")
+
+    assert result.returncode == 0
+    assert elapsed < 5
+    assert "timed out after 2s" in result.stderr
+    assert "1 batches wait for the next pass" in result.stderr
+
+
+def test_uploader_unit_outlasts_its_drain_and_stops_after_the_agent() -> None:
+    unit = (REPO / "userdata/buildkite-cache-upload.service").read_text()
+    serve = re.search(r"cache-uploader.sh serve (\d+) (\d+)", unit)
+    stop = re.search(r"TimeoutStopSec=(\d+)", unit)
+
+    assert serve
+    assert stop
+    assert int(stop.group(1)) > int(serve.group(1)) + int(serve.group(2))
+    assert "Before=buildkite-agent.service" in unit
+    assert "KillMode=mixed" in unit
+
+
+def test_uploader_drains_the_queue_when_power_off_stops_it(instance: Path, stubs: Path) -> None:
+    # This one waits for real between passes.
+    bin_dir = instance / "bin-real-sleep"
+    bin_dir.mkdir()
+    for entry in stubs.iterdir():
+        (bin_dir / entry.name).symlink_to(shutil.which("sleep") if entry.name == "sleep" else entry)
+    uploader = instance / "usr/local/lib/buildkite-bootstrap/cache-uploader.sh"
+    env = stub_env(bin_dir, instance, instance / "upload.log")
+    service = subprocess.Popen(
+        ["/bin/bash", str(uploader), "serve", "60", "5"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(0.5)  # the first pass found nothing; the loop waits 5 s
+    queue_build(instance, stubs, "/nix/store/ccc-last-job")
+    started = time.monotonic()
+    service.terminate()
+    _, stderr = service.communicate(timeout=10)
+
+    assert service.returncode == 0
+    assert time.monotonic() - started < 3
+    assert "stopping: uploading what is queued, for at most 5 s" in stderr
+    assert read_calls(instance / "upload.log")[-1][-1] == "/nix/store/ccc-last-job"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from tests.fake_buildkite import FakeBuildkite, Reply, metrics_body
+from emulators.buildkite import FakeBuildkite, Reply, metrics_body
 
 from autoscaler.buildkite import (
     MetricsAuthError,

@@ -15,6 +15,7 @@ from autoscaler.launching import launch
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 QUEUE = QueueConfig(
     name="nixos-x86-aws",
+    architecture="x86_64",
     launch_template_id="lt-1",
     instance_types=("c7i.4xlarge", "m7i.4xlarge"),
     subnet_ids=("subnet-a", "subnet-b"),

@@ -19,6 +19,7 @@ QUEUE = "nixos-x86-aws"
 def queue(**overrides: object) -> QueueConfig:
     base = {
         "name": QUEUE,
+        "architecture": "x86_64",
         "launch_template_id": "lt-1",
         "instance_types": ("c7i.4xlarge",),
         "subnet_ids": ("subnet-1",),

@@ -17,9 +17,9 @@ import boto3
 import pytest
 import yaml
 from botocore.exceptions import ClientError
+from emulators.buildkite import FakeBuildkite
 from freezegun import freeze_time
 from tests.conftest import FLEET, Stack, scaler_env
-from tests.fake_buildkite import FakeBuildkite
 from tests.lambda_context import LambdaContext
 from tests.test_scaler_handler import tags_of, user_data_of
 from tests.test_schedules import OFFICE
@@ -235,7 +235,7 @@ def test_stale_pool_instances_are_retired_after_a_new_template_version(
     assert reaped(reap(monkeypatch, queue)) == {}
 
     stack.ec2.create_launch_template_version(
-        LaunchTemplateId=stack.templates[X86], LaunchTemplateData={"ImageId": "ami-87654321"}
+        LaunchTemplateId=stack.templates["x86_64"], LaunchTemplateData={"ImageId": "ami-87654321"}
     )
     summary = reap(monkeypatch, queue)
 

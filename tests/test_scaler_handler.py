@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from emulators.buildkite import FakeBuildkite, Reply, metrics_body
 from freezegun import freeze_time
 from tests.conftest import FAKE_TOKEN, FLEET, Stack, emf_records, scaler_env
-from tests.fake_buildkite import FakeBuildkite, Reply, metrics_body
 from tests.lambda_context import LambdaContext
+from tests.test_template import Resolver, dashboard_searches, parameter_values
+from tools.invoke import load_template
 
 from autoscaler import scaler
 from autoscaler.config import ConfigError, ScalerSettings
@@ -87,7 +89,7 @@ def test_scheduled_jobs_launch_whole_instances_with_the_queue_launch_settings(
             assert tags["buildkite-autoscaler:role"] == "burst"
             assert tags["buildkite-autoscaler:bootstrap"] == "pending"
             assert tags["Name"] == f"buildkite-{queue}"
-            assert tags["aws:ec2launchtemplate:id"] == stack.templates[queue]
+            assert tags["aws:ec2launchtemplate:id"] == stack.templates["arm64" if queue == ARM else "x86_64"]
             assert instance["InstanceType"] == first_type
             assert instance["SubnetId"] == stack.subnets[0]
             assert user_data_of(stack, instance["InstanceId"]) == expected_user_data
@@ -297,19 +299,30 @@ def test_bad_configuration_fails_at_start_naming_field_and_value(
 ) -> None:
     queues = [stack.queue(X86), stack.queue(ARM, min_instances=2, max_instances=0)]
 
-    with pytest.raises(ConfigError, match=r"QUEUES\[1\]\.max_instances must be >= 1 \(got 0\)"):
+    with pytest.raises(ConfigError, match=r"QUEUES\[1\]\(nixos-arm-aws\)\.max_instances must be >= 1 \(got 0\)"):
         invoke(monkeypatch, buildkite, queues)
-    with pytest.raises(ConfigError, match=r"QUEUES\[1\]\.max_instances must be >= min_instances \(got 1 < 2\)"):
+    with pytest.raises(
+        ConfigError, match=r"QUEUES\[1\]\(nixos-arm-aws\)\.max_instances must be >= min_instances \(got 1 < 2\)"
+    ):
         invoke(monkeypatch, buildkite, [stack.queue(X86), stack.queue(ARM, min_instances=2, max_instances=1)])
     assert buildkite.requests == []
 
 
-def test_a_queue_the_user_data_cannot_serve_fails_at_start(
+def test_a_value_the_user_data_cannot_render_fails_at_start(
+    stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The configuration only requires it; the renderer checks its form.
+    with pytest.raises(UserDataError, match="cache_public_key must be a Nix public key"):
+        invoke(monkeypatch, buildkite, [stack.queue(X86)], NIX_CACHE_PUBLIC_KEY="no-key-here")
+    assert buildkite.requests == []
+
+
+def test_a_queue_mixing_architectures_fails_at_start(
     stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     mixed = stack.queue(X86, instance_types=["c7i.4xlarge", "m7g.2xlarge"])
 
-    with pytest.raises(UserDataError, match="must share one architecture"):
+    with pytest.raises(ConfigError, match=r"\(nixos-x86-aws\)\.instance_types\[1\] is an arm64 type, not x86_64"):
         invoke(monkeypatch, buildkite, [mixed])
     assert buildkite.requests == []
 
@@ -349,3 +362,60 @@ def test_user_data_is_gzip_or_cloud_config(
     text = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
     assert text.startswith(b"#cloud-config")
     assert FAKE_TOKEN.encode() not in text
+
+
+def test_every_queue_shows_on_the_dashboard_without_naming_it(
+    stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gpu = stack.queue("gpu", instance_types=["g5.2xlarge"], agents_per_instance=1)
+    buildkite.serve_metrics({X86: {"scheduled": 6}, ARM: {"running": 1, "total": 5}, "gpu": {"scheduled": 1}})
+    invoke(monkeypatch, buildkite, [stack.queue(X86), stack.queue(ARM), gpu])
+
+    template = load_template()
+    searches = dashboard_searches(template, Resolver(template, parameter_values(template)))
+    shown: dict[str, set[str]] = {}
+    for record in emf_records(capsys.readouterr().out):
+        if "queue" not in record:
+            continue
+        (directive,) = record["_aws"]["CloudWatchMetrics"]
+        (dimension_names,) = directive["Dimensions"]
+        dimensions = {name: record[name] for name in dimension_names}
+        for metric in (entry["Name"] for entry in directive["Metrics"]):
+            if any(search.finds(directive["Namespace"], dimensions, metric) for search in searches):
+                shown.setdefault(record["queue"], set()).add(metric)
+    assert set(shown) == {X86, ARM, "gpu"}
+    for metrics in shown.values():
+        assert metrics >= {"ScheduledJobs", "ConnectedAgents", "LiveInstances", "BootingInstances", "InstancesLaunched"}
+
+
+def test_queues_without_their_own_template_launch_through_the_stacks_template_for_their_architecture(
+    stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As the template's Queues parameter gives them: architecture and types, no template, no subnets.
+    queues = [
+        {"name": name, "architecture": arch, "instance_types": [instance_type], "max_instances": 3}
+        for name, arch, instance_type in ((X86, "x86_64", "c7i.2xlarge"), ("arm-r7g", "arm64", "r7g.2xlarge"))
+    ]
+    queues.append({**queues[0], "name": "gpu", "instance_types": ["g5.2xlarge"]})
+    buildkite.serve_metrics({X86: {"scheduled": 1}, "arm-r7g": {"scheduled": 1}, "gpu": {"scheduled": 1}})
+
+    invoke(
+        monkeypatch,
+        buildkite,
+        queues,
+        LAUNCH_TEMPLATES=json.dumps(stack.templates),
+        SUBNET_IDS=",".join(reversed(stack.subnets)),
+    )
+
+    launched = {
+        queue: [
+            (tags_of(i)["aws:ec2launchtemplate:id"], i["InstanceType"], i["SubnetId"]) for i in by_queue(stack, queue)
+        ]
+        for queue in (X86, "arm-r7g", "gpu")
+    }
+    first_subnet = stack.subnets[-1]
+    assert launched == {
+        X86: [(stack.templates["x86_64"], "c7i.2xlarge", first_subnet)],
+        "arm-r7g": [(stack.templates["arm64"], "r7g.2xlarge", first_subnet)],
+        "gpu": [(stack.templates["x86_64"], "g5.2xlarge", first_subnet)],
+    }

@@ -16,6 +16,7 @@ from autoscaler.scaling import Scaler
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 QUEUE = QueueConfig(
     name="nixos-x86-aws",
+    architecture="x86_64",
     launch_template_id="lt-1",
     instance_types=("c7i.4xlarge",),
     subnet_ids=("subnet-a",),

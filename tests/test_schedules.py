@@ -113,20 +113,23 @@ def test_the_pool_ceiling_is_the_largest_pool_of_any_schedule() -> None:
 def test_bad_schedules_name_field_and_value(change: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as raised:
         configured({**OFFICE, **change})
-    assert str(raised.value).startswith(f"QUEUES[0].{message}")
+    assert str(raised.value).startswith(f"QUEUES[0](nixos-x86-aws).{message}")
 
 
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"warm_pool_size": -1}, "QUEUES[0].warm_pool_size must be >= 0 (got -1)"),
-        ({"warm_pool_size": "2"}, "QUEUES[0].warm_pool_size must be an integer (got '2')"),
-        ({"warm_pool_size": 3, "max_pool_instances": 2}, "QUEUES[0].max_pool_instances must be >= warm_pool_size"),
-        ({"schedules": {}}, "QUEUES[0].schedules must be a list of schedules (got {})"),
-        ({"schedules": [OFFICE, OFFICE]}, "QUEUES[0].schedules[1].name is a duplicate (got 'office')"),
+        ({"warm_pool_size": -1}, "QUEUES[0](nixos-x86-aws).warm_pool_size must be >= 0 (got -1)"),
+        ({"warm_pool_size": "2"}, "QUEUES[0](nixos-x86-aws).warm_pool_size must be an integer (got '2')"),
+        (
+            {"warm_pool_size": 3, "max_pool_instances": 2},
+            "QUEUES[0](nixos-x86-aws).max_pool_instances must be >= warm_pool_size",
+        ),
+        ({"schedules": {}}, "QUEUES[0](nixos-x86-aws).schedules must be a list of schedules (got {})"),
+        ({"schedules": [OFFICE, OFFICE]}, "QUEUES[0](nixos-x86-aws).schedules[1].name is a duplicate (got 'office')"),
         (
             {"max_pool_instances": 2, "schedules": [OFFICE]},
-            "QUEUES[0].schedules[0].warm_pool_size must be <= max_pool_instances 2 (got 3)",
+            "QUEUES[0](nixos-x86-aws).schedules[0].warm_pool_size must be <= max_pool_instances 2 (got 3)",
         ),
     ],
 )

@@ -11,7 +11,8 @@ import pytest
 from simulation.__main__ import main
 from simulation.moto_check import same_decisions
 from simulation.report import HOUR, lifetime, summarize
-from simulation.runner import RunResult, default_scenario, simulate, with_overrides
+from simulation.runner import RunResult, default_scenario, simulate
+from simulation.settings import with_overrides
 from simulation.trace import ARM, X86, Job, TraceError, default_trace, load_csv
 
 
@@ -43,8 +44,8 @@ def test_no_job_starts_before_it_is_scheduled_or_its_dependency_ends(day: RunRes
     for sim in jobs.values():
         assert sim.ready_at >= sim.job.scheduled_at
         assert sim.started_at >= sim.ready_at
-        if sim.job.waits_on:
-            assert sim.started_at >= jobs[sim.job.waits_on].finished_at
+        for dependency in sim.job.waits_on:
+            assert sim.started_at >= jobs[dependency].finished_at
 
 
 def test_no_instance_ends_while_running_a_job(day: RunResult) -> None:
@@ -103,10 +104,10 @@ def test_moto_replay_makes_the_same_decisions() -> None:
 def test_csv_traces_load_and_bad_rows_are_named(tmp_path: Path) -> None:
     good = tmp_path / "good.csv"
     good.write_text("queue,scheduled_at,duration,id,waits_on\nq,0,60,a,\nq,5,30,b,a\n")
-    assert load_csv(good) == [Job("a", "q", 0.0, 60.0), Job("b", "q", 5.0, 30.0, "a")]
+    assert load_csv(good).jobs == [Job("a", "q", 0.0, 60.0), Job("b", "q", 5.0, 30.0, ("a",))]
     bad = tmp_path / "bad.csv"
     bad.write_text("queue,scheduled_at,duration\nq,0,60\nq,soon,30\n")
-    with pytest.raises(TraceError, match=r"bad.csv:3: scheduled_at must be a number of seconds \(got 'soon'\)"):
+    with pytest.raises(TraceError, match=r"bad.csv:3: scheduled_at must be seconds or an ISO-8601 time \(got 'soon'\)"):
         load_csv(bad)
     orphan = tmp_path / "orphan.csv"
     orphan.write_text("queue,scheduled_at,duration,id,waits_on\nq,0,60,a,zzz\n")
@@ -122,7 +123,7 @@ def test_overrides_are_validated_like_a_deployment() -> None:
     with pytest.raises(ValueError, match=r"boot_seconds must be a number \(got 'fast'\)"):
         with_overrides(default_scenario(), {"boot_seconds": "fast"})
     arm_only = with_overrides(default_scenario(), {f"{ARM}.max_instances": "9"})
-    assert [q.max_instances for q in arm_only.queues] == [20, 9]
+    assert [q.max_instances for q in arm_only.queues] == [10, 9]
 
 
 def test_the_command_compares_settings_as_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -133,7 +134,7 @@ def test_the_command_compares_settings_as_json(tmp_path: Path, capsys: pytest.Ca
 
     assert code == 0
     result = json.loads(capsys.readouterr().out)
-    baseline, prebaked = result["baseline"][0], result["prebaked"][0]
+    baseline, prebaked = result["baseline"]["runs"][0][0], result["prebaked"]["runs"][0][0]
     assert baseline["jobs"] == prebaked["jobs"] == 20
     assert prebaked["wait_p50_min"] < baseline["wait_p50_min"]
 
@@ -142,8 +143,8 @@ def test_the_command_draws_a_chart(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.chdir(tmp_path)
     trace = tmp_path / "trace.csv"
     trace.write_text(f"queue,scheduled_at,duration\n{X86},0,300\n")
-    assert main(["--trace", str(trace)]) == 0
-    chart = tmp_path / "out" / "simulation-baseline.png"
+    assert main(["--trace", str(trace), "--runs", "1"]) == 0
+    (chart,) = (tmp_path / "out").glob("simulation-trace-*-baseline-*.png")
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -1,5 +1,5 @@
 """The SAM CLI on template.yaml: `sam validate --lint`; the SAM transform's generated roles and
-schedules; and a Docker-free `sam build` whose artifact imports both handlers with its own
+schedules; and a Docker-free `sam build` whose artifact imports every handler with its own
 dependencies and carries userdata/.
 
 Slow-ish (the build fetches arm64 wheels from PyPI): the build runs once per module.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,12 +18,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.test_template import Resolver, findings_by_statement, parameter_values
+from tests.test_template import (
+    TEAM_DEFAULTS,
+    Resolver,
+    findings_by_statement,
+    lambda_environment,
+    parameter_values,
+    queue_check_properties,
+)
 from tools.invoke import load_template
 
+from autoscaler import queue_check
+from autoscaler.config import ScalerSettings
+
 ROOT = Path(__file__).resolve().parent.parent
-FUNCTIONS = ("ScalerFunction", "ReaperFunction")
-HANDLERS = ("autoscaler.scaler", "autoscaler.reaper")
+FUNCTIONS = ("ScalerFunction", "ReaperFunction", "QueueCheckFunction")
+HANDLERS = ("autoscaler.scaler", "autoscaler.reaper", "autoscaler.queue_check")
 
 
 def sam() -> str:
@@ -131,7 +142,7 @@ def test_sam_validate_lint_passes_without_credentials() -> None:
 
 
 @pytest.mark.parametrize("function", FUNCTIONS)
-def test_built_artifact_imports_both_handlers_with_its_own_dependencies(build_dir: Path, function: str) -> None:
+def test_built_artifact_imports_every_handler_with_its_own_dependencies(build_dir: Path, function: str) -> None:
     artifact = build_dir / function
     probe = (
         "import importlib, sys\n"
@@ -150,7 +161,7 @@ def test_built_artifact_imports_both_handlers_with_its_own_dependencies(build_di
     )
     assert result.returncode == 0, result.stderr
     imported = result.stdout.split()
-    assert len(imported) == 4
+    assert len(imported) == len(HANDLERS) + 2
     assert all(Path(path).is_relative_to(artifact) for path in imported), imported
 
 
@@ -173,3 +184,45 @@ def test_built_artifact_is_small(build_dir: Path, tmp_path: Path) -> None:
     archive = Path(shutil.make_archive(str(tmp_path / "artifact"), "zip", build_dir / FUNCTIONS[0]))
     # Far under Lambda's 50 MB direct-upload limit; a jump means a dependency crept in.
     assert archive.stat().st_size < 10 * 1024 * 1024
+
+
+# SAM's own reading of a samconfig.toml's parameter_overrides, as `sam deploy` does.
+READ_OVERRIDES = """
+import json
+from pathlib import Path
+from samcli.cli.types import CfnParameterOverridesType
+from samcli.lib.config.samconfig import SamConfig
+
+values = SamConfig(Path(".")).get_all(["deploy"], "parameters")
+print(json.dumps(CfnParameterOverridesType().convert(values["parameter_overrides"], None, None)))
+"""
+
+
+def test_the_deploy_guides_gpu_queue_example_deploys_as_written(tmp_path: Path) -> None:
+    guide = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    (example,) = [block for block in re.findall(r"```toml\n(.*?)```", guide, re.DOTALL) if "Queues" in block]
+    (tmp_path / "samconfig.toml").write_text(f'version = 0.1\n[default.deploy.parameters]\nstack_name = "x"\n{example}')
+    python = Path(sam()).parent / "python"
+    result = subprocess.run(  # the SAM CLI's interpreter, a fixed script
+        [str(python), "-c", READ_OVERRIDES],
+        cwd=tmp_path,
+        env=without_credentials(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    overrides = json.loads(result.stdout)
+
+    template = load_template()
+    resolver = Resolver(template, parameter_values(template, **overrides))
+    queue_check.check(queue_check_properties(template, resolver))
+    settings = ScalerSettings.from_env(lambda_environment(template, resolver, "ScalerFunction"))
+    *team, gpu = settings.queues
+    # The team's queues as the defaults have them, and the GPU queue on the x86 launch template.
+    assert {queue.name: (queue.architecture, queue.instance_types) for queue in team} == {
+        name: values[:2] for name, values in TEAM_DEFAULTS.items()
+    }
+    assert {queue.name: queue.max_instances for queue in team} == {name: v[3] for name, v in TEAM_DEFAULTS.items()}
+    assert (gpu.name, gpu.architecture, gpu.instance_types[0]) == ("nixos-gpu-aws", "x86_64", "g5.2xlarge")
+    assert gpu.launch_template_id == resolver.ref("X86LaunchTemplate")

@@ -68,3 +68,34 @@ def test_invoke_stops_at_once_without_credentials(monkeypatch: pytest.MonkeyPatc
 def test_invoke_names_the_functions_when_given_another(stack: Stack) -> None:
     with pytest.raises(SystemExit, match="ScalerFunction, ReaperFunction"):
         invoke.invoke("Scaler", {}, {}, REGION)
+
+
+def test_the_region_from_aws_region_alone_is_taken_as_the_aws_cli_v2_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    assert invoke.aws_session().region_name == "eu-west-1"
+
+
+def test_regions_that_disagree_are_refused_naming_both(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_REGION", "us-east-2")
+    with pytest.raises(SystemExit, match=r"AWS_DEFAULT_REGION=eu-west-1 and AWS_REGION=us-east-2 disagree"):
+        invoke.aws_session()
+
+
+def test_without_a_region_the_error_names_the_variable_boto3_and_both_clis_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("AWS_DEFAULT_REGION", "AWS_REGION"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    with pytest.raises(SystemExit, match="export AWS_DEFAULT_REGION="):
+        invoke.aws_session()
+
+
+def test_the_handler_gets_both_region_variables_as_in_lambda(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    monkeypatch.setenv("FLEET_NAME", "")  # restored after the test; invoke() sets it
+    invoke.invoke("ReaperFunction", {}, {"FLEET_NAME": FLEET}, REGION)
+    assert os.environ["AWS_DEFAULT_REGION"] == os.environ["AWS_REGION"] == REGION

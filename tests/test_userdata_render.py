@@ -15,7 +15,7 @@ import yaml
 
 from autoscaler import userdata
 from autoscaler.config import QueueConfig, UserDataSettings
-from autoscaler.userdata import UserDataError, queue_arch, render_user_data
+from autoscaler.userdata import UserDataError, render_user_data
 
 REPO = Path(__file__).resolve().parent.parent
 PUBLIC_KEY = "fleet-cache-1:" + "Q" * 43 + "="
@@ -35,6 +35,7 @@ SETTINGS = UserDataSettings(
 QUEUES = {
     "x86": QueueConfig(
         name="nixos-x86-aws",
+        architecture="x86_64",
         launch_template_id="lt-0123",
         instance_types=("m7i.4xlarge", "c7a.4xlarge"),
         subnet_ids=("subnet-1",),
@@ -42,6 +43,7 @@ QUEUES = {
     ),
     "arm": QueueConfig(
         name="nixos-arm-aws",
+        architecture="arm64",
         launch_template_id="lt-0456",
         instance_types=("c7g.4xlarge", "m7gd.4xlarge"),
         subnet_ids=("subnet-1",),
@@ -162,14 +164,24 @@ def test_instance_gets_the_files_of_userdata_dir_unchanged() -> None:
     assert bootstrap["permissions"] == "0755"
     hook = files["/usr/local/lib/buildkite-bootstrap/upload-to-cache.sh"]
     assert hook["content"] == (REPO / "userdata/upload-to-cache.sh").read_text()
-    unit = files["/etc/systemd/system/buildkite-bootstrap.service"]
-    assert unit["content"] == (REPO / "userdata/buildkite-bootstrap.service").read_text()
+    for name in (
+        "buildkite-bootstrap.service",
+        "cache-uploader.sh",
+        "build-space-hook.sh",
+        "agent-exited.sh",
+        "spot-interruption-watch.sh",
+        "spot-interruption-watch.service",
+    ):
+        assert files[f"/usr/local/lib/buildkite-bootstrap/{name}"]["content"] == (REPO / "userdata" / name).read_text()
     assert document["runcmd"] == [
-        ["systemctl", "enable", "--now", "--no-block", "spot-interruption-watch.service"],
-        ["/usr/local/sbin/buildkite-bootstrap", "prepare"],
+        ["timeout", "--kill-after=60", "15m", "/usr/local/sbin/buildkite-bootstrap", "prepare"]
     ]
-    watch = files["/etc/systemd/system/spot-interruption-watch.service"]
-    assert watch["content"] == (REPO / "userdata/spot-interruption-watch.service").read_text()
+
+
+def test_a_baked_boot_installs_no_package_from_cloud_init() -> None:
+    document = yaml.safe_load(plain(render()))
+
+    assert not {"packages", "package_update", "package_upgrade"} & set(document)
 
 
 @pytest.mark.parametrize(("queue", "role", "root_mode"), VARIANTS)
@@ -200,7 +212,9 @@ def test_settings_carry_the_queue_role_and_deployment(tmp_path: Path) -> None:
         "/bk/ssh-key",
         "buildkite-autoscaler:bootstrap",
     ]
-    assert sourced(floor, tmp_path, "BK_IDLE_TIMEOUT_SECONDS", "BK_ROOT_MODE") == ["0", "overlayroot"]
+    assert sourced(floor, tmp_path, "BK_IDLE_TIMEOUT_SECONDS", "BK_ROOT_MODE") == ["0", "ebs"]
+    instance = ("BK_ROOT_TMPFS_SIZE", "BK_NIX_INSTALLER_VERSION", "BK_NIX_TRUST_JOBS", "BK_MIN_FREE_SPACE_GIB")
+    assert sourced(floor, tmp_path, *instance) == ["75%", "v3.21.2", "false", "5"]
 
 
 def test_odd_characters_stay_data_in_yaml_and_shell(tmp_path: Path) -> None:
@@ -223,9 +237,14 @@ def test_odd_characters_stay_data_in_yaml_and_shell(tmp_path: Path) -> None:
         ("ssh_key_parameter", "/bk/key name"),
         ("agent_version", "3.87.0; reboot"),
         ("root_mode", "tmpfs"),
+        ("root_tmpfs_size", "75%,nr_inodes=1"),
+        ("root_tmpfs_size", "0%"),
+        ("nix_installer_version", "latest"),
+        ("nix_installer_version", "v3.21.2/../../evil"),
+        ("min_free_space_gib", -1),
     ],
 )
-def test_hostile_or_malformed_values_are_refused_naming_field_and_value(field: str, value: str) -> None:
+def test_hostile_or_malformed_values_are_refused_naming_field_and_value(field: str, value: object) -> None:
     with pytest.raises(UserDataError) as error:
         render(**{field: value})
 
@@ -256,29 +275,10 @@ def test_role_fleet_and_queue_name_are_checked(role: str, fleet: str, queue_name
         render_user_data(SETTINGS, queue, role, fleet)
 
 
-@pytest.mark.parametrize(
-    ("instance_type", "arch"),
-    [
-        ("m7i.4xlarge", "x86_64"),
-        ("c7a.large", "x86_64"),
-        ("g4dn.xlarge", "x86_64"),
-        ("c7i-flex.large", "x86_64"),
-        ("m7g.large", "arm64"),
-        ("c7gn.16xlarge", "arm64"),
-        ("r8gd.xlarge", "arm64"),
-        ("im4gn.large", "arm64"),
-        ("g5g.xlarge", "arm64"),
-        ("a1.metal", "arm64"),
-    ],
-)
-def test_queue_architecture_comes_from_its_instance_types(instance_type: str, arch: str) -> None:
-    assert queue_arch(dataclasses.replace(QUEUES["x86"], instance_types=(instance_type,))) == arch
-
-
-def test_queue_mixing_architectures_is_refused() -> None:
-    queue = dataclasses.replace(QUEUES["x86"], instance_types=("m7i.large", "m7g.large"))
-
-    with pytest.raises(UserDataError, match="must share one architecture"):
+@pytest.mark.parametrize("architecture", ["aarch64", ""])
+def test_an_architecture_the_bootstrap_cannot_check_is_refused(architecture: str) -> None:
+    queue = dataclasses.replace(QUEUES["x86"], architecture=architecture)
+    with pytest.raises(UserDataError, match=rf"queue.architecture must be x86_64 or arm64 \(got '{architecture}'\)"):
         render_user_data(SETTINGS, queue, "burst", "ci-fleet")
 
 
@@ -291,7 +291,7 @@ def test_renderer_finds_userdata_in_the_lambda_artifact_layout(tmp_path: Path) -
         "from autoscaler.config import QueueConfig, UserDataSettings\n"
         "from autoscaler.userdata import render_user_data\n"
         f"settings = UserDataSettings('us-west-2', '/a', '/b', '/c', 'bucket', 'us-west-2', {PUBLIC_KEY!r})\n"
-        "queue = QueueConfig('q', 'lt', ('m7i.large',), ('subnet',), 1)\n"
+        "queue = QueueConfig('q', 'x86_64', 'lt', ('m7i.large',), ('subnet',), 1)\n"
         "print(len(render_user_data(settings, queue, 'burst', 'fleet')))\n"
     )
 

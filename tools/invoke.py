@@ -2,11 +2,21 @@
 
     python tools/invoke.py ScalerFunction events/scaler-dry-run.json --stack buildkite-autoscaler
     python tools/invoke.py ReaperFunction events/reaper-dry-run.json --env-file env.json
+    python tools/invoke.py ScalerFunction events/scaler-scheduled.json --offline \
+        --scenario events/scenarios/burst.json --polls 2
 
 The handler and its timeout come from template.yaml. Its environment comes from
 the deployed function (--stack) or from a `sam local invoke --env-vars` file
 (--env-file); the process's own environment fills the rest. It talks to real
 AWS with your credentials, so it stops early and says so when there are none.
+
+With --offline it needs no account and no network: AWS is moto in this
+process, the metrics API a fake on loopback answering as the scenario file
+says, the fleet the scenario's instances, and time is simulated, so the
+scaler runs exactly --polls polls without waiting. The environment comes
+from --env-file (default events/env.json) with its AWS ids and endpoint
+pointed at the emulators. It prints the decisions as readable lines, then
+the handler's summary.
 """
 
 from __future__ import annotations
@@ -27,6 +37,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "template.yaml"
+OFFLINE_ENV_FILE = ROOT / "events" / "env.json"
+# Both the functions (the Lambda package) and the repository (the emulators) are importable.
+for _path in (str(ROOT / "functions"), str(ROOT)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
 
 class _CfnLoader(yaml.SafeLoader):
@@ -96,10 +111,7 @@ def file_environment(path: Path, logical_id: str) -> dict[str, str]:
     return {**sections.get("Parameters", {}), **sections.get(logical_id, {})}
 
 
-def resolve_handler(dotted: str) -> Callable[[Any, Any], Any]:
-    functions = str(ROOT / "functions")
-    if functions not in sys.path:
-        sys.path.insert(0, functions)
+def resolve_handler(dotted: str) -> Callable[..., Any]:
     module_name, _, attribute = dotted.rpartition(".")
     return getattr(importlib.import_module(module_name), attribute)
 
@@ -108,21 +120,71 @@ def invoke(function: str, event: Any, environment: Mapping[str, str], region: st
     """Call the function's handler here, in its environment, with a context that counts down its timeout."""
     properties = function_properties(load_template(), function)
     os.environ.update(environment)
-    # Lambda sets AWS_REGION itself; the configuration reads it.
-    os.environ.setdefault("AWS_REGION", region)
+    # Lambda sets both: the configuration reads AWS_REGION, boto3 AWS_DEFAULT_REGION.
+    os.environ["AWS_REGION"] = os.environ["AWS_DEFAULT_REGION"] = region
     handler = resolve_handler(properties["Handler"])
     return handler(event, FakeContext(function, float(properties["Timeout"]), int(properties["MemorySize"])))
 
 
+def invoke_offline(function: str, event: Any, env_file: Path, scenario_file: Path, polls: int | None) -> Any:
+    """Call the handler against the emulators, printing its log as readable lines."""
+    # Imported here: moto and freezegun load only for an offline run.
+    from emulators import offline  # noqa: PLC0415
+    from tools.log_view import readable  # noqa: PLC0415
+
+    from autoscaler.telemetry import logger  # noqa: PLC0415
+
+    properties = function_properties(load_template(), function)
+    scenario = offline.load_scenario(scenario_file)
+    handler = resolve_handler(properties["Handler"])
+    environment = file_environment(env_file, function)
+    # The stack has a launch template per queue whichever function runs; the scaler's QUEUES names them.
+    stack_queues = file_environment(env_file, "ScalerFunction").get("QUEUES", "[]")
+    region = region_from_environment(os.environ) or offline.DEFAULT_REGION
+    print(f"{function} offline: {scenario_file.name}: {scenario.description}")
+    with readable(logger):
+        return offline.run(
+            handler,
+            function,
+            int(properties["MemorySize"]),
+            event,
+            environment,
+            stack_queues,
+            scenario,
+            polls or scenario.polls,
+            region,
+        )
+
+
+def region_from_environment(environ: Mapping[str, str]) -> str | None:
+    """The region the AWS CLI v1 and v2 and boto3 all agree on, from the environment.
+
+    boto3 (and so the CLI v1) reads only AWS_DEFAULT_REGION; the CLI v2 reads
+    AWS_REGION first. Either one alone is taken; both, only when they agree.
+    """
+    default, plain = environ.get("AWS_DEFAULT_REGION"), environ.get("AWS_REGION")
+    if default and plain and default != plain:
+        raise SystemExit(
+            f"error: AWS_DEFAULT_REGION={default} and AWS_REGION={plain} disagree: the AWS CLI v2 would use "
+            f"{plain}, boto3 and the CLI v1 {default}. Set AWS_DEFAULT_REGION only."
+        )
+    return default or plain or None
+
+
 def aws_session() -> boto3.Session:
-    session = boto3.Session()
+    region = region_from_environment(os.environ)
+    session = boto3.Session(region_name=region) if region else boto3.Session()
     if session.get_credentials() is None:
         raise SystemExit(
             "error: no AWS credentials found. The handler calls real AWS (EC2, SSM): "
-            "configure a profile or export AWS_PROFILE / AWS_ACCESS_KEY_ID first."
+            "configure a profile or export AWS_PROFILE / AWS_ACCESS_KEY_ID first, "
+            "or run it offline against emulators (make invoke-scaler OFFLINE=1)."
         )
     if not session.region_name:
-        raise SystemExit("error: no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION) to the stack's region.")
+        raise SystemExit(
+            "error: no AWS region: export AWS_DEFAULT_REGION=<the stack's region> "
+            "(read by boto3 and the AWS CLI v1 and v2), or set region in your AWS profile."
+        )
     return session
 
 
@@ -133,12 +195,30 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--stack", help="take the environment from this deployed stack's function")
     source.add_argument("--env-file", type=Path, help="take the environment from a sam --env-vars JSON file")
-    return parser.parse_args(argv)
+    parser.add_argument("--offline", action="store_true", help="run against moto and a local metrics fake")
+    parser.add_argument("--scenario", type=Path, help="offline: the scenario file (events/scenarios/*.json)")
+    parser.add_argument("--polls", type=_positive, help="offline: scaler polls to run (default: the scenario's, 1)")
+    args = parser.parse_args(argv)
+    if args.offline and args.stack:
+        parser.error("--offline takes its environment from --env-file, not --stack")
+    if args.offline and not args.scenario:
+        parser.error("--offline needs --scenario (e.g. events/scenarios/burst.json)")
+    if not args.offline and (args.scenario or args.polls):
+        parser.error("--scenario and --polls are for --offline")
+    return args
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1 (got {text!r})")
+    return int(text)
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     event = json.loads(args.event.read_text(encoding="utf-8"))
+    if args.offline:
+        return _main_offline(args, event)
     session = aws_session()
     environment: dict[str, str] = {}
     if args.stack:
@@ -146,6 +226,16 @@ def main(argv: list[str]) -> int:
     elif args.env_file:
         environment = file_environment(args.env_file, args.function)
     result = invoke(args.function, event, environment, session.region_name)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _main_offline(args: argparse.Namespace, event: Any) -> int:
+    try:
+        result = invoke_offline(args.function, event, args.env_file or OFFLINE_ENV_FILE, args.scenario, args.polls)
+    except Exception as error:  # noqa: BLE001 - the invocation failed, as Lambda would report it
+        print(f"invocation failed: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
     print(json.dumps(result, indent=2, default=str))
     return 0
 

@@ -20,13 +20,22 @@ DEFAULT_READY_GRACE = 60
 DEFAULT_REAP_CAP = 20
 # A week: a stopped pool instance older than this is replaced by a fresh one.
 DEFAULT_POOL_MAX_AGE = 7 * 24 * 3600
+# The nix-installer release every new agent installs; newer ones only by choice.
+DEFAULT_NIX_INSTALLER_VERSION = "v3.21.2"
+DEFAULT_ROOT_TMPFS_SIZE = "75%"
+DEFAULT_MIN_FREE_SPACE_GIB = 5
 ROOT_MODES = ("overlayroot", "ebs")
 ROLES = ("floor", "burst", "pool")
 ON_DEMAND = "on-demand"
 SPOT = "spot"
 CAPACITY_TYPES = (ON_DEMAND, SPOT)
+ARCHITECTURES = ("x86_64", "arm64")
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# Graviton families carry a "g" after the generation (m7g, c7gn, r8gd, im4gn,
+# g5g); a1 is the first Graviton. Other families (g4dn, g5, m7i, c7a) are x86.
+_ARM_FAMILY = re.compile(r"(a1|[a-z]+[0-9]+[a-z0-9]*g[a-z0-9]*)(-flex)?")
+_FAMILY = re.compile(r"[a-z]+[0-9]+[a-z0-9-]*")
 
 
 class ConfigError(ValueError):
@@ -36,6 +45,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class QueueConfig:
     name: str
+    architecture: str
     launch_template_id: str
     instance_types: tuple[str, ...]
     subnet_ids: tuple[str, ...]
@@ -89,9 +99,15 @@ class UserDataSettings:
     cache_bucket: str
     cache_region: str
     cache_public_key: str
-    root_mode: str = "overlayroot"
+    # ebs by default: see docs/instance-boot.md, "Root mode and build space".
+    root_mode: str = "ebs"
     nix_determinate: bool = True
     agent_version: str = ""
+    root_tmpfs_size: str = DEFAULT_ROOT_TMPFS_SIZE
+    nix_installer_version: str = DEFAULT_NIX_INSTALLER_VERSION
+    # Opt-in: jobs become trusted Nix users, which lets them run commands as root.
+    nix_trust_jobs: bool = False
+    min_free_space_gib: int = DEFAULT_MIN_FREE_SPACE_GIB
 
 
 @dataclass(frozen=True)
@@ -117,20 +133,24 @@ class ScalerSettings:
             cache_bucket=_required(env, "NIX_CACHE_BUCKET"),
             cache_region=env.get("NIX_CACHE_REGION") or region,
             cache_public_key=_required(env, "NIX_CACHE_PUBLIC_KEY"),
-            root_mode=_choice(env, "ROOT_MODE", ROOT_MODES, "overlayroot"),
+            root_mode=_choice(env, "ROOT_MODE", ROOT_MODES, "ebs"),
             nix_determinate=_env_bool(env, "NIX_DETERMINATE", True),
             agent_version=env.get("BUILDKITE_AGENT_VERSION", ""),
+            root_tmpfs_size=env.get("ROOT_TMPFS_SIZE") or DEFAULT_ROOT_TMPFS_SIZE,
+            nix_installer_version=env.get("NIX_INSTALLER_VERSION") or DEFAULT_NIX_INSTALLER_VERSION,
+            nix_trust_jobs=_env_bool(env, "NIX_TRUST_JOBS", False),
+            min_free_space_gib=env_int(env, "MIN_FREE_SPACE_GIB"),
         )
         endpoint = env.get("BUILDKITE_AGENT_ENDPOINT") or DEFAULT_ENDPOINT
         if not endpoint.startswith(("https://", "http://")):
             raise ConfigError(f"BUILDKITE_AGENT_ENDPOINT must be an http(s) URL (got {endpoint!r})")
         return cls(
             fleet_name=_fleet_name(env),
-            queues=parse_queues(_required(env, "QUEUES")),
+            queues=queues_from_env(env),
             agent_token_parameter=token_parameter,
             endpoint=endpoint.rstrip("/"),
-            bootstrap_timeout_seconds=_env_int(env, "BOOTSTRAP_TIMEOUT_SECONDS", DEFAULT_BOOTSTRAP_TIMEOUT, 60),
-            ready_grace_seconds=_env_int(env, "READY_GRACE_SECONDS", DEFAULT_READY_GRACE, 0),
+            bootstrap_timeout_seconds=env_int(env, "BOOTSTRAP_TIMEOUT_SECONDS"),
+            ready_grace_seconds=env_int(env, "READY_GRACE_SECONDS"),
             dry_run=_env_bool(env, "DRY_RUN", False),
             user_data=user_data,
         )
@@ -151,32 +171,83 @@ class ReaperSettings:
     def from_env(cls, env: Mapping[str, str]) -> ReaperSettings:
         return cls(
             fleet_name=_fleet_name(env),
-            bootstrap_timeout_seconds=_env_int(env, "BOOTSTRAP_TIMEOUT_SECONDS", DEFAULT_BOOTSTRAP_TIMEOUT, 60),
-            max_terminations=_env_int(env, "REAPER_MAX_TERMINATIONS", DEFAULT_REAP_CAP, 1),
+            bootstrap_timeout_seconds=env_int(env, "BOOTSTRAP_TIMEOUT_SECONDS"),
+            max_terminations=env_int(env, "REAPER_MAX_TERMINATIONS"),
             dry_run=_env_bool(env, "DRY_RUN", False),
-            queues=parse_queues(env["QUEUES"]) if env.get("QUEUES", "").strip() else (),
-            pool_max_age_seconds=_env_int(env, "POOL_MAX_AGE_SECONDS", DEFAULT_POOL_MAX_AGE, 3600),
+            queues=queues_from_env(env) if env.get("QUEUES", "").strip() else (),
+            pool_max_age_seconds=env_int(env, "POOL_MAX_AGE_SECONDS"),
         )
 
 
-def parse_queues(text: str) -> tuple[QueueConfig, ...]:
+def queues_from_env(env: Mapping[str, str]) -> tuple[QueueConfig, ...]:
+    """QUEUES; a queue without its own launch template or subnets gets the stack's.
+
+    LAUNCH_TEMPLATES maps an architecture to the stack's launch template for it,
+    SUBNET_IDS lists the stack's subnets (comma-separated). The deploy-time check
+    of the template's Queues parameter calls this too, so both accept the same lists.
+    """
+    return parse_queues(_required(env, "QUEUES"), launch_templates_from_env(env), _subnet_ids(env))
+
+
+def launch_templates_from_env(env: Mapping[str, str]) -> dict[str, str]:
+    text = env.get("LAUNCH_TEMPLATES", "").strip()
+    if not text:
+        return {}
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"LAUNCH_TEMPLATES must be a JSON object ({error.msg} at char {error.pos})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"LAUNCH_TEMPLATES must be a JSON object of architecture to template id (got {_short(raw)})")
+    for architecture in raw:
+        if architecture not in ARCHITECTURES:
+            raise ConfigError(f"LAUNCH_TEMPLATES keys must be one of {', '.join(ARCHITECTURES)} (got {architecture!r})")
+        _string("LAUNCH_TEMPLATES", raw, architecture)
+    return raw
+
+
+def parse_queues(
+    text: str, launch_templates: Mapping[str, str] | None = None, subnet_ids: tuple[str, ...] = ()
+) -> tuple[QueueConfig, ...]:
+    """The queue list, each queue's missing launch template and subnets taken from the defaults given."""
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as error:
         raise ConfigError(f"QUEUES must be a JSON array ({error.msg} at char {error.pos})") from None
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"QUEUES must be a non-empty JSON array (got {_short(raw)})")
-    queues = tuple(_queue(f"QUEUES[{index}]", item) for index, item in enumerate(raw))
-    seen: set[str] = set()
+    stack = _StackDefaults(launch_templates or {}, subnet_ids)
+    queues = tuple(_queue(index, item, stack) for index, item in enumerate(raw))
+    first: dict[str, int] = {}
     for index, queue in enumerate(queues):
-        if queue.name in seen:
-            raise ConfigError(f"QUEUES[{index}].name is a duplicate (got {queue.name!r})")
-        seen.add(queue.name)
+        if queue.name in first:
+            raise ConfigError(f"{queue_where(index, queue.name)}.name is a duplicate of QUEUES[{first[queue.name]}]")
+        first[queue.name] = index
     return queues
+
+
+def queue_where(index: int, name: str) -> str:
+    """How an error names a queue: its place in the list and its name."""
+    return f"QUEUES[{index}]({name})"
+
+
+def instance_architecture(instance_type: str) -> str:
+    """x86_64 or arm64, from the instance type's family (the part before the dot)."""
+    family, dot, size = instance_type.partition(".")
+    if not (_FAMILY.fullmatch(family) and dot and size):
+        raise ConfigError(f"instance type {instance_type!r} is not of the form family.size, e.g. c7i.2xlarge")
+    return "arm64" if _ARM_FAMILY.fullmatch(family) else "x86_64"
+
+
+@dataclass(frozen=True)
+class _StackDefaults:
+    launch_templates: Mapping[str, str]
+    subnet_ids: tuple[str, ...]
 
 
 _QUEUE_FIELDS = {
     "name",
+    "architecture",
     "launch_template_id",
     "instance_types",
     "subnet_ids",
@@ -194,21 +265,27 @@ _QUEUE_FIELDS = {
 }
 
 
-def _queue(where: str, raw: Any) -> QueueConfig:
+def _queue(index: int, raw: Any, stack: _StackDefaults) -> QueueConfig:
+    where = f"QUEUES[{index}]"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a JSON object (got {_short(raw)})")
-    unknown = sorted(set(raw) - _QUEUE_FIELDS)
-    if unknown:
-        raise ConfigError(f"{where}.{unknown[0]} is not a known queue setting (got {_short(raw[unknown[0]])})")
     name = _string(where, raw, "name")
     if not _QUEUE_NAME.match(name):
         raise ConfigError(f"{where}.name must be letters, digits, '.', '_' or '-' (got {name!r})")
-    defaults = QueueConfig(name, "", (), (), 0)
+    where = queue_where(index, name)
+    unknown = sorted(set(raw) - _QUEUE_FIELDS)
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]} is not a known queue setting (got {_short(raw[unknown[0]])})")
+    architecture = _string(where, raw, "architecture")
+    if architecture not in ARCHITECTURES:
+        raise ConfigError(f"{where}.architecture must be one of {', '.join(ARCHITECTURES)} (got {architecture!r})")
+    defaults = QueueConfig(name, architecture, "", (), (), 0)
     queue = QueueConfig(
         name=name,
-        launch_template_id=_string(where, raw, "launch_template_id"),
-        instance_types=_string_list(where, raw, "instance_types"),
-        subnet_ids=_string_list(where, raw, "subnet_ids"),
+        architecture=architecture,
+        launch_template_id=_launch_template(where, raw, architecture, stack),
+        instance_types=_instance_types(where, raw, architecture),
+        subnet_ids=_subnets(where, raw, stack),
         max_instances=_int(where, raw, "max_instances", None, 1),
         min_instances=_int(where, raw, "min_instances", defaults.min_instances, 0),
         agents_per_instance=_int(where, raw, "agents_per_instance", defaults.agents_per_instance, 1),
@@ -268,6 +345,40 @@ def _check_schedule_values(where: str, queue: QueueConfig) -> None:
             )
 
 
+def _launch_template(where: str, raw: dict[str, Any], architecture: str, stack: _StackDefaults) -> str:
+    if "launch_template_id" in raw:
+        return _string(where, raw, "launch_template_id")
+    if architecture not in stack.launch_templates:
+        raise ConfigError(
+            f"{where}.launch_template_id is required: LAUNCH_TEMPLATES has none for {architecture} "
+            f"(got {_short(dict(stack.launch_templates))})"
+        )
+    return stack.launch_templates[architecture]
+
+
+def _instance_types(where: str, raw: dict[str, Any], architecture: str) -> tuple[str, ...]:
+    # An arm64 type with an x86_64 AMI (or the reverse) never boots: refused here, not at launch.
+    types = _string_list(where, raw, "instance_types")
+    for index, instance_type in enumerate(types):
+        try:
+            actual = instance_architecture(instance_type)
+        except ConfigError as error:
+            raise ConfigError(f"{where}.instance_types[{index}]: {error}") from None
+        if actual != architecture:
+            raise ConfigError(
+                f"{where}.instance_types[{index}] is an {actual} type, not {architecture} (got {instance_type!r})"
+            )
+    return types
+
+
+def _subnets(where: str, raw: dict[str, Any], stack: _StackDefaults) -> tuple[str, ...]:
+    if "subnet_ids" in raw:
+        return _string_list(where, raw, "subnet_ids")
+    if not stack.subnet_ids:
+        raise ConfigError(f"{where}.subnet_ids is required when SUBNET_IDS is empty (got nothing)")
+    return stack.subnet_ids
+
+
 def _string(where: str, raw: dict[str, Any], key: str) -> str:
     value = raw.get(key)
     if not isinstance(value, str) or not value.strip():
@@ -292,12 +403,22 @@ def _int(where: str, raw: dict[str, Any], key: str, default: int | None, minimum
         if default is None:
             raise ConfigError(f"{where}.{key} is required (got nothing)")
         return default
-    value = raw[key]
+    return check_int(f"{where}.{key}", raw[key], minimum)
+
+
+def check_int(field: str, value: Any, minimum: int) -> int:
+    """The rule for every integer setting; the simulation checks its settings with it too."""
     # bool is an int in Python; `true` for a count is a mistake, not 1.
     if not isinstance(value, int) or isinstance(value, bool):
-        raise ConfigError(f"{where}.{key} must be an integer (got {_short(value)})")
+        raise ConfigError(f"{field} must be an integer (got {_short(value)})")
+    return check_range(field, value, minimum)
+
+
+def check_range(field: str, value: float, minimum: float, maximum: float | None = None) -> Any:
     if value < minimum:
-        raise ConfigError(f"{where}.{key} must be >= {minimum} (got {value})")
+        raise ConfigError(f"{field} must be >= {minimum} (got {value})")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{field} must be <= {maximum} (got {value})")
     return value
 
 
@@ -322,6 +443,11 @@ def _required(env: Mapping[str, str], key: str) -> str:
     return value
 
 
+def _subnet_ids(env: Mapping[str, str]) -> tuple[str, ...]:
+    """SUBNET_IDS: comma-separated, as CloudFormation joins a List<AWS::EC2::Subnet::Id>."""
+    return tuple(item.strip() for item in env.get("SUBNET_IDS", "").split(",") if item.strip())
+
+
 def _fleet_name(env: Mapping[str, str]) -> str:
     name = _required(env, "FLEET_NAME")
     if not _QUEUE_NAME.match(name):
@@ -329,7 +455,19 @@ def _fleet_name(env: Mapping[str, str]) -> str:
     return name
 
 
-def _env_int(env: Mapping[str, str], key: str, default: int, minimum: int) -> int:
+# Integer variables of the environment: (default, minimum).
+ENV_INTS = {
+    "BOOTSTRAP_TIMEOUT_SECONDS": (DEFAULT_BOOTSTRAP_TIMEOUT, 60),
+    "READY_GRACE_SECONDS": (DEFAULT_READY_GRACE, 0),
+    "REAPER_MAX_TERMINATIONS": (DEFAULT_REAP_CAP, 1),
+    "MIN_FREE_SPACE_GIB": (DEFAULT_MIN_FREE_SPACE_GIB, 0),
+    "POOL_MAX_AGE_SECONDS": (DEFAULT_POOL_MAX_AGE, 3600),
+}
+
+
+def env_int(env: Mapping[str, str], key: str) -> int:
+    """One of `ENV_INTS`, validated; the simulation reads its copies of them through this."""
+    default, minimum = ENV_INTS[key]
     text = env.get(key, "").strip()
     if not text:
         return default
@@ -337,9 +475,7 @@ def _env_int(env: Mapping[str, str], key: str, default: int, minimum: int) -> in
         value = int(text)
     except ValueError:
         raise ConfigError(f"{key} must be an integer (got {text!r})") from None
-    if value < minimum:
-        raise ConfigError(f"{key} must be >= {minimum} (got {value})")
-    return value
+    return check_range(key, value, minimum)
 
 
 def _env_bool(env: Mapping[str, str], key: str, default: bool) -> bool:

@@ -40,11 +40,12 @@ class Outcome:
 
 
 @logger.inject_lambda_context(clear_state=True)
-def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+def handler(event: dict[str, Any], context: Any, clock: Clock | None = None) -> dict[str, Any]:
+    """Lambda calls it with the event and context; the offline invoke also passes a simulated clock."""
     settings = ReaperSettings.from_env(os.environ)
     dry_run = settings.dry_run or dry_run_requested(event)
     fleet = Ec2Fleet.connect(settings.fleet_name)
-    return run(fleet, settings, SystemClock(), dry_run, lambda: context.get_remaining_time_in_millis() / 1000)
+    return run(fleet, settings, clock or SystemClock(), dry_run, lambda: context.get_remaining_time_in_millis() / 1000)
 
 
 def _no_deadline() -> float:

@@ -33,7 +33,8 @@ class AllPollsFailed(RuntimeError):
 
 
 @logger.inject_lambda_context(clear_state=True)
-def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+def handler(event: dict[str, Any], context: Any, clock: Clock | None = None) -> dict[str, Any]:
+    """Lambda calls it with the event and context; the offline invoke also passes a simulated clock."""
     settings = ScalerSettings.from_env(os.environ)
     dry_run = settings.dry_run or dry_run_requested(event)
     fleet = Ec2Fleet.connect(settings.fleet_name)
@@ -44,7 +45,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         partial(render_user_data, settings.user_data, fleet_name=settings.fleet_name),
         Ec2SpotPrices(fleet.client),
     )
-    return run(scaler, SystemClock(), lambda: context.get_remaining_time_in_millis() / 1000, dry_run)
+    return run(scaler, clock or SystemClock(), lambda: context.get_remaining_time_in_millis() / 1000, dry_run)
 
 
 def run(scaler: Scaler, clock: Clock, remaining_seconds: Callable[[], float], dry_run: bool) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import re
 import shlex
 from pathlib import Path
 
-from autoscaler.config import ROLES, ROOT_MODES, QueueConfig, UserDataSettings
+from autoscaler.config import ARCHITECTURES, ROLES, ROOT_MODES, QueueConfig, UserDataSettings
 from autoscaler.lifecycle import (
     BOOTSTRAP_COMPLETE,
     BOOTSTRAP_FAILED,
@@ -28,6 +28,7 @@ from autoscaler.lifecycle import (
     ON_EXIT_STOP,
     ON_EXIT_TAG,
     READY_AT_TAG,
+    STARTED_AT_TAG,
 )
 
 EC2_USER_DATA_LIMIT = 16384
@@ -44,10 +45,9 @@ _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 # split the nix.conf value. Quotes and "$" are allowed; they are data.
 _NIX_PUBLIC_KEY = re.compile(r"[!-9;-~]{1,200}:[A-Za-z0-9+/]{40,100}={0,2}")
 _AGENT_VERSION = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+([.+~-][A-Za-z0-9.+~-]{1,40})?")
-# Graviton families carry a "g" after the generation (m7g, c7gn, r8gd, im4gn,
-# g5g); a1 is the first Graviton. Other families (g4dn, m7i, c7a) are x86.
-_ARM_FAMILY = re.compile(r"(a1|[a-z]+[0-9]+[a-z0-9]*g[a-z0-9]*)(-flex)?")
-_FAMILY = re.compile(r"[a-z]+[0-9]+[a-z0-9-]*")
+# tmpfs size= : a share of RAM (1-100%) or an absolute size (k, m, g suffix).
+_TMPFS_SIZE = re.compile(r"([1-9][0-9]?|100)%|[1-9][0-9]{0,6}[kmgKMG]")
+_INSTALLER_VERSION = re.compile(r"v[0-9]+\.[0-9]+\.[0-9]+")
 
 
 class UserDataError(ValueError):
@@ -74,6 +74,9 @@ def _settings_values(settings: UserDataSettings, queue: QueueConfig, role: str, 
     _check("role", role, role in ROLES, f"one of {', '.join(ROLES)}")
     _check("fleet_name", fleet_name, bool(_NAME.fullmatch(fleet_name)), "letters, digits, '.', '_' or '-'")
     _check("queue.name", queue.name, bool(_NAME.fullmatch(queue.name)), "letters, digits, '.', '_' or '-'")
+    # The bootstrap compares it with `uname -m`: an AMI of the wrong architecture fails
+    # the bootstrap instead of joining (the configuration matched it to the instance types).
+    _check("queue.architecture", queue.architecture, queue.architecture in ARCHITECTURES, " or ".join(ARCHITECTURES))
     _check_count("queue.agents_per_instance", queue.agents_per_instance, 1)
     _check_count("queue.idle_timeout_seconds", queue.idle_timeout_seconds, 1)
     _check_count("queue.max_uptime_seconds", queue.max_uptime_seconds, 0)
@@ -86,9 +89,14 @@ def _settings_values(settings: UserDataSettings, queue: QueueConfig, role: str, 
         _check_pattern(field, getattr(settings, field), _PARAMETER, "an SSM parameter name")
     if settings.agent_version:
         _check_pattern("agent_version", settings.agent_version, _AGENT_VERSION, "empty or a version such as 3.87.0")
+    _check_pattern("root_tmpfs_size", settings.root_tmpfs_size, _TMPFS_SIZE, "a share of RAM (75%) or a size (24g)")
+    _check_pattern(
+        "nix_installer_version", settings.nix_installer_version, _INSTALLER_VERSION, "a release tag such as v3.21.2"
+    )
+    _check_count("min_free_space_gib", settings.min_free_space_gib, 0)
     return {
         "BK_QUEUE": queue.name,
-        "BK_ARCH": queue_arch(queue),
+        "BK_ARCH": queue.architecture,
         "BK_ROLE": role,
         "BK_FLEET": fleet_name,
         "BK_REGION": settings.region,
@@ -105,6 +113,10 @@ def _settings_values(settings: UserDataSettings, queue: QueueConfig, role: str, 
         "BK_ROOT_MODE": settings.root_mode,
         "BK_NIX_DETERMINATE": "true" if settings.nix_determinate else "false",
         "BK_AGENT_VERSION": settings.agent_version,
+        "BK_ROOT_TMPFS_SIZE": settings.root_tmpfs_size,
+        "BK_NIX_INSTALLER_VERSION": settings.nix_installer_version,
+        "BK_NIX_TRUST_JOBS": "true" if settings.nix_trust_jobs else "false",
+        "BK_MIN_FREE_SPACE_GIB": str(settings.min_free_space_gib),
         "BK_BOOTSTRAP_TAG": BOOTSTRAP_TAG,
         "BK_READY_AT_TAG": READY_AT_TAG,
         "BK_BOOTSTRAP_COMPLETE": BOOTSTRAP_COMPLETE,
@@ -112,21 +124,8 @@ def _settings_values(settings: UserDataSettings, queue: QueueConfig, role: str, 
         "BK_BOOTSTRAP_POOLED": BOOTSTRAP_POOLED,
         "BK_ON_EXIT_TAG": ON_EXIT_TAG,
         "BK_ON_EXIT_STOP": ON_EXIT_STOP,
+        "BK_STARTED_AT_TAG": STARTED_AT_TAG,
     }
-
-
-def queue_arch(queue: QueueConfig) -> str:
-    """x86_64 or arm64, from the queue's instance types, which must all agree.
-
-    The bootstrap script compares it with `uname -m`, so an AMI or instance
-    type of the wrong architecture fails the bootstrap instead of joining.
-    """
-    arches = {_instance_arch(instance_type) for instance_type in queue.instance_types}
-    if len(arches) != 1:
-        raise UserDataError(
-            f"queue.instance_types of {queue.name} must share one architecture (got {list(queue.instance_types)!r})"
-        )
-    return arches.pop()
 
 
 def _settings_env(values: dict[str, str]) -> str:
@@ -166,13 +165,6 @@ def _fit(plain: bytes) -> bytes:
             f"over EC2's limit of {EC2_USER_DATA_LIMIT} bytes"
         )
     return compressed
-
-
-def _instance_arch(instance_type: str) -> str:
-    family = instance_type.split(".", 1)[0]
-    if not _FAMILY.fullmatch(family):
-        raise UserDataError(f"queue.instance_types has an unknown instance type (got {instance_type!r})")
-    return "arm64" if _ARM_FAMILY.fullmatch(family) else "x86_64"
 
 
 def _check(field: str, value: object, ok: bool, expected: str) -> None:

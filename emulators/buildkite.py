@@ -37,6 +37,12 @@ def metrics_body(queues: dict[str, dict[str, int]]) -> dict[str, Any]:
     }
 
 
+def metrics_reply(queues: dict[str, dict[str, int]], poll_seconds: int | None = None) -> Reply:
+    """A `/v3/metrics` answer, asking for the next poll in `poll_seconds` when given."""
+    headers = {"Buildkite-Agent-Metrics-Poll-Duration": str(poll_seconds)} if poll_seconds else {}
+    return Reply(body=metrics_body(queues), headers=headers)
+
+
 class FakeBuildkite:
     def __init__(self) -> None:
         self.replies: list[Reply] = [Reply(body=metrics_body({}))]
@@ -54,8 +60,7 @@ class FakeBuildkite:
         self.replies = list(replies)
 
     def serve_metrics(self, queues: dict[str, dict[str, int]], poll_seconds: int | None = None) -> None:
-        headers = {"Buildkite-Agent-Metrics-Poll-Duration": str(poll_seconds)} if poll_seconds else {}
-        self.answer(Reply(body=metrics_body(queues), headers=headers))
+        self.answer(metrics_reply(queues, poll_seconds))
 
     def start(self) -> FakeBuildkite:
         self._thread.start()

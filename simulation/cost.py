@@ -1,0 +1,155 @@
+"""Dollars: each queue's instances and volumes, and the stack's own fixed cost.
+
+Prices are on-demand list prices for one region, with their date: a small
+shipped table, each overridable (`--price TYPE=USD`). Figures leave out free
+tiers, data transfer, the NAT gateway and taxes.
+
+The model is per queue and per term, so what later issues add plugs in as
+data: a market discount per queue (spot) in `Prices.discount`, and the EBS of
+stopped pool instances as `QueueUsage.stopped_gib_seconds`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from simulation.deployment import Deployment
+
+PRICE_REGION = "us-east-1"
+# AWS's published Linux on-demand list prices for us-east-1 (EC2, EBS, Lambda and
+# CloudWatch pricing pages) as of this date, written down by hand, not fetched: check
+# yours (`aws pricing get-products`) and override with --price.
+PRICE_DATE = "2025-06"
+ON_DEMAND_PER_HOUR = {
+    "c7i.2xlarge": 0.357,
+    "c6i.2xlarge": 0.34,
+    "c6a.2xlarge": 0.306,
+    "c7a.2xlarge": 0.41056,
+    "m7i.2xlarge": 0.4032,
+    "c7g.2xlarge": 0.289,
+    "c6g.2xlarge": 0.272,
+    "m7g.2xlarge": 0.3264,
+    "c8g.2xlarge": 0.31904,
+}
+EBS_GP3_PER_GIB_MONTH = 0.08
+LAMBDA_ARM_PER_GB_SECOND = 0.0000133334
+LAMBDA_PER_REQUEST = 0.20 / 1_000_000
+METRIC_PER_MONTH = 0.30  # a custom metric: one name with one set of dimension values
+ALARM_PER_MONTH = 0.10  # a standard-resolution alarm on one metric
+DASHBOARD_PER_MONTH = 3.00
+LOG_INGEST_PER_GB = 0.50
+LOG_STORAGE_PER_GB_MONTH = 0.03
+
+HOURS_PER_MONTH = 730.0
+DAYS_PER_MONTH = 30.4
+WORKING_DAYS_PER_MONTH = 21.7
+# The reaper's run: a DescribeInstances and, rarely, console reads and a termination.
+# An assumption (the simulation's reaper takes no simulated time): about a second.
+REAPER_SECONDS = 1.0
+
+
+class PriceError(ValueError):
+    """A price is missing or malformed; the message names the instance type."""
+
+
+@dataclass(frozen=True)
+class Prices:
+    per_hour: dict[str, float] = field(default_factory=lambda: dict(ON_DEMAND_PER_HOUR))
+    ebs_gib_month: float = EBS_GP3_PER_GIB_MONTH
+    discount: dict[str, float] = field(default_factory=dict)  # per queue, 0..1 off the instance price
+
+    def hourly(self, instance_type: str) -> float:
+        if instance_type not in self.per_hour:
+            raise PriceError(
+                f"no price for instance type {instance_type!r}: add one with --price {instance_type}=USD_PER_HOUR"
+            )
+        return self.per_hour[instance_type]
+
+    def with_overrides(self, overrides: dict[str, str]) -> Prices:
+        prices = dict(self.per_hour)
+        for instance_type, text in overrides.items():
+            try:
+                value = float(text)
+            except ValueError:
+                value = math.nan
+            if not (math.isfinite(value) and value >= 0):
+                raise PriceError(f"--price {instance_type} must be a number of dollars >= 0 (got {text!r})")
+            prices[instance_type] = value
+        return Prices(prices, self.ebs_gib_month, self.discount)
+
+
+@dataclass(frozen=True)
+class QueueUsage:
+    queue: str
+    instance_seconds: dict[str, float]  # per instance type
+    running_gib_seconds: float  # root volumes while their instance exists
+    stopped_gib_seconds: float = 0.0  # root volumes of stopped pool instances
+
+
+@dataclass(frozen=True)
+class QueueCost:
+    queue: str
+    compute: float  # over the run
+    ebs: float
+    per_day: float
+    per_month: float
+
+
+def queue_cost(usage: QueueUsage, prices: Prices, days: int, days_per_month: float) -> QueueCost:
+    """The run's cost of one queue, spread over the `days` the trace covers."""
+    factor = 1.0 - prices.discount.get(usage.queue, 0.0)
+    compute = sum(prices.hourly(kind) * seconds / 3600 for kind, seconds in usage.instance_seconds.items()) * factor
+    gib_seconds = usage.running_gib_seconds + usage.stopped_gib_seconds
+    ebs = prices.ebs_gib_month * gib_seconds / (HOURS_PER_MONTH * 3600)
+    per_day = (compute + ebs) / days
+    return QueueCost(usage.queue, compute, ebs, per_day, per_day * days_per_month)
+
+
+@dataclass(frozen=True)
+class InvocationPattern:
+    """What the stack does in a month, from the template and the run."""
+
+    scaler_per_month: float
+    scaler_seconds: float  # mean duration of one invocation (it polls for most of its minute)
+    reaper_per_month: float
+    log_bytes_per_scaler: float  # log lines and EMF records per invocation, at the template's level
+    log_bytes_per_reaper: float
+    metrics: int  # distinct custom metrics (name x dimension values) the run emitted
+
+
+@dataclass(frozen=True)
+class StackCost:
+    lambda_compute: float
+    lambda_requests: float
+    metrics: float
+    logs: float
+    alarms: float
+    dashboard: float
+
+    @property
+    def per_month(self) -> float:
+        return self.lambda_compute + self.lambda_requests + self.metrics + self.logs + self.alarms + self.dashboard
+
+
+def stack_cost(pattern: InvocationPattern, deployed: Deployment) -> StackCost:
+    """The fixed monthly cost: the schedules run every minute of every day, whatever the queues do."""
+    scaler_gb = deployed.memory_mb[deployed.scaler_function] / 1024
+    reaper_gb = deployed.memory_mb[deployed.reaper_function] / 1024
+    gb_seconds = (
+        pattern.scaler_per_month * pattern.scaler_seconds * scaler_gb
+        + pattern.reaper_per_month * REAPER_SECONDS * reaper_gb
+    )
+    log_gb = (
+        pattern.scaler_per_month * pattern.log_bytes_per_scaler
+        + pattern.reaper_per_month * pattern.log_bytes_per_reaper
+    ) / 1e9
+    stored_gb = log_gb * min(deployed.log_retention_days, 3653) / DAYS_PER_MONTH
+    return StackCost(
+        lambda_compute=gb_seconds * LAMBDA_ARM_PER_GB_SECOND,
+        lambda_requests=(pattern.scaler_per_month + pattern.reaper_per_month) * LAMBDA_PER_REQUEST,
+        metrics=pattern.metrics * METRIC_PER_MONTH,
+        logs=log_gb * LOG_INGEST_PER_GB + stored_gb * LOG_STORAGE_PER_GB_MONTH,
+        alarms=deployed.alarms * ALARM_PER_MONTH,
+        dashboard=deployed.dashboards * DASHBOARD_PER_MONTH,
+    )

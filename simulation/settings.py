@@ -1,0 +1,115 @@
+"""`--set key=value`: the simulation's settings, validated by the deployment's own rules.
+
+Queue settings go through `parse_queues` and the Lambdas' integer variables
+through `env_int`, so a value a deployment refuses is refused here with the
+same message. The simulation's own settings use the same checks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from autoscaler.config import ConfigError, check_int, check_range, env_int, parse_queues
+from simulation.runner import Scenario
+from simulation.world import BOOT_PATHS
+
+QUEUE_KEYS = (
+    "min_instances",
+    "max_instances",
+    "agents_per_instance",
+    "idle_timeout_seconds",
+    "max_uptime_seconds",
+    "include_waiting",
+)
+# Simulation settings that are the Lambdas' environment variables.
+DEPLOYED_KEYS = {
+    "bootstrap_timeout_seconds": "BOOTSTRAP_TIMEOUT_SECONDS",
+    "ready_grace_seconds": "READY_GRACE_SECONDS",
+    "reap_cap": "REAPER_MAX_TERMINATIONS",
+}
+
+
+@dataclass(frozen=True)
+class Rule:
+    kind: type
+    minimum: float
+    maximum: float | None = None
+
+
+WORLD_RULES = {
+    "boot_seconds": Rule(float, 1),
+    "boot_jitter": Rule(float, 0, 0.9),
+    "connect_delay": Rule(float, 0),
+    "failure_share": Rule(float, 0, 1),
+    "seed": Rule(int, 0),
+}
+SCENARIO_RULES = {
+    "poll_seconds": Rule(float, 1),  # 0 would poll forever within one invocation
+    "reaper_period": Rule(float, 60),
+    "drain_hours": Rule(float, 1),
+}
+KNOWN = (*QUEUE_KEYS, *DEPLOYED_KEYS, *WORLD_RULES, *SCENARIO_RULES, "boot_path")
+
+
+def with_overrides(scenario: Scenario, overrides: dict[str, str]) -> Scenario:
+    """Apply `key=value` settings; a queue key applies to every queue, or to one as `QUEUE.key`.
+
+    Raises ConfigError naming the setting and the value.
+    """
+    for key, text in overrides.items():
+        try:
+            scenario = _apply(scenario, key, text)
+        except ConfigError as error:
+            raise ConfigError(f"{key}={text}: {error}") from None
+    return scenario
+
+
+def _apply(scenario: Scenario, key: str, text: str) -> Scenario:
+    queue_name, _, name = key.rpartition(".")
+    if name in QUEUE_KEYS:
+        return _override_queues(scenario, queue_name, name, text)
+    if queue_name:
+        raise ConfigError(f"{name!r} is not a queue setting (one of {', '.join(QUEUE_KEYS)})")
+    if name in DEPLOYED_KEYS:
+        return replace(scenario, **{name: env_int({DEPLOYED_KEYS[name]: text}, DEPLOYED_KEYS[name])})
+    if name == "boot_path":
+        if text not in BOOT_PATHS:
+            raise ConfigError(f"boot_path must be one of {', '.join(BOOT_PATHS)} (got {text!r})")
+        path = BOOT_PATHS[text]
+        return replace(scenario, world=replace(scenario.world, boot_seconds=path.seconds, boot_jitter=path.jitter))
+    if name in WORLD_RULES:
+        return replace(scenario, world=replace(scenario.world, **{name: _number(name, text, WORLD_RULES[name])}))
+    if name in SCENARIO_RULES:
+        return replace(scenario, **{name: _number(name, text, SCENARIO_RULES[name])})
+    raise ConfigError(f"unknown setting (known: {', '.join(KNOWN)})")
+
+
+def _override_queues(scenario: Scenario, queue_name: str, name: str, text: str) -> Scenario:
+    names = [queue.name for queue in scenario.queues]
+    if queue_name and queue_name not in names:
+        raise ConfigError(f"no queue {queue_name!r} (queues: {', '.join(names)})")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text  # parse_queues names it: "must be an integer (got 'lots')"
+    raw = [asdict(queue) for queue in scenario.queues]
+    for queue in raw:
+        if queue_name in ("", queue["name"]):
+            queue[name] = value
+    # The product's own validation, so the simulation accepts exactly what a deployment would.
+    return replace(scenario, queues=parse_queues(json.dumps(raw)))
+
+
+def _number(name: str, text: str, rule: Rule) -> Any:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} must be a number (got {text!r})")
+    if rule.kind is int:
+        return check_int(name, int(value) if value.is_integer() else text, int(rule.minimum))
+    return check_range(name, value, rule.minimum, rule.maximum)
