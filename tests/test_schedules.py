@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from tests.test_config import QUEUE, settings
 
 from autoscaler import schedules
-from autoscaler.config import ConfigError, QueueConfig
+from autoscaler.config import ConfigError, QueueConfig, parse_queues
 from autoscaler.schedules import Schedule
 
 OFFICE = {
@@ -172,3 +174,15 @@ def test_an_overnight_floor_ends_at_the_local_morning_across_the_clock_change() 
 def test_a_schedule_that_sets_only_the_pool_leaves_the_floor_uptime_alone() -> None:
     now = utc("2026-11-02 04:00")
     assert schedules.at(configured(NIGHT), now).floor_ends_at is None
+
+
+def test_the_deploy_guides_schedule_example_is_a_queue_the_scaler_accepts() -> None:
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "deploy.md").read_text(encoding="utf-8")
+    (example,) = [block for block in re.findall(r"```json\n(.*?)```", guide, re.DOTALL) if "schedules" in block]
+
+    (queue,) = parse_queues(f"[{example}]", {"x86_64": "lt-x86"}, ("subnet-1",))
+
+    monday_nine_in_berlin = utc("2026-11-30 08:00")
+    scheduled = schedules.at(queue, monday_nine_in_berlin)
+    assert (scheduled.schedule, scheduled.queue.min_instances, scheduled.queue.warm_pool_size) == ("office", 2, 3)
+    assert schedules.at(queue, utc("2026-11-30 18:00")).queue.min_instances == 0
