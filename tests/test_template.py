@@ -23,6 +23,7 @@ from tools.invoke import load_template
 from autoscaler import queue_check
 from autoscaler.config import ConfigError, ReaperSettings, ScalerSettings
 from autoscaler.lifecycle import BOOTSTRAP_TAG, FLEET_TAG, READY_AT_TAG
+from autoscaler.pool_reaping import POOL_REASONS
 
 with warnings.catch_warnings():
     # parliament imports pkg_resources, which warns that it is deprecated.
@@ -904,7 +905,13 @@ def test_dashboard_finds_every_queue_by_search_and_names_none(template: dict[str
     assert {s.stat for s in searches if "InstancesLaunched" in s.metrics} == {"Sum"}
     reaped = [rows for title, rows in dashboard_metrics(template, three).items() if "reaped" in title]
     reasons = {row[5] for rows in reaped for row in rows if row[1] == "InstancesReaped" and len(row) == 6}
-    assert reasons == {"failed", "stuck"}
+    assert reasons == {"failed", "stuck", *POOL_REASONS}
+
+
+def test_dashboard_shows_the_warm_pool_per_queue(template: dict[str, Any], resolver: Resolver) -> None:
+    searches = {(frozenset(s.metrics), s.stat) for s in dashboard_searches(template, resolver)}
+    # The pool's level at its per-minute peak; starts summed.
+    assert {(frozenset({"WarmPoolReady"}), "Maximum"), (frozenset({"InstancesStarted"}), "Sum")} <= searches
 
 
 def test_dashboard_shows_only_metrics_the_code_emits(template: dict[str, Any], resolver: Resolver) -> None:
