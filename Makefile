@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CHECKOV_VENV := .venv-checkov
 SAM_VENV := .venv-sam
 
-.PHONY: demo test lint pytest checkov sam-validate iam-simulate build invoke-scaler invoke-reaper clean
+.PHONY: demo test lint pytest checkov sam-validate iam-simulate build invoke-scaler invoke-reaper image clean
 
 $(BIN)/.stamp: requirements-dev.txt functions/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -89,6 +89,17 @@ invoke-scaler: $(BIN)/.stamp
 invoke-reaper: $(BIN)/.stamp
 	$(BIN)/python tools/invoke.py ReaperFunction $(or $(EVENT),events/reaper-dry-run.json) \
 		$(INVOKE_SOURCE) $(call INVOKE_OFFLINE,events/scenarios/stuck.json)
+
+# `make image STACK=<stack>`: bake new agent images now (both architectures), instead of
+# waiting for the weekly schedule. Each takes about 20-40 minutes; the launch templates
+# use a new image as soon as Image Builder writes its id to the image parameter.
+image:
+	@test -n "$(STACK)" || { echo "usage: make image STACK=<stack name>" >&2; exit 2; }
+	for output in X86ImagePipelineArn ArmImagePipelineArn; do \
+		arn=$$(aws cloudformation describe-stacks --stack-name "$(STACK)" \
+			--query "Stacks[0].Outputs[?OutputKey=='$$output'].OutputValue" --output text) && \
+		aws imagebuilder start-image-pipeline-execution --image-pipeline-arn "$$arn" || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) $(SAM_VENV) $(IAM_SIMULATE)/node_modules .aws-sam .pytest_cache .ruff_cache .hypothesis out

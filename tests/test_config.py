@@ -40,7 +40,8 @@ def test_defaults() -> None:
     assert (queue.idle_timeout_seconds, queue.max_uptime_seconds) == (600, 21600)
     assert (queue.capacity_type, queue.on_demand_fallback, queue.markets) == ("on-demand", True, ("on-demand",))
     assert loaded.endpoint == "https://agent.buildkite.com/v3"
-    assert (loaded.bootstrap_timeout_seconds, loaded.ready_grace_seconds, loaded.dry_run) == (1200, 60, False)
+    assert (loaded.bootstrap_timeout_seconds, loaded.ready_grace_seconds, loaded.dry_run) == (1200, 30, False)
+    assert (loaded.baked_bootstrap_timeout_seconds, loaded.image_parameters) == (300, {})
     assert loaded.user_data.cache_region == "eu-west-1"
     assert (loaded.user_data.root_mode, loaded.user_data.nix_determinate) == ("ebs", True)
     assert (loaded.user_data.nix_installer_version, loaded.user_data.nix_trust_jobs) == ("v3.21.2", False)

@@ -24,6 +24,8 @@ CHARACTERS = string.ascii_letters + string.digits + string.punctuation + "éß"
 IAM_DESCRIPTION = re.compile(r"[\t\n\r\x20-\x7e\xa1-\xff]{0,1000}")
 # EC2 security group descriptions: a-z, A-Z, 0-9, spaces and ._-:/()#,@[]+=&;{}!$*
 GROUP_DESCRIPTION = re.compile(r"[A-Za-z0-9 ._\-:/()#,@\[\]+=&;{}!$*]{0,255}")
+# SSM: letters, digits and . - _ /, at most 1011 characters, and no "aws" or "ssm" prefix.
+SSM_PARAMETER_NAME = re.compile(r"(?!/?(aws|ssm))[A-Za-z0-9._/-]{1,1011}", re.IGNORECASE)
 
 
 def accepted_names() -> Iterator[str]:
@@ -48,11 +50,14 @@ def limits(resolver: Resolver) -> Iterator[tuple[str, str, bool]]:
         yield f"{name}.Description", description, bool(IAM_DESCRIPTION.fullmatch(description))
     group = resolver.resolve(resources["AgentSecurityGroup"]["Properties"]["GroupDescription"])
     yield "GroupDescription", group, bool(GROUP_DESCRIPTION.fullmatch(group))
+    for name, spec in of_type(TEMPLATE, "AWS::SSM::Parameter").items():
+        parameter = resolver.resolve(spec["Properties"]["Name"])
+        yield f"{name}.Name", parameter, bool(SSM_PARAMETER_NAME.fullmatch(parameter))
     for name, spec in of_type(TEMPLATE, "AWS::CloudWatch::Alarm").items():
         description = resolver.resolve(spec["Properties"]["AlarmDescription"])
         yield f"{name}.AlarmDescription", description, len(description) <= 1024
     for name, spec in of_type(TEMPLATE, "AWS::Serverless::Function").items():
-        for event in spec["Properties"]["Events"].values():
+        for event in spec["Properties"].get("Events", {}).values():
             description = resolver.resolve(event["Properties"]["Description"])
             yield f"{name} schedule Description", description, len(description) <= 512
     # Tag values (instances, volumes, launch templates, the group) and EMF dimension values.
@@ -91,8 +96,12 @@ def test_the_checks_see_every_resource_that_takes_the_name() -> None:
 
 
 # Where the name appears as a whole tag or dimension value (checked as "tag value"), in the
-# Lambdas' settings, in policy conditions, and in the dashboard's markdown.
+# Lambdas' settings, in policy conditions, in the dashboard's markdown, and in the bake's
+# settings (an SSM parameter's JSON value, which the bake validates as the scaler does) and
+# the image component's script (which names those parameters, checked above by their Name).
 UNCHECKED = (
+    "Value",
+    "Data",
     "Tags",
     "TagSpecifications",
     "LaunchTemplateData",

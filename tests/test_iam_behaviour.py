@@ -186,13 +186,24 @@ def run_instances(resolver: Resolver, tags: Mapping[str, str], template_arn: str
     group = resolver.ref("AgentSecurityGroup")
     return {
         "launch-template": Request("ec2:RunInstances", via["ec2:LaunchTemplate"], via),
-        "image": Request("ec2:RunInstances", f"arn:aws:ec2:{REGION}::image/ami-0aaaaaaaaaaaaaaa1", via),
+        "image": Request("ec2:RunInstances", image(), {**via, **BAKED_IMAGE}),
+        "stock image": Request("ec2:RunInstances", image(), {**via, "ec2:Owner": CANONICAL}),
         "subnet": Request("ec2:RunInstances", f"{EC2}:subnet/subnet-0aaa1111", via),
         "network-interface": Request("ec2:RunInstances", f"{EC2}:network-interface/*", via),
         "security-group": Request("ec2:RunInstances", f"{EC2}:security-group/{group}", via),
         "instance": Request("ec2:RunInstances", instance("*"), tagged),
         "volume": Request("ec2:RunInstances", f"{EC2}:volume/*", tagged),
     }
+
+
+# What IAM knows of an image: its owner and its tags. A baked image is this account's, with
+# the fleet's tag; the stock one is Canonical's.
+CANONICAL = "099720109477"
+BAKED_IMAGE = {"ec2:Owner": ACCOUNT, f"aws:ResourceTag/{FLEET_TAG}": FLEET}
+
+
+def image(image_id: str = "ami-0aaaaaaaaaaaaaaa1") -> str:
+    return f"arn:aws:ec2:{REGION}::image/{image_id}"
 
 
 def tag_at_launch(resource: str, tags: Mapping[str, str], create_action: str = "RunInstances") -> Request:
@@ -223,6 +234,18 @@ def scaler_cases(resolver: Resolver) -> dict[str, tuple[Request, str]]:
         ),
         "launch from a foreign template: instance": (run_instances(resolver, LAUNCH_TAGS, foreign)["instance"], DENIED),
         "launch from a foreign template: image": (run_instances(resolver, LAUNCH_TAGS, foreign)["image"], DENIED),
+        "launch another account's image": (
+            Request("ec2:RunInstances", image(), {"ec2:LaunchTemplate": launch_template(resolver), "ec2:Owner": "1"}),
+            DENIED,
+        ),
+        "launch another fleet's baked image": (
+            Request(
+                "ec2:RunInstances",
+                image(),
+                {**BAKED_IMAGE, "ec2:LaunchTemplate": launch_template(resolver), f"aws:ResourceTag/{FLEET_TAG}": "x"},
+            ),
+            DENIED,
+        ),
         "tag the instance at launch": (
             tag_at_launch(instance("*"), {**LAUNCH_TAGS, BOOTSTRAP_TAG: "pending"}),
             ALLOWED,
@@ -254,6 +277,19 @@ def scaler_cases(resolver: Resolver) -> dict[str, tuple[Request, str]]:
         ),
         "read the agent token": (Request("ssm:GetParameter", token), ALLOWED),
         "read the deploy key": (Request("ssm:GetParameter", secret("/buildkite/ssh-deploy-key")), DENIED),
+        # EC2 resolves the launch templates' resolve:ssm: image with the caller's permissions.
+        "read the x86 image parameter": (
+            Request("ssm:GetParameters", secret(resolver.ref("X86ImageParameter"))),
+            ALLOWED,
+        ),
+        "read the arm image parameter": (
+            Request("ssm:GetParameters", secret(resolver.ref("ArmImageParameter"))),
+            ALLOWED,
+        ),
+        "read the deploy key by GetParameters": (
+            Request("ssm:GetParameters", secret("/buildkite/ssh-deploy-key")),
+            DENIED,
+        ),
         # Decrypting through SSM with the parameter's encryption context is checked by form
         # (test_template.py): the evaluator's action data does not list the
         # kms:EncryptionContext:<key> keys for kms:Decrypt and would drop them.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import given
@@ -154,3 +155,30 @@ def test_the_plan_has_no_way_to_terminate() -> None:
     fields = set(QueuePlan.__dataclass_fields__)
     assert not {name for name in fields if "terminat" in name or "remove" in name or "stop" in name}
     assert {"launch_floor", "launch_burst"} <= fields
+
+
+def test_the_ready_grace_counts_from_when_the_agents_started_so_they_are_not_counted_twice() -> None:
+    # The bootstrap starts the agents, checks them for AGENT_CHECK_SECONDS (20 s), then
+    # tags itself complete; the metrics show its 5 agents by then. 10 agents are needed.
+    timeouts = Timeouts(bootstrap_seconds=1200, ready_grace_seconds=30)
+    tagged_15s_ago = instance(age_seconds=70, bootstrap="complete", ready_ago=15)
+    metrics = QueueMetrics(scheduled=10, total=5)
+
+    result = plan_queue(queue(), metrics, [tagged_15s_ago], NOW, timeouts)
+
+    # Counted once (through the metrics): the other 5 agents get an instance now, not a
+    # grace period later, as when the grace ran from the tag and counted the 5 twice.
+    assert (result.booting, result.ready, result.expected_agents, result.launch_burst) == (0, 1, 5, 1)
+    # Within the metrics API's lag of the agents' start it still counts as booting.
+    just_tagged = instance(age_seconds=70, bootstrap="complete", ready_ago=5)
+    assert stage_of(just_tagged, NOW, timeouts) == Stage.BOOTING
+
+
+def test_stale_counts_live_instances_of_another_image_than_the_current_one() -> None:
+    instances = [
+        replace(instance(age_seconds=60 * n, bootstrap="complete"), image_id=image_id)
+        for n, image_id in enumerate(("ami-new", "ami-old", "ami-old", ""), start=1)
+    ]
+    assert plan_queue(queue(), QueueMetrics(), instances, NOW, TIMEOUTS, "ami-new").stale == 2
+    # The current image unknown (lookup failed): nothing is called stale.
+    assert plan_queue(queue(), QueueMetrics(), instances, NOW, TIMEOUTS).stale == 0

@@ -21,6 +21,7 @@ from tests.test_iam_behaviour import (
     check,
     instance,
     resource_tags,
+    secret,
     self_tag,
     terminate,
 )
@@ -104,6 +105,11 @@ def test_the_reaper_retires_stopped_pool_instances_but_never_a_ready_one(resolve
             ),
             "terminate a started pool instance whose agents are up": (terminate(STARTED), EXPLICITLY_DENIED),
             "read the latest template versions": (Request("ec2:DescribeLaunchTemplateVersions", "*"), ALLOWED),
+            "resolve the current image": (
+                Request("ssm:GetParameters", secret(resolver.ref("X86ImageParameter"))),
+                ALLOWED,
+            ),
+            "read a secret": (Request("ssm:GetParameters", secret("/buildkite/agent-token")), DENIED),
             "start a pool instance": (on("ec2:StartInstances", PEER, POOLED), DENIED),
         },
     )

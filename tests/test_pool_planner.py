@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from tests.test_planner import NOW, TIMEOUTS, counts, instance, metrics_strategy, queue
 
 from autoscaler.config import QueueConfig
-from autoscaler.lifecycle import Instance
+from autoscaler.lifecycle import Instance, Stage, Timeouts, stage_of
 from autoscaler.planner import QueueMetrics, plan_queue
 from autoscaler.pool import is_spare, on_exit, plan_with_pool
 
@@ -138,3 +138,22 @@ def test_returns_never_overfill_the_pool(
     refilled = min(refilled, pool_plan.refill)
     told = on_exit(pool_plan, instances, refilled)
     assert list(told.values()).count("stop") <= max(0, pool_plan.short - refilled)
+
+
+def test_a_baked_pool_instance_warming_up_gets_the_stock_timeout_a_started_one_the_baked() -> None:
+    # The first boot reads the whole volume; a start runs the per-boot steps only.
+    timeouts = Timeouts(bootstrap_seconds=1200, ready_grace_seconds=60, baked_bootstrap_seconds=300)
+    warming = replace(member(1, state="running", bootstrap="warming", age_seconds=400), image="1.0.0/7")
+    started = replace(member(2, state="running", bootstrap="pending", age_seconds=400), image="1.0.0/7")
+    assert stage_of(warming, NOW, timeouts) == Stage.BOOTING
+    assert stage_of(started, NOW, timeouts) == Stage.STUCK
+    _, pool_plan = plan_with_pool(queue(warm_pool_size=1), QueueMetrics(), [warming], NOW, timeouts)
+    assert (pool_plan.warming, pool_plan.refill) == (1, 0)
+
+
+def test_a_stopped_instance_of_an_older_image_is_not_started() -> None:
+    old, current = replace(member(1), image_id="ami-old"), replace(member(2), image_id="ami-new")
+    _, pool_plan = plan_with_pool(
+        queue(warm_pool_size=2), QueueMetrics(scheduled=10), [old, current], NOW, TIMEOUTS, "ami-new"
+    )
+    assert (pool_plan.start, pool_plan.launch_burst) == (("i-0002",), 1)

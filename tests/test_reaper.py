@@ -185,6 +185,7 @@ def test_the_mixed_fleet_loses_exactly_the_failed_and_the_stuck(
             "reason": "failed",
             "age_seconds": 300,
             "launch_time": "2026-11-25T11:55:00+00:00",
+            "bootstrap_timeout_seconds": 1200,
             "action": "terminated",
         },
         {
@@ -193,6 +194,7 @@ def test_the_mixed_fleet_loses_exactly_the_failed_and_the_stuck(
             "reason": "stuck",
             "age_seconds": 3600,
             "launch_time": "2026-11-25T11:00:00+00:00",
+            "bootstrap_timeout_seconds": 1200,
             "action": "terminated",
         },
     ]
@@ -454,3 +456,22 @@ def test_near_the_lambda_timeout_the_rest_wait_for_the_next_run(
     assert summary["deferred"] == [stuck]
     assert states(ec2)[stuck] == "running"
     assert fleet_metrics(capsys)["fleet"] == {"InstancesReaped": 0, "TerminationErrors": 0, "ReapsDeferred": 1}
+
+
+def test_a_baked_boot_is_stuck_after_the_baked_timeout_a_stock_boot_is_not(
+    ec2: Any, clock: FrozenDateTimeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Six minutes into the boot: past the baked image's 5 minutes, within the stock 20.
+    clock.move_to("2026-11-25 11:54:00")
+    baked = launch(ec2, managed("pending", **{"buildkite-autoscaler:image": "1.0.0/7"}))
+    stock = launch(ec2, managed("pending", **{"buildkite-autoscaler:image": "stock"}))
+    untagged = launch(ec2, managed("pending"))
+    clock.move_to(RUN_AT)
+    monkeypatch.setenv("BAKED_BOOTSTRAP_TIMEOUT_SECONDS", "300")
+
+    summary = invoke("reaper-scheduled.json")
+
+    assert summary["terminated"] == [baked]
+    (decision,) = summary["decisions"]
+    assert (decision["reason"], decision["bootstrap_timeout_seconds"]) == ("stuck", 300)
+    assert states(ec2)[stock] == states(ec2)[untagged] == "running"

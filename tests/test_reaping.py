@@ -210,3 +210,15 @@ def test_property_what_waits_for_the_next_run_never_outranks_what_is_reaped(
 
     if plan.reap and plan.deferred:
         assert max(map(rank, plan.reap)) <= min(map(rank, plan.deferred))
+
+
+@pytest.mark.parametrize(("image", "reaped_at_age"), [("1.0.0/7", 301), ("stock", 1201), ("", 1201)])
+def test_the_bootstrap_timeout_follows_the_boot_path(image: str, reaped_at_age: int) -> None:
+    timeouts = Timeouts(bootstrap_seconds=1200, ready_grace_seconds=0, baked_bootstrap_seconds=300)
+
+    def stage(age: int) -> Stage:
+        booting = Instance("i-1", FLEET, "q", "burst", "pending", NOW - timedelta(seconds=age), "running", image=image)
+        return stage_of(booting, NOW, timeouts)
+
+    assert stage(reaped_at_age - 2) == Stage.BOOTING
+    assert stage(reaped_at_age) == Stage.STUCK

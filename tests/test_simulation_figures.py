@@ -171,7 +171,7 @@ def test_the_default_scenario_is_read_from_the_template(tmp_path: Path) -> None:
         (X86, 10, "c7i.2xlarge"),
         (ARM, 4, "c7g.2xlarge"),
     ]
-    assert (shipped.bootstrap_timeout_seconds, shipped.ready_grace_seconds, shipped.reap_cap) == (1200, 60, 20)
+    assert (shipped.bootstrap_timeout_seconds, shipped.ready_grace_seconds, shipped.reap_cap) == (1200, 30, 20)
 
 
 # -- variance --------------------------------------------------------------------

@@ -21,6 +21,7 @@ from tests.test_schedules import OFFICE
 from tools.invoke import load_template
 
 from autoscaler import queue_check
+from autoscaler.bake import BakeSettings
 from autoscaler.config import ConfigError, ReaperSettings, ScalerSettings
 from autoscaler.lifecycle import BOOTSTRAP_TAG, FLEET_TAG, READY_AT_TAG
 from autoscaler.pool_reaping import POOL_REASONS
@@ -36,6 +37,7 @@ ACCOUNT = "123456789012"
 STACK = "bk-test"
 FLEET = "test-fleet"
 QUEUE_NAMES = ("nixos-x86-aws", "nixos-arm-aws")
+ARCHES = ("x86_64", "arm64")
 
 # Values for the parameters without a default, and for the SSM-typed AMI parameters
 # (which CloudFormation resolves to the AMI id at deploy time).
@@ -45,8 +47,6 @@ REQUIRED_PARAMETERS: dict[str, Any] = {
     "NixCachePublicKey": "test-cache-1:AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
     "SubnetIds": ["subnet-0aaa1111", "subnet-0bbb2222"],
     "VpcId": "vpc-0123abcd",
-    "X86ImageId": "ami-0aaaaaaaaaaaaaaa1",
-    "ArmImageId": "ami-0bbbbbbbbbbbbbbb2",
 }
 # Three queues, one on a third instance family (x86 GPUs), with non-default settings.
 THREE_QUEUES: list[dict[str, Any]] = [
@@ -92,6 +92,14 @@ FALSE_POSITIVES = {
         "The same split seen from the other statement: image, subnet, network interface and security "
         "group are in LaunchFromStackTemplates."
     ),
+    ("ScalerRole", "LaunchFleetImages", "RESOURCE_MISMATCH"): (
+        "The image alone, granted by owner and fleet tag (a baked image rotates weekly); the other "
+        "resource types are in the other RunInstances statements."
+    ),
+    ("ScalerRole", "LaunchStockImages", "RESOURCE_MISMATCH"): (
+        "The image alone, granted by Canonical's owner id (the stock fallback); the other resource "
+        "types are in the other RunInstances statements."
+    ),
     ("AgentRole", "TagSelfBootstrapState", "UNKNOWN_CONDITION_FOR_ACTION"): (
         "ec2:SourceInstanceARN is documented as a key of every EC2 action called with instance role "
         "credentials, but parliament's data lists it for none; the independent evaluator in "
@@ -131,6 +139,8 @@ class Resolver:
         prefixes = {"AWS::EC2::LaunchTemplate": "lt-0", "AWS::EC2::SecurityGroup": "sg-0"}
         if kind == "AWS::Logs::LogGroup":
             return self.resolve(self.template["Resources"][logical_id]["Properties"]["LogGroupName"])
+        if kind == "AWS::SSM::Parameter":
+            return self.resolve(self.template["Resources"][logical_id]["Properties"]["Name"])
         if kind == "AWS::SNS::Topic":
             return f"arn:aws:sns:{REGION}:{ACCOUNT}:{STACK}-{logical_id}"
         return prefixes.get(kind, f"{STACK}-") + logical_id.lower()
@@ -144,6 +154,9 @@ class Resolver:
             "AWS::Lambda::Function": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{STACK}-{logical_id}",
             "AWS::Serverless::Function": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{STACK}-{logical_id}",
         }
+        if kind.startswith("AWS::ImageBuilder::"):
+            kebab = re.sub(r"(?<!^)(?=[A-Z])", "-", kind.rsplit("::", 1)[1]).lower()
+            return f"arn:aws:imagebuilder:{REGION}:{ACCOUNT}:{kebab}/{STACK}-{logical_id.lower()}"
         if name != "Arn" or kind not in arns:
             raise NotImplementedError(f"GetAtt {logical_id}.{name}")
         return arns[kind]
@@ -194,6 +207,8 @@ _FUNCTIONS = {
     "Fn::GetAtt": lambda r, a: r.attribute(*a),
     "Fn::Join": lambda r, a: a[0].join(str(item) for item in r.resolve(a[1])),
     "Fn::If": lambda r, a: r.resolve(a[1] if r.condition(a[0]) else a[2]),
+    "Fn::Select": lambda r, a: r.resolve(a[1])[int(a[0])],
+    "Fn::FindInMap": lambda r, a: r.template["Mappings"][r.resolve(a[0])][r.resolve(a[1])][r.resolve(a[2])],
     "Fn::Equals": lambda r, a: r.resolve(a[0]) == r.resolve(a[1]),
     "Fn::Not": lambda r, a: not r.resolve(a[0]),
     "Condition": lambda r, a: r.condition(a),
@@ -268,7 +283,7 @@ def launch_template_arns(resolver: Resolver) -> set[str]:
 
 def identity_policies(template: Mapping[str, Any], resolver: Resolver) -> Iterator[tuple[str, dict[str, Any]]]:
     for role, spec in of_type(template, "AWS::IAM::Role").items():
-        for policy in spec["Properties"]["Policies"]:
+        for policy in spec["Properties"].get("Policies", []):
             yield role, resolver.resolve(policy["PolicyDocument"])
 
 
@@ -641,9 +656,15 @@ def test_scaler_passes_only_the_agent_role_to_ec2(template: dict[str, Any], reso
 
 def test_scaler_reads_and_decrypts_only_the_agent_token(template: dict[str, Any], resolver: Resolver) -> None:
     token = f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/buildkite/agent-token"
+    images = [f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/buildkite-autoscaler/{FLEET}/image/{a}" for a in ARCHES]
     scaler = statements(template, resolver, "ScalerRole")
     reading = [s for s in scaler if any(action.startswith("ssm:") for action in listed(s["Action"]))]
-    assert [(listed(s["Action"]), s["Resource"]) for s in reading] == [(["ssm:GetParameter"], token)]
+    # The token, decrypted; the image parameters (plain AMI ids), which EC2 resolves with
+    # the scaler's permissions at RunInstances.
+    assert [(listed(s["Action"]), s["Resource"]) for s in reading] == [
+        (["ssm:GetParameters"], images),
+        (["ssm:GetParameter"], token),
+    ]
     (decrypt,) = [s for s in scaler if allows(s, "kms:Decrypt")]
     assert decrypt["Condition"]["StringEquals"]["kms:EncryptionContext:PARAMETER_ARN"] == token
     assert decrypt["Condition"]["StringEquals"]["kms:ViaService"] == f"ssm.{REGION}.amazonaws.com"
@@ -727,10 +748,29 @@ def test_launch_template_requires_imdsv2_and_encrypts_the_root_volume(
     assert tagged == {"instance": {FLEET_TAG: FLEET}, "volume": {FLEET_TAG: FLEET}}
 
 
-def test_launch_templates_use_their_architectures_ami(template: dict[str, Any], resolver: Resolver) -> None:
-    for launch_template, image in (("X86LaunchTemplate", "X86ImageId"), ("ArmLaunchTemplate", "ArmImageId")):
-        data = template["Resources"][launch_template]["Properties"]["LaunchTemplateData"]
-        assert data["ImageId"] == {"Ref": image}
+@pytest.mark.parametrize(("prefix", "arch"), [("X86", "x86_64"), ("Arm", "arm64")])
+def test_launch_templates_resolve_the_pipelines_parameter_which_starts_as_the_stock_ami(
+    template: dict[str, Any], resolver: Resolver, prefix: str, arch: str
+) -> None:
+    name = f"/buildkite-autoscaler/{FLEET}/image/{arch}"
+    data = resolver.resolve(template["Resources"][f"{prefix}LaunchTemplate"]["Properties"]["LaunchTemplateData"])
+    # Literal, for EC2 to resolve at each launch (a {{resolve:ssm}} would be fixed at deploy).
+    assert data["ImageId"] == f"resolve:ssm:{name}"
+    parameter = resolver.resolve(template["Resources"][f"{prefix}ImageParameter"]["Properties"])
+    assert parameter["Name"] == name
+    assert parameter["DataType"] == "aws:ec2:image"
+    # The fallback: the stock AMI, through a dynamic reference that CloudFormation resolves
+    # when it creates the parameter and never again while the reference is unchanged.
+    stock = template["Parameters"][f"{prefix}ImageId"]["Default"]
+    assert parameter["Value"] == "{{resolve:ssm:" + stock + "}}"
+    # The pipeline's distribution overwrites the same parameter with each new image.
+    distribution = resolver.resolve(template["Resources"][f"{prefix}ImageDistribution"]["Properties"])
+    (target,) = distribution["Distributions"]
+    assert target["SsmParameterConfigurations"] == [{"ParameterName": name, "DataType": "aws:ec2:image"}]
+    assert target["AmiDistributionConfiguration"]["AmiTags"] == {FLEET_TAG: FLEET}
+
+
+def test_the_stock_amis_are_canonicals_ubuntu_2404(template: dict[str, Any]) -> None:
     assert template["Parameters"]["X86ImageId"]["Default"].endswith("/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id")
     assert template["Parameters"]["ArmImageId"]["Default"].endswith("/24.04/stable/current/arm64/hvm/ebs-gp3/ami-id")
     assert all(
@@ -892,6 +932,7 @@ def test_dashboard_finds_every_queue_by_search_and_names_none(template: dict[str
         "LiveInstances",
         "BootingInstances",
         "StuckInstances",
+        "StaleInstances",
         "InstancesLaunched",
         "LaunchShortfall",
         "LaunchErrors",
@@ -994,3 +1035,152 @@ def test_deploy_guide_lists_every_parameter_with_its_default(template: dict[str,
         assert name in rows, name
         if spec.get("Default", "") != "":
             assert rows[name] == f"`{spec['Default']}`", name
+
+
+# ----------------------------------------------------------------- baked image
+
+
+@pytest.mark.parametrize(("prefix", "arch", "family"), [("X86", "x86_64", "c7i"), ("Arm", "arm64", "c7g")])
+def test_a_pipeline_per_architecture_bakes_canonicals_ubuntu_with_the_projects_component(
+    template: dict[str, Any], resolver: Resolver, prefix: str, arch: str, family: str
+) -> None:
+    resources = template["Resources"]
+    pipeline = resources[f"{prefix}ImagePipeline"]["Properties"]
+    assert pipeline["ImageRecipeArn"] == {"Fn::GetAtt": [f"{prefix}ImageRecipe", "Arn"]}
+    assert pipeline["InfrastructureConfigurationArn"] == {"Fn::GetAtt": [f"{prefix}ImageInfrastructure", "Arn"]}
+    assert pipeline["DistributionConfigurationArn"] == {"Fn::GetAtt": [f"{prefix}ImageDistribution", "Arn"]}
+    recipe = resolver.resolve(resources[f"{prefix}ImageRecipe"]["Properties"])
+    # Resolved at each build, so a weekly bake starts from Canonical's current image.
+    assert recipe["ParentImage"] == "ssm:" + template["Parameters"][f"{prefix}ImageId"]["Default"]
+    assert [c["ComponentArn"] for c in recipe["Components"]] == [
+        f"arn:aws:imagebuilder:{REGION}:aws:component/aws-cli-version-2-linux/x.x.x",
+        resolver.attribute("AgentImageComponent", "Arn"),
+    ]
+    (volume,) = recipe["BlockDeviceMappings"]
+    assert volume["Ebs"]["Encrypted"] is True
+    infrastructure = resolver.resolve(resources[f"{prefix}ImageInfrastructure"]["Properties"])
+    assert infrastructure["InstanceTypes"][0].startswith(family)
+    assert infrastructure["InstanceMetadataOptions"]["HttpTokens"] == "required"
+    assert infrastructure["TerminateInstanceOnFailure"] is True
+    assert infrastructure["InstanceProfileName"] == resolver.ref("ImageBuildInstanceProfile")
+    # The reaper terminates fleet-tagged instances that never complete a bootstrap: a
+    # build instance (20-40 minutes) must not carry the fleet tag.
+    assert FLEET_TAG not in infrastructure["ResourceTags"]
+
+
+def test_component_and_recipes_share_one_version_for_the_lifecycle_policy(template: dict[str, Any]) -> None:
+    # Both are immutable: a change needs a new version, bumped in one place.
+    version = {"Fn::FindInMap": ["Image", "Recipe", "Version"]}
+    resources = template["Resources"]
+    for name in ("AgentImageComponent", "X86ImageRecipe", "ArmImageRecipe"):
+        assert resources[name]["Properties"]["Version"] == version, name
+    selected = resources["ImageLifecyclePolicy"]["Properties"]["ResourceSelection"]["Recipes"]
+    assert [recipe["SemanticVersion"] for recipe in selected] == [version, version]
+    assert [recipe["Name"] for recipe in selected] == [
+        resources[name]["Properties"]["Name"] for name in ("X86ImageRecipe", "ArmImageRecipe")
+    ]
+
+
+def test_images_are_baked_weekly_by_default_and_on_demand(template: dict[str, Any], resolver: Resolver) -> None:
+    default = template["Parameters"]["ImageBuildSchedule"]["Default"]
+    _minutes, _hours, day_of_month, month, day_of_week, year = default[len("cron(") : -1].split()
+    assert (day_of_month, month, year) == ("?", "*", "*")
+    assert day_of_week.lower() in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+    for prefix in ("X86", "Arm"):
+        pipeline = resolver.resolve(template["Resources"][f"{prefix}ImagePipeline"]["Properties"])
+        assert pipeline["Schedule"] == {
+            "ScheduleExpression": default,
+            "PipelineExecutionStartCondition": "EXPRESSION_MATCH_ONLY",
+        }
+        assert pipeline["Status"] == "ENABLED"
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert "aws imagebuilder start-image-pipeline-execution" in makefile
+    assert {"X86ImagePipelineArn", "ArmImagePipelineArn"} <= set(template["Outputs"])
+    assert all(name in makefile for name in ("X86ImagePipelineArn", "ArmImagePipelineArn"))
+
+
+def test_old_images_are_deleted_but_the_newest_and_recently_launched_are_kept(
+    template: dict[str, Any], resolver: Resolver
+) -> None:
+    policy = resolver.resolve(template["Resources"]["ImageLifecyclePolicy"]["Properties"])
+    assert (policy["ResourceType"], policy["Status"]) == ("AMI_IMAGE", "ENABLED")
+    (detail,) = policy["PolicyDetails"]
+    assert detail["Action"] == {"Type": "DELETE", "IncludeResources": {"Amis": True, "Snapshots": True}}
+    assert detail["Filter"] == {"Type": "COUNT", "Value": "3"}
+    # An instance lives at most its max uptime (hours): an image launched within a week stays.
+    launched = detail["ExclusionRules"]["Amis"]["LastLaunched"]
+    assert (launched["Unit"], launched["Value"]) == ("DAYS", 7)
+    queues = json.loads(resolver.parameters["Queues"])
+    assert all(queue.get("max_uptime_seconds", 21600) < 7 * 86400 for queue in queues)
+    role = template["Resources"]["ImageLifecycleRole"]["Properties"]
+    assert resolver.resolve(role["ManagedPolicyArns"]) == [
+        "arn:aws:iam::aws:policy/service-role/EC2ImageBuilderLifecycleExecutionPolicy"
+    ]
+    assert "Policies" not in role
+
+
+def test_the_build_instance_reads_the_code_its_settings_and_the_cache_and_no_secret(
+    template: dict[str, Any], resolver: Resolver
+) -> None:
+    build = statements(template, resolver, "ImageBuildRole")
+    granted = {(action, arn) for s in build for action in listed(s["Action"]) for arn in listed(s["Resource"])}
+    settings = f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/buildkite-autoscaler/{FLEET}/image/build-settings"
+    assert granted == {
+        ("lambda:GetFunction", resolver.attribute("ScalerFunction", "Arn")),
+        ("ssm:GetParameter", settings),
+        ("ec2:DescribeTags", "*"),
+        ("s3:ListBucket", "arn:aws:s3:::test-nix-cache"),
+        ("s3:GetBucketLocation", "arn:aws:s3:::test-nix-cache"),
+        ("s3:GetObject", "arn:aws:s3:::test-nix-cache/*"),
+    }
+    assert all(s["Effect"] == "Allow" for s in build)
+    managed = resolver.resolve(template["Resources"]["ImageBuildRole"]["Properties"]["ManagedPolicyArns"])
+    assert managed == [
+        "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore",
+        "arn:aws:iam::aws:policy/EC2InstanceProfileForImageBuilder",
+    ]
+
+
+def test_the_bake_settings_are_the_install_time_template_values(template: dict[str, Any]) -> None:
+    resolver = Resolver(template, parameter_values(template, **CUSTOM, BuildkiteAgentVersion="3.87.0"))
+    text = resolver.resolve(template["Resources"]["ImageBuildSettings"]["Properties"]["Value"])
+    settings = BakeSettings.from_json(text)
+    assert settings == BakeSettings(
+        fleet=FLEET,
+        region=REGION,
+        cache_bucket="test-nix-cache",
+        cache_region="us-west-2",
+        cache_public_key=REQUIRED_PARAMETERS["NixCachePublicKey"],
+        root_mode="ebs",
+        nix_determinate=True,
+        agent_version="3.87.0",
+        nix_installer_version="v3.21.2",
+        nix_trust_jobs=False,
+    )
+    # Install-time values only: no name of a secret parameter reaches the bake.
+    assert "parameter" not in text.lower()
+
+
+def test_the_scaler_launches_this_fleets_baked_images_or_canonicals_never_one_pinned_id(
+    template: dict[str, Any], resolver: Resolver
+) -> None:
+    launch = {s["Sid"]: s for s in statements(template, resolver, "ScalerRole") if allows(s, "ec2:RunInstances")}
+    images = {sid: s for sid, s in launch.items() if any(arn_type(a) == "image" for a in listed(s["Resource"]))}
+    assert set(images) == {"LaunchFleetImages", "LaunchStockImages"}
+    for statement in images.values():
+        assert listed(statement["Resource"]) == [f"arn:aws:ec2:{REGION}::image/*"]
+    assert launch["LaunchFleetImages"]["Condition"]["StringEquals"] == {
+        "ec2:Owner": ACCOUNT,
+        f"aws:ResourceTag/{FLEET_TAG}": FLEET,
+    }
+    assert launch["LaunchStockImages"]["Condition"]["StringEquals"] == {"ec2:Owner": "099720109477"}
+
+
+def test_the_lambdas_get_the_image_parameters_and_the_baked_timeout(
+    template: dict[str, Any], resolver: Resolver
+) -> None:
+    scaler = ScalerSettings.from_env(lambda_environment(template, resolver, "ScalerFunction"))
+    assert dict(scaler.image_parameters) == {a: f"/buildkite-autoscaler/{FLEET}/image/{a}" for a in ARCHES}
+    reaper = ReaperSettings.from_env(lambda_environment(template, resolver, "ReaperFunction"))
+    assert scaler.baked_bootstrap_timeout_seconds == reaper.baked_bootstrap_timeout_seconds == 300
+    assert scaler.ready_grace_seconds == 30

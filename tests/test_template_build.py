@@ -226,3 +226,36 @@ def test_the_deploy_guides_gpu_queue_example_deploys_as_written(tmp_path: Path) 
     assert {queue.name: queue.max_instances for queue in team} == {name: v[3] for name, v in TEAM_DEFAULTS.items()}
     assert (gpu.name, gpu.architecture, gpu.instance_types[0]) == ("nixos-gpu-aws", "x86_64", "g5.2xlarge")
     assert gpu.launch_template_id == resolver.ref("X86LaunchTemplate")
+
+
+def test_the_image_component_can_install_from_the_built_artifact(build_dir: Path, tmp_path: Path) -> None:
+    # What the component does on the build instance: the zipped artifact, extracted, runs
+    # `python3 -m autoscaler.bake` with nothing but the standard library (-S: no site-packages).
+    archive = Path(shutil.make_archive(str(tmp_path / "artifact"), "zip", build_dir / FUNCTIONS[0]))
+    extracted, root = tmp_path / "artifact", tmp_path / "root"
+    subprocess.run([sys.executable, "-m", "zipfile", "-e", str(archive), str(extracted)], check=True)
+    settings = tmp_path / "settings.json"
+    settings.write_text(
+        json.dumps(
+            {
+                "fleet": "ci",
+                "region": "eu-west-1",
+                "cache_bucket": "test-nix-cache",
+                "cache_region": "eu-west-1",
+                "cache_public_key": "test-cache-1:" + "A" * 43 + "=",
+            }
+        ),
+        encoding="utf-8",
+    )
+    bake = [sys.executable, "-S", "-m", "autoscaler.bake", "--root", str(root)]
+    result = subprocess.run(
+        [*bake, "install-files", "--settings", str(settings), "--arch", "aarch64"],
+        env={"PYTHONPATH": str(extracted), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (root / "usr/local/sbin/buildkite-bootstrap").read_bytes() == (ROOT / "userdata/bootstrap.sh").read_bytes()
+    assert "BK_ARCH=arm64" in (root / "etc/buildkite-bootstrap/settings.env").read_text(encoding="ascii")

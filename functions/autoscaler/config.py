@@ -9,14 +9,16 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from autoscaler.schedules import Schedule, ScheduleError, parse_schedule
 
 DEFAULT_ENDPOINT = "https://agent.buildkite.com/v3"
 DEFAULT_BOOTSTRAP_TIMEOUT = 1200
-DEFAULT_READY_GRACE = 60
+DEFAULT_BAKED_BOOTSTRAP_TIMEOUT = 300
+# Counted from when the agents started: the metrics API shows them within a poll or two.
+DEFAULT_READY_GRACE = 30
 DEFAULT_REAP_CAP = 20
 # A week: a stopped pool instance older than this is replaced by a fresh one.
 DEFAULT_POOL_MAX_AGE = 7 * 24 * 3600
@@ -32,6 +34,7 @@ CAPACITY_TYPES = (ON_DEMAND, SPOT)
 ARCHITECTURES = ("x86_64", "arm64")
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_PARAMETER_NAME = re.compile(r"^/?[A-Za-z0-9_./-]{1,1011}$")
 # Graviton families carry a "g" after the generation (m7g, c7gn, r8gd, im4gn,
 # g5g); a1 is the first Graviton. Other families (g4dn, g5, m7i, c7a) are x86.
 _ARM_FAMILY = re.compile(r"(a1|[a-z]+[0-9]+[a-z0-9]*g[a-z0-9]*)(-flex)?")
@@ -120,6 +123,10 @@ class ScalerSettings:
     ready_grace_seconds: int
     dry_run: bool
     user_data: UserDataSettings
+    baked_bootstrap_timeout_seconds: int = DEFAULT_BAKED_BOOTSTRAP_TIMEOUT
+    # Architecture -> SSM parameter of its current AMI (the image pipeline's output);
+    # empty: images are not tracked (no image tags, no stale counts).
+    image_parameters: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ScalerSettings:
@@ -153,6 +160,8 @@ class ScalerSettings:
             ready_grace_seconds=env_int(env, "READY_GRACE_SECONDS"),
             dry_run=_env_bool(env, "DRY_RUN", False),
             user_data=user_data,
+            baked_bootstrap_timeout_seconds=env_int(env, "BAKED_BOOTSTRAP_TIMEOUT_SECONDS"),
+            image_parameters=parse_image_parameters(env.get("IMAGE_PARAMETERS", "")),
         )
 
 
@@ -166,6 +175,7 @@ class ReaperSettings:
     # stopped pool instances alone.
     queues: tuple[QueueConfig, ...] = ()
     pool_max_age_seconds: int = DEFAULT_POOL_MAX_AGE
+    baked_bootstrap_timeout_seconds: int = DEFAULT_BAKED_BOOTSTRAP_TIMEOUT
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ReaperSettings:
@@ -176,7 +186,26 @@ class ReaperSettings:
             dry_run=_env_bool(env, "DRY_RUN", False),
             queues=queues_from_env(env) if env.get("QUEUES", "").strip() else (),
             pool_max_age_seconds=env_int(env, "POOL_MAX_AGE_SECONDS"),
+            baked_bootstrap_timeout_seconds=env_int(env, "BAKED_BOOTSTRAP_TIMEOUT_SECONDS"),
         )
+
+
+def parse_image_parameters(text: str) -> dict[str, str]:
+    """IMAGE_PARAMETERS: a JSON object of architecture to SSM parameter name; empty for none."""
+    if not text.strip():
+        return {}
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"IMAGE_PARAMETERS must be a JSON object ({error.msg} at char {error.pos})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"IMAGE_PARAMETERS must be a JSON object (got {_short(raw)})")
+    for arch, name in raw.items():
+        if arch not in ARCHITECTURES:
+            raise ConfigError(f"IMAGE_PARAMETERS keys must be {' or '.join(ARCHITECTURES)} (got {arch!r})")
+        if not isinstance(name, str) or not _PARAMETER_NAME.match(name):
+            raise ConfigError(f"IMAGE_PARAMETERS.{arch} must be an SSM parameter name (got {_short(name)})")
+    return dict(raw)
 
 
 def queues_from_env(env: Mapping[str, str]) -> tuple[QueueConfig, ...]:
@@ -460,6 +489,7 @@ ENV_INTS = {
     "BOOTSTRAP_TIMEOUT_SECONDS": (DEFAULT_BOOTSTRAP_TIMEOUT, 60),
     "READY_GRACE_SECONDS": (DEFAULT_READY_GRACE, 0),
     "REAPER_MAX_TERMINATIONS": (DEFAULT_REAP_CAP, 1),
+    "BAKED_BOOTSTRAP_TIMEOUT_SECONDS": (DEFAULT_BAKED_BOOTSTRAP_TIMEOUT, 60),
     "MIN_FREE_SPACE_GIB": (DEFAULT_MIN_FREE_SPACE_GIB, 0),
     "POOL_MAX_AGE_SECONDS": (DEFAULT_POOL_MAX_AGE, 3600),
 }

@@ -21,6 +21,7 @@ from autoscaler.lifecycle import (
     BOOTSTRAP_TAG,
     BOOTSTRAP_WARMING,
     FLEET_TAG,
+    IMAGE_TAG,
     LIVE_STATES,
     MARKET_TAG,
     ON_EXIT_TAG,
@@ -85,6 +86,8 @@ class LaunchSpec:
     count: int
     client_token: str
     market: str = ON_DEMAND
+    # IMAGE_TAG's value: the version of the image the launch template resolves to; "" when unknown.
+    image: str = ""
 
 
 # A pool is one instance type in one subnet: the unit of spot capacity.
@@ -279,6 +282,8 @@ def _tags(spec: LaunchSpec, include_bootstrap: bool) -> list[dict[str, str]]:
     if include_bootstrap:
         # A pool instance's first boot warms it up and stops it; it is no capacity.
         tags[BOOTSTRAP_TAG] = BOOTSTRAP_WARMING if spec.role == ROLE_POOL else BOOTSTRAP_PENDING
+        if spec.image:
+            tags[IMAGE_TAG] = spec.image
     return [{"Key": key, "Value": value} for key, value in tags.items()]
 
 
@@ -300,11 +305,12 @@ def to_instance(raw: dict[str, Any]) -> Instance:
         instance_type=raw.get("InstanceType", ""),
         subnet_id=raw.get("SubnetId", ""),
         built_at=_built_at(raw),
-        image_id=raw.get("ImageId", ""),
         launch_template_id=tags.get(TEMPLATE_ID_TAG, ""),
         launch_template_version=tags.get(TEMPLATE_VERSION_TAG, ""),
         on_exit=tags.get(ON_EXIT_TAG, ""),
         market=SPOT if raw.get("InstanceLifecycle") == "spot" else ON_DEMAND,
+        image_id=raw.get("ImageId", ""),
+        image=tags.get(IMAGE_TAG, ""),
     )
 
 

@@ -64,6 +64,7 @@ class LaunchRequest:
     user_data: bytes
     poll_time: datetime
     time_for_a_call: Callable[[], bool]
+    image: str  # IMAGE_TAG's value for the instances
 
 
 def client_token(spec_fields: tuple[str, ...]) -> str:
@@ -85,10 +86,11 @@ def launch(
     poll_time: datetime,
     spot_prices: Mapping[Pool, float] | None = None,
     time_for_a_call: Callable[[], bool] = lambda: True,
+    image: str = "",
 ) -> LaunchOutcome:
     """Start `count` instances; a call is started only while `time_for_a_call()` holds,
     so the Lambda never ends in the middle of a RunInstances it cannot see the answer of."""
-    request = LaunchRequest(fleet_name, queue, role, user_data, poll_time, time_for_a_call)
+    request = LaunchRequest(fleet_name, queue, role, user_data, poll_time, time_for_a_call, image)
     outcome = LaunchOutcome(requested=count)
     attempts = 0
     for market in queue.markets:
@@ -150,6 +152,7 @@ def _spec(
             str(count),
             queue.launch_template_id,
             hashlib.sha256(request.user_data).hexdigest(),
+            request.image,
         )
     )
     return LaunchSpec(
@@ -163,6 +166,7 @@ def _spec(
         count=count,
         client_token=token,
         market=market,
+        image=request.image,
     )
 
 

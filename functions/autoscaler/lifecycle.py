@@ -19,6 +19,10 @@ ROLE_TAG = TAG_PREFIX + "role"
 BOOTSTRAP_TAG = TAG_PREFIX + "bootstrap"
 READY_AT_TAG = TAG_PREFIX + "ready-at"
 MARKET_TAG = TAG_PREFIX + "market"
+# The image an instance was launched from: its pipeline build version (e.g.
+# "1.0.0/7") for a baked image, STOCK_IMAGE for the stock AMI. Set at launch.
+IMAGE_TAG = TAG_PREFIX + "image"
+STOCK_IMAGE = "stock"
 # Warm pool (see autoscaler.pool): when the scaler last started the instance,
 # and what the instance does when its agent exits (stop back into the pool,
 # or terminate).
@@ -41,6 +45,11 @@ BOOTSTRAP_POOLED = "pooled"
 LIVE_STATES = ("pending", "running")
 POOL_STATES = ("stopping", "stopped")
 
+# The bootstrap starts the agent, then checks it for this long before it
+# tags itself complete (start_agent in userdata/bootstrap.sh): its agents are
+# connected this much earlier than its ready-at tag says.
+AGENT_CHECK_SECONDS = 20
+
 
 @dataclass(frozen=True)
 class Instance:
@@ -56,14 +65,20 @@ class Instance:
     ready_at: datetime | None = None
     instance_type: str = ""
     subnet_id: str = ""
-    # For warm-pool decisions: when the instance was first launched (its
-    # volume's age), what it was built from, and its on-exit tag.
-    built_at: datetime | None = None
     image_id: str = ""
+    # IMAGE_TAG; "" for an instance launched before images were tagged (a stock boot).
+    image: str = ""
+    # For warm-pool decisions: when the instance was first launched (its
+    # volume's age), the template version it was built from, and its on-exit tag.
+    built_at: datetime | None = None
     launch_template_id: str = ""
     launch_template_version: str = ""
     on_exit: str = ""
     market: str = ON_DEMAND  # or SPOT: EC2's InstanceLifecycle
+
+    @property
+    def baked(self) -> bool:
+        return self.image not in ("", STOCK_IMAGE)
 
 
 class Stage(Enum):
@@ -76,7 +91,19 @@ class Stage(Enum):
 @dataclass(frozen=True)
 class Timeouts:
     bootstrap_seconds: int
+    # Counted from when the instance's agents started (AGENT_CHECK_SECONDS before
+    # ready-at): the metrics API's lag, not the bootstrap's own checks.
     ready_grace_seconds: int
+    # An instance of a baked image installs nothing at boot: its hang shows sooner.
+    # None: the same timeout as the stock boot.
+    baked_bootstrap_seconds: int | None = None
+
+    def bootstrap_for(self, instance: Instance) -> int:
+        # A pool instance's first boot also reads its whole volume: the stock timeout.
+        warming = instance.bootstrap == BOOTSTRAP_WARMING
+        if instance.baked and self.baked_bootstrap_seconds is not None and not warming:
+            return self.baked_bootstrap_seconds
+        return self.bootstrap_seconds
 
 
 def stage_of(instance: Instance, now: datetime, timeouts: Timeouts) -> Stage:
@@ -85,9 +112,10 @@ def stage_of(instance: Instance, now: datetime, timeouts: Timeouts) -> Stage:
     if instance.bootstrap == BOOTSTRAP_COMPLETE:
         # The instance writes both tags in one call, so a complete instance
         # without ready-at was tagged by hand: trust it as ready.
-        if instance.ready_at is not None and (now - instance.ready_at).total_seconds() < timeouts.ready_grace_seconds:
-            return Stage.BOOTING
-        return Stage.READY
-    if (now - instance.launch_time).total_seconds() > timeouts.bootstrap_seconds:
+        if instance.ready_at is None:
+            return Stage.READY
+        agents_for = (now - instance.ready_at).total_seconds() + AGENT_CHECK_SECONDS
+        return Stage.BOOTING if agents_for < timeouts.ready_grace_seconds else Stage.READY
+    if (now - instance.launch_time).total_seconds() > timeouts.bootstrap_for(instance):
         return Stage.STUCK
     return Stage.BOOTING

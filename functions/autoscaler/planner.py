@@ -41,6 +41,9 @@ class QueuePlan:
     launch_burst: int
     unmet_instances: int  # wanted but refused by max_instances
     reason: str
+    # Live instances of an image older than the current one; they retire through
+    # max uptime, never by termination.
+    stale: int = 0
 
     @property
     def launch_total(self) -> int:
@@ -57,8 +60,13 @@ def plan_queue(
     instances: Iterable[Instance],
     now: datetime,
     timeouts: Timeouts,
+    current_image: str = "",
 ) -> QueuePlan:
-    """Decide launches for one queue; `instances` are its pending/running ones."""
+    """Decide launches for one queue; `instances` are its pending/running ones.
+
+    `current_image` is the AMI id the queue's launch template resolves to now
+    ("" when unknown): instances of another image are counted as stale.
+    """
     mine = [instance for instance in instances if instance.queue == queue.name]
     stages = [stage_of(instance, now, timeouts) for instance in mine]
     booting = stages.count(Stage.BOOTING)
@@ -95,6 +103,7 @@ def plan_queue(
         launch_burst=launch_burst,
         unmet_instances=unmet,
         reason=_reason(launch_floor, launch_burst, unmet, needed, expected),
+        stale=sum(1 for instance in mine if current_image and instance.image_id not in ("", current_image)),
     )
 
 

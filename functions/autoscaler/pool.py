@@ -65,25 +65,36 @@ def plan_with_pool(
     instances: Iterable[Instance],
     now: datetime,
     timeouts: Timeouts,
+    current_image: str = "",
 ) -> tuple[QueuePlan, PoolPlan]:
-    """The queue's plan over the instances in use, and the pool's plan over the spares."""
+    """The queue's plan over the instances in use, and the pool's plan over the spares.
+
+    `current_image` is the AMI the queue's launch template resolves to now ("" when
+    unknown): a stopped instance of another image is not started (the reaper retires it).
+    """
     mine = [instance for instance in instances if instance.queue == queue.name]
     spares = [instance for instance in mine if is_spare(instance)]
     # A stopped instance that is not a pool instance (stopped by hand) is neither.
     in_use = [instance for instance in mine if not is_spare(instance) and instance.state in LIVE_STATES]
-    plan = plan_queue(queue, metrics, in_use, now, timeouts)
-    return plan, plan_pool(queue, plan, spares, in_use, now, timeouts)
+    plan = plan_queue(queue, metrics, in_use, now, timeouts, current_image)
+    return plan, plan_pool(queue, plan, spares, now, timeouts, current_image)
 
 
 def plan_pool(
     queue: QueueConfig,
     plan: QueuePlan,
     spares: list[Instance],
-    in_use: list[Instance],
     now: datetime,
     timeouts: Timeouts,
+    current_image: str = "",
 ) -> PoolPlan:
-    ready = _newest_first(i for i in spares if i.state == "stopped" and i.bootstrap == BOOTSTRAP_POOLED)
+    ready = _newest_first(
+        i
+        for i in spares
+        if i.state == "stopped"
+        and i.bootstrap == BOOTSTRAP_POOLED
+        and (not current_image or not i.image_id or i.image_id == current_image)
+    )
     # Booting into the pool (not yet stuck), or stopping into it: the pool's soon.
     coming = [
         i

@@ -69,7 +69,11 @@ def run(
         # fires, instead of stuck instances staying unnoticed.
         logger.exception("DescribeInstances failed; nothing reaped")
         raise
-    timeouts = Timeouts(bootstrap_seconds=settings.bootstrap_timeout_seconds, ready_grace_seconds=0)
+    timeouts = Timeouts(
+        bootstrap_seconds=settings.bootstrap_timeout_seconds,
+        ready_grace_seconds=0,
+        baked_bootstrap_seconds=settings.baked_bootstrap_timeout_seconds,
+    )
     # An instance stopping itself into the pool has no agent left; the pool policy retires it once stopped.
     booted = [instance for instance in instances if instance.bootstrap != BOOTSTRAP_POOLED]
     plan = plan_reap(booted, settings.fleet_name, now, timeouts, settings.max_terminations)
@@ -200,4 +204,5 @@ def _decision_json(decision: ReapDecision) -> dict[str, Any]:
         "reason": decision.reason,
         "age_seconds": decision.age_seconds,
         "launch_time": decision.launch_time.isoformat(),
+        "bootstrap_timeout_seconds": decision.bootstrap_timeout_seconds,
     }

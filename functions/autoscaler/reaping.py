@@ -27,6 +27,8 @@ class ReapDecision:
     reason: str
     age_seconds: int
     launch_time: datetime
+    # The one that applied: the baked image's or the stock boot's.
+    bootstrap_timeout_seconds: int = 0
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ def _decide(instance: Instance, fleet_name: str, now: datetime, timeouts: Timeou
         reason=reason,
         age_seconds=int((now - instance.launch_time).total_seconds()),
         launch_time=instance.launch_time,
+        bootstrap_timeout_seconds=timeouts.bootstrap_for(instance),
     )
 
 

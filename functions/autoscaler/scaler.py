@@ -13,6 +13,7 @@ from aws_lambda_powertools.utilities import parameters
 from autoscaler.buildkite import MetricsClient, Secret
 from autoscaler.config import ScalerSettings
 from autoscaler.fleet import Ec2Fleet, Ec2SpotPrices
+from autoscaler.images import SsmImages
 from autoscaler.invocation import Clock, SystemClock, dry_run_requested
 from autoscaler.scaling import PollResult, Scaler
 from autoscaler.telemetry import logger
@@ -44,6 +45,7 @@ def handler(event: dict[str, Any], context: Any, clock: Clock | None = None) -> 
         fleet,
         partial(render_user_data, settings.user_data, fleet_name=settings.fleet_name),
         Ec2SpotPrices(fleet.client),
+        SsmImages.connect(settings.image_parameters, settings.fleet_name) if settings.image_parameters else None,
     )
     return run(scaler, clock or SystemClock(), lambda: context.get_remaining_time_in_millis() / 1000, dry_run)
 

@@ -17,6 +17,7 @@ from autoscaler import pool, schedules
 from autoscaler.buildkite import DEFAULT_POLL_SECONDS, MetricsError, MetricsRateLimited, MetricsSnapshot
 from autoscaler.config import ON_DEMAND, ROLES, SPOT, QueueConfig, ScalerSettings
 from autoscaler.fleet import EC2_CALL_SECONDS, Fleet, LaunchError, Pool
+from autoscaler.images import CurrentImage, ImageSource
 from autoscaler.launching import LaunchFailure, LaunchOutcome, launch
 from autoscaler.lifecycle import (
     BOOTSTRAP_PENDING,
@@ -84,6 +85,7 @@ class Scaler:
         fleet: Fleet,
         render_user_data: RenderUserData,
         spot_prices: SpotPriceSource | None = None,
+        images: ImageSource | None = None,
     ) -> None:
         self._settings = settings
         # None (the simulation, tests): spot pools are tried in configured order.
@@ -103,7 +105,15 @@ class Scaler:
         # Pool instances started by this object that the listing may still
         # show stopped: counted as booting until it shows them started.
         self._starting: dict[str, Instance] = {}
-        self._timeouts = Timeouts(settings.bootstrap_timeout_seconds, settings.ready_grace_seconds)
+        self._timeouts = Timeouts(
+            settings.bootstrap_timeout_seconds,
+            settings.ready_grace_seconds,
+            settings.baked_bootstrap_timeout_seconds,
+        )
+        self._images = images
+        # Read at the first poll that succeeds (and has the time), then kept for the
+        # invocation: the pipeline publishes a new image once a week, the scaler runs every minute.
+        self._current: dict[str, CurrentImage] | None = None
         # The interval the API last asked for; kept through failed polls.
         self._poll_seconds = DEFAULT_POLL_SECONDS
 
@@ -133,6 +143,7 @@ class Scaler:
             return PollResult(now, snapshot.poll_seconds, error=f"ec2: {error}")
 
         result = PollResult(now, snapshot.poll_seconds)
+        self._load_images(fleet_dims, time_left)
         for queue in self._settings.queues:
             result.queues[queue.name] = self._scale_queue(queue, snapshot, instances, now, dry_run, time_left)
         queues = result.queues.values()
@@ -165,7 +176,10 @@ class Scaler:
         metrics = snapshot.for_queue(queue.name)
         scheduled = schedules.at(queue, now)
         queue = scheduled.queue
-        plan, pool_plan = plan_with_pool(queue, metrics, instances, now, self._timeouts)
+        image = self._image_of(queue)
+        plan, pool_plan = plan_with_pool(
+            queue, metrics, instances, now, self._timeouts, image.image_id if image else ""
+        )
         result = QueueResult(plan, pool=pool_plan, schedule=scheduled.schedule)
         refilled = pool_plan.refill
         if not dry_run:
@@ -176,7 +190,7 @@ class Scaler:
             for role, count in (("floor", plan.launch_floor), ("burst", burst), (ROLE_POOL, pool_plan.refill)):
                 if count:
                     user_data = self._user_data_for(scheduled, role, now)
-                    outcome = self._launch(queue, role, count, now, prices, time_left, user_data)
+                    outcome = self._launch(queue, role, count, now, prices, time_left, image, user_data)
                     self._record(result, outcome)
                     refilled += len(outcome.instance_ids) if role == ROLE_POOL else 0
         on_exit = pool.on_exit(pool_plan, instances, refilled)
@@ -193,6 +207,7 @@ class Scaler:
                 "pool": vars(pool_plan),
                 "started": result.started,
                 "on_exit": on_exit,
+                "image": vars(image) if image else None,
                 "launched": result.instance_ids,
                 "markets": result.markets,
                 "fallbacks": result.fallbacks,
@@ -212,6 +227,7 @@ class Scaler:
                 "BootingInstances": plan.booting,
                 "StuckInstances": plan.stuck,
                 "LiveInstances": plan.live,
+                "StaleInstances": plan.stale,
                 "InstancesLaunched": len(result.instance_ids),
                 "InstancesStarted": len(result.started),
                 "WarmPoolReady": pool_plan.ready,
@@ -263,6 +279,21 @@ class Scaler:
             return self._render(replace(queue, max_uptime_seconds=schedules.floor_max_uptime(scheduled, now)), role)
         return self._user_data[(queue.name, role)]
 
+    def _load_images(self, fleet_dims: dict[str, str], time_left: TimeLeft) -> None:
+        # Two calls (GetParameters, DescribeImages); without the time for them, a later poll reads them.
+        if self._images is None or self._current is not None or time_left() < 2 * EC2_CALL_SECONDS:
+            return
+        try:
+            self._current = self._images.current()
+        except (ClientError, BotoCoreError) as error:
+            # Scaling goes on: launches are untagged (the stock boot's timeout applies)
+            # and stale instances uncounted until a later poll reads the images.
+            logger.warning("reading the current images failed", extra={"error": str(error)})
+            emit(fleet_dims, {"ImageLookupErrors": 1})
+
+    def _image_of(self, queue: QueueConfig) -> CurrentImage | None:
+        return (self._current or {}).get(queue.architecture)
+
     def _prices(self, queue: QueueConfig, now: datetime, time_left: TimeLeft) -> dict[Pool, float]:
         """Current spot prices of the queue's pools; none (configured order) when unknown
         or when the time left is better spent on the launch itself."""
@@ -284,11 +315,13 @@ class Scaler:
         now: datetime,
         prices: dict[Pool, float],
         time_left: TimeLeft,
+        image: CurrentImage | None,
         user_data: bytes,
     ) -> LaunchOutcome:
         if role == ROLE_POOL:
             # A one-time spot instance cannot be stopped: the pool is on-demand.
             queue = replace(queue, capacity_type=ON_DEMAND)
+        version = image.version if image else ""
         try:
             outcome = launch(
                 self._fleet,
@@ -300,6 +333,7 @@ class Scaler:
                 now,
                 prices,
                 lambda: time_left() >= EC2_CALL_SECONDS,
+                version,
             )
         except Exception as error:  # noqa: BLE001 - one queue's failure must not stop the others
             logger.exception("launch failed", extra={"queue": queue.name, "role": role})
@@ -315,6 +349,7 @@ class Scaler:
                 bootstrap,
                 now,
                 market=outcome.markets.get(instance_id, ON_DEMAND),
+                image=version,
             )
         return outcome
 

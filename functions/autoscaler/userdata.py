@@ -18,6 +18,7 @@ import json
 import re
 import shlex
 from pathlib import Path
+from typing import Protocol
 
 from autoscaler.config import ARCHITECTURES, ROLES, ROOT_MODES, QueueConfig, UserDataSettings
 from autoscaler.lifecycle import (
@@ -50,6 +51,29 @@ _TMPFS_SIZE = re.compile(r"([1-9][0-9]?|100)%|[1-9][0-9]{0,6}[kmgKMG]")
 _INSTALLER_VERSION = re.compile(r"v[0-9]+\.[0-9]+\.[0-9]+")
 
 
+class InstallSettings(Protocol):
+    """The install-time part of UserDataSettings, which an image bake has too."""
+
+    @property
+    def region(self) -> str: ...
+    @property
+    def cache_bucket(self) -> str: ...
+    @property
+    def cache_region(self) -> str: ...
+    @property
+    def cache_public_key(self) -> str: ...
+    @property
+    def root_mode(self) -> str: ...
+    @property
+    def nix_determinate(self) -> bool: ...
+    @property
+    def agent_version(self) -> str: ...
+    @property
+    def nix_installer_version(self) -> str: ...
+    @property
+    def nix_trust_jobs(self) -> bool: ...
+
+
 class UserDataError(ValueError):
     """A value cannot be rendered, or the result is too big; names field and value."""
 
@@ -65,57 +89,36 @@ def render_user_data(settings: UserDataSettings, queue: QueueConfig, role: str, 
     (cloud-init detects and decompresses it).
     """
     values = _settings_values(settings, queue, role, fleet_name)
-    text = _fill_template(userdata_dir(), _settings_env(values))
+    text = _fill_template(userdata_dir(), settings_env(values))
     return _fit(text.encode("ascii"))
 
 
 def _settings_values(settings: UserDataSettings, queue: QueueConfig, role: str, fleet_name: str) -> dict[str, str]:
     """The validated BK_* variables the bootstrap script reads, in file order."""
     _check("role", role, role in ROLES, f"one of {', '.join(ROLES)}")
-    _check("fleet_name", fleet_name, bool(_NAME.fullmatch(fleet_name)), "letters, digits, '.', '_' or '-'")
     _check("queue.name", queue.name, bool(_NAME.fullmatch(queue.name)), "letters, digits, '.', '_' or '-'")
-    # The bootstrap compares it with `uname -m`: an AMI of the wrong architecture fails
+    # The bootstrap compares BK_ARCH with `uname -m`: an AMI of the wrong architecture fails
     # the bootstrap instead of joining (the configuration matched it to the instance types).
     _check("queue.architecture", queue.architecture, queue.architecture in ARCHITECTURES, " or ".join(ARCHITECTURES))
     _check_count("queue.agents_per_instance", queue.agents_per_instance, 1)
     _check_count("queue.idle_timeout_seconds", queue.idle_timeout_seconds, 1)
     _check_count("queue.max_uptime_seconds", queue.max_uptime_seconds, 0)
-    _check("root_mode", settings.root_mode, settings.root_mode in ROOT_MODES, f"one of {', '.join(ROOT_MODES)}")
-    _check_pattern("region", settings.region, _REGION, "an AWS region such as us-west-2")
-    _check_pattern("cache_region", settings.cache_region, _REGION, "an AWS region such as us-west-2")
-    _check_pattern("cache_bucket", settings.cache_bucket, _BUCKET, "an S3 bucket name")
-    _check_pattern("cache_public_key", settings.cache_public_key, _NIX_PUBLIC_KEY, "a Nix public key 'name:base64'")
     for field in ("agent_token_parameter", "ssh_key_parameter", "signing_key_parameter"):
         _check_pattern(field, getattr(settings, field), _PARAMETER, "an SSM parameter name")
-    if settings.agent_version:
-        _check_pattern("agent_version", settings.agent_version, _AGENT_VERSION, "empty or a version such as 3.87.0")
     _check_pattern("root_tmpfs_size", settings.root_tmpfs_size, _TMPFS_SIZE, "a share of RAM (75%) or a size (24g)")
-    _check_pattern(
-        "nix_installer_version", settings.nix_installer_version, _INSTALLER_VERSION, "a release tag such as v3.21.2"
-    )
     _check_count("min_free_space_gib", settings.min_free_space_gib, 0)
     return {
         "BK_QUEUE": queue.name,
-        "BK_ARCH": queue.architecture,
         "BK_ROLE": role,
-        "BK_FLEET": fleet_name,
-        "BK_REGION": settings.region,
+        **install_values(settings, fleet_name, queue.architecture),
         "BK_AGENT_TOKEN_PARAMETER": settings.agent_token_parameter,
         "BK_SSH_KEY_PARAMETER": settings.ssh_key_parameter,
         "BK_SIGNING_KEY_PARAMETER": settings.signing_key_parameter,
-        "BK_CACHE_BUCKET": settings.cache_bucket,
-        "BK_CACHE_REGION": settings.cache_region,
-        "BK_CACHE_PUBLIC_KEY": settings.cache_public_key,
         "BK_AGENTS_PER_INSTANCE": str(queue.agents_per_instance),
         # Floor instances hold min_instances: 0 means no idle timeout.
         "BK_IDLE_TIMEOUT_SECONDS": "0" if role == "floor" else str(queue.idle_timeout_seconds),
         "BK_MAX_UPTIME_SECONDS": str(queue.max_uptime_seconds),
-        "BK_ROOT_MODE": settings.root_mode,
-        "BK_NIX_DETERMINATE": "true" if settings.nix_determinate else "false",
-        "BK_AGENT_VERSION": settings.agent_version,
         "BK_ROOT_TMPFS_SIZE": settings.root_tmpfs_size,
-        "BK_NIX_INSTALLER_VERSION": settings.nix_installer_version,
-        "BK_NIX_TRUST_JOBS": "true" if settings.nix_trust_jobs else "false",
         "BK_MIN_FREE_SPACE_GIB": str(settings.min_free_space_gib),
         "BK_BOOTSTRAP_TAG": BOOTSTRAP_TAG,
         "BK_READY_AT_TAG": READY_AT_TAG,
@@ -128,8 +131,37 @@ def _settings_values(settings: UserDataSettings, queue: QueueConfig, role: str, 
     }
 
 
-def _settings_env(values: dict[str, str]) -> str:
-    lines = ["# Rendered by the autoscaler at launch; names of secrets, never their values."]
+def install_values(settings: InstallSettings, fleet_name: str, arch: str) -> dict[str, str]:
+    """The validated install-time BK_* variables: what the stock boot and an image bake install with."""
+    _check("fleet_name", fleet_name, bool(_NAME.fullmatch(fleet_name)), "letters, digits, '.', '_' or '-'")
+    _check("arch", arch, arch in ARCHITECTURES, " or ".join(ARCHITECTURES))
+    _check("root_mode", settings.root_mode, settings.root_mode in ROOT_MODES, f"one of {', '.join(ROOT_MODES)}")
+    _check_pattern("region", settings.region, _REGION, "an AWS region such as us-west-2")
+    _check_pattern("cache_region", settings.cache_region, _REGION, "an AWS region such as us-west-2")
+    _check_pattern("cache_bucket", settings.cache_bucket, _BUCKET, "an S3 bucket name")
+    _check_pattern("cache_public_key", settings.cache_public_key, _NIX_PUBLIC_KEY, "a Nix public key 'name:base64'")
+    if settings.agent_version:
+        _check_pattern("agent_version", settings.agent_version, _AGENT_VERSION, "empty or a version such as 3.87.0")
+    _check_pattern(
+        "nix_installer_version", settings.nix_installer_version, _INSTALLER_VERSION, "a release tag such as v3.21.2"
+    )
+    return {
+        "BK_ARCH": arch,
+        "BK_FLEET": fleet_name,
+        "BK_REGION": settings.region,
+        "BK_CACHE_BUCKET": settings.cache_bucket,
+        "BK_CACHE_REGION": settings.cache_region,
+        "BK_CACHE_PUBLIC_KEY": settings.cache_public_key,
+        "BK_ROOT_MODE": settings.root_mode,
+        "BK_NIX_DETERMINATE": "true" if settings.nix_determinate else "false",
+        "BK_AGENT_VERSION": settings.agent_version,
+        "BK_NIX_INSTALLER_VERSION": settings.nix_installer_version,
+        "BK_NIX_TRUST_JOBS": "true" if settings.nix_trust_jobs else "false",
+    }
+
+
+def settings_env(values: dict[str, str], header: str = "Rendered by the autoscaler at launch") -> str:
+    lines = [f"# {header}; names of secrets, never their values."]
     lines += [f"{name}={shlex.quote(value)}" for name, value in values.items()]
     return "\n".join(lines) + "\n"
 
