@@ -54,7 +54,7 @@ REAL_COMMANDS = (
 )
 STUBBED = ["curl", "aws", "apt-get", "apt-cache", "gpg", "systemctl", "uname", "usermod", "groupadd", "chgrp"]
 STUBBED += ["chown", "id", "update-grub", "update-initramfs", "unzip", "sleep", "poweroff", "nix-installer", "nix"]
-STUBBED += ["jq", "yq", "git", "git-lfs", "aws-installer", "mount", "df", "logger"]
+STUBBED += ["jq", "yq", "git", "git-lfs", "aws-installer", "mount", "df", "logger", "buildkite-agent"]
 IMDS = "http://169.254.169.254/latest/"
 
 # One stub for every command (bash, for speed): logs its argv as one line of
@@ -122,9 +122,15 @@ curl)
 nix-installer)
     mkdir -p "$BOOTSTRAP_ROOT"/nix/var/nix/{daemon-socket,profiles/default/bin} "$BOOTSTRAP_ROOT/etc/nix"
     echo "# written by the installer" >"$BOOTSTRAP_ROOT/etc/nix/nix.custom.conf"
+    printf '#!/bin/sh\nexec nix "$@"\n' >"$BOOTSTRAP_ROOT/nix/var/nix/profiles/default/bin/nix"
+    chmod +x "$BOOTSTRAP_ROOT/nix/var/nix/profiles/default/bin/nix"
     ;;
 nix)
     if [[ -n "${STUB_NIX_HANG:-}" ]]; then /bin/sleep "$STUB_NIX_HANG"; fi
+    if [[ "$1" == --version ]]; then echo "${STUB_NIX_VERSION-nix (Determinate Nix 3.6.2) 2.31.2}"; fi
+    ;;
+buildkite-agent)
+    if [[ "$1" == --version ]]; then echo "${STUB_AGENT_VERSION-buildkite-agent version 3.87.0, build 5805}"; fi
     ;;
 gpg)
     if [[ " $* " == *" --show-keys "* ]]; then
@@ -346,6 +352,17 @@ def bake(tmp_path: Path, stubs: Path, mode: str = "ebs", **options: object) -> R
     return run
 
 
+def tags_of(call: list[str]) -> dict[str, str]:
+    """The tags of an `aws ec2 create-tags` call, from its Key=...,Value=... arguments."""
+    pairs = [re.fullmatch(r"Key=([^,]+),Value=(.*)", arg) for arg in call[call.index("--tags") + 1 :]]
+    return {match.group(1): match.group(2) for match in pairs if match}
+
+
+def version_tags(run: Run) -> tuple[str, str]:
+    tags = tags_of(run.aws_calls()[-1])
+    return tags["buildkite-autoscaler:agent-version"], tags["buildkite-autoscaler:nix-version"]
+
+
 def agent_config(run: Run) -> dict[str, str]:
     lines = run.read("/etc/buildkite-agent/buildkite-agent.cfg").splitlines()
     return dict(line.split("=", 1) for line in lines)
@@ -419,6 +436,57 @@ def test_instance_tags_itself_complete_last(tmp_path: Path, stubs: Path) -> None
     assert re.fullmatch(r"Key=buildkite-autoscaler:ready-at,Value=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", last[9])
     assert (run.root / "var/lib/buildkite-bootstrap-complete").exists()
     assert not (run.root / "run/buildkite-bootstrap").exists()
+
+
+def test_versions_are_tagged_in_the_one_complete_call_the_dry_run_proved(tmp_path: Path, stubs: Path) -> None:
+    assert bake(tmp_path, stubs).returncode == 0  # Nix in the default profile
+    run = boot(tmp_path, stubs, STUB_AGENT_VERSION="buildkite-agent version 3.88.0-rc.1, build 6001")
+
+    assert run.returncode == 0, run.console
+    tagging = [call for call in run.aws_calls() if call[2] == "create-tags"]
+    dry_run, complete = tagging
+    assert "--dry-run" in dry_run
+    assert tags_of(complete) == {
+        "buildkite-autoscaler:bootstrap": "complete",
+        "buildkite-autoscaler:ready-at": tags_of(complete)["buildkite-autoscaler:ready-at"],
+        "buildkite-autoscaler:agent-version": "3.88.0-rc.1",
+        "buildkite-autoscaler:nix-version": "2.31.2",
+    }
+    assert tags_of(dry_run).keys() == tags_of(complete).keys()
+
+
+@pytest.mark.parametrize(
+    ("agent", "nix", "tagged"),
+    [
+        (
+            "buildkite-agent version 3.87.0+git(abc), build 5805",
+            'nix (Nix) 2.28.3,"x"',
+            ("3.87.0+git_abc_", "2.28.3__x_"),
+        ),
+        ("agent 4 [dev]", "", ("agent 4 _dev_", "unknown")),
+        ("v" * 300, "nix (Nix) " + "9" * 300, ("v" * 256, "9" * 256)),
+    ],
+    ids=["odd-characters", "unparsed-and-empty", "too-long"],
+)
+def test_version_tags_keep_to_ec2_tag_value_rules(
+    tmp_path: Path, stubs: Path, agent: str, nix: str, tagged: tuple[str, str]
+) -> None:
+    assert bake(tmp_path, stubs).returncode == 0
+    run = boot(tmp_path, stubs, STUB_AGENT_VERSION=agent, STUB_NIX_VERSION=nix)
+
+    assert run.returncode == 0, run.console
+    assert version_tags(run) == tagged
+
+
+def test_a_version_that_cannot_be_read_is_tagged_unknown_and_the_boot_completes(tmp_path: Path, stubs: Path) -> None:
+    # No Nix in the default profile (nothing installed it), and the agent's --version fails.
+    run = boot(tmp_path, stubs, fail={"buildkite-agent --version": 127})
+
+    assert run.returncode == 0, run.console
+    assert "FAILED" not in run.console
+    assert run.aws_calls()[-1][8] == "Key=buildkite-autoscaler:bootstrap,Value=complete"
+    assert version_tags(run) == ("unknown", "unknown")
+    assert (run.root / "var/lib/buildkite-bootstrap-complete").exists()
 
 
 def test_secrets_are_never_on_a_command_line_or_the_console(tmp_path: Path, stubs: Path) -> None:
@@ -684,6 +752,7 @@ def test_stock_ebs_installs_then_starts_the_bootstrap_without_reboot(tmp_path: P
 
     assert second.returncode == 0, second.console
     assert second.aws_calls()[-1][8] == "Key=buildkite-autoscaler:bootstrap,Value=complete"
+    assert version_tags(second) == ("3.87.0", "2.31.2")
 
 
 def test_prepare_on_the_wrong_architecture_powers_off_instead_of_installing(tmp_path: Path, stubs: Path) -> None:
@@ -805,6 +874,7 @@ def test_baked_boot_installs_downloads_and_reboots_nothing(tmp_path: Path, stubs
     assert prepare.steps() == steps.split()
     assert ["systemctl", "start", "buildkite-agent.service"] in run.calls
     assert run.aws_calls()[-1][8] == "Key=buildkite-autoscaler:bootstrap,Value=complete"
+    assert version_tags(run) == ("3.87.0", "2.31.2")
 
 
 @pytest.mark.parametrize(

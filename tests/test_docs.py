@@ -7,6 +7,8 @@ commands must run as written, and every file the docs point to must exist.
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import re
 import shlex
 import subprocess
@@ -16,6 +18,9 @@ from pathlib import Path
 
 import pytest
 from tools.invoke import load_template
+
+from autoscaler import lifecycle
+from autoscaler.config import QueueConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -169,3 +174,82 @@ def test_the_deploy_guide_creates_the_cache_bucket_with_encryption_and_a_lifecyc
     ):
         assert any(f"aws s3api {call} " in command for command in s3api), call
     assert any(command.startswith("nix-store --generate-binary-cache-key") for command in commands)
+
+
+# ----------------------------------------------------------------- the README's contract tables
+
+README = ROOT / "README.md"
+
+
+def table_rows(header: str, path: Path = README) -> dict[str, list[str]]:
+    """The rows of the table whose header row starts with `header`, by each backticked name
+    of their first cell (a cell may name several: `A`, `B`), as lists of cells."""
+    text = path.read_text(encoding="utf-8")
+    (table,) = re.findall(rf"^\| {header} \|.*\n\|[- |]+\|\n((?:\|.*\n)+)", text, flags=re.MULTILINE)
+    rows = {}
+    for row in table.splitlines():
+        cells = [cell.strip() for cell in row.strip("|").split(" | ")]
+        rows |= dict.fromkeys(re.findall(r"`([^`]+)`", cells[0]), cells)
+    return rows
+
+
+def table_keys(header: str, path: Path = README) -> set[str]:
+    return set(table_rows(header, path))
+
+
+def template_environment() -> dict[str, str]:
+    """Each variable the template sets: `all` (the Globals) or the functions' short names, in template order."""
+    where = dict.fromkeys(TEMPLATE["Globals"]["Function"]["Environment"]["Variables"], "all")
+    for name, spec in TEMPLATE["Resources"].items():
+        if spec["Type"] == "AWS::Serverless::Function":
+            function = name.removesuffix("Function").lower()
+            for variable in spec["Properties"].get("Environment", {}).get("Variables", {}):
+                where[variable] = f"{where[variable]}, {function}" if variable in where else function
+    return where
+
+
+def emitted_metrics() -> set[str]:
+    """Metric names the Lambdas emit (`emit(dimensions, {"Name": value})`) and the instance counts."""
+    names = set()
+    for path in (ROOT / "functions" / "autoscaler").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "emit":
+                (_, counts) = node.args
+                assert isinstance(counts, ast.Dict), f"{path.name}: emit() with computed names"
+                names |= {key.value for key in counts.keys if isinstance(key, ast.Constant)}
+    for path in (ROOT / "userdata").glob("*.sh"):
+        names |= set(re.findall(r"^\s*count (\w+)$", path.read_text(encoding="utf-8"), flags=re.MULTILINE))
+    return names
+
+
+def test_the_readme_lists_every_environment_variable_the_template_sets_and_for_which_function() -> None:
+    rows = table_rows("variable")
+    assert {name: cells[1] for name, cells in rows.items()} == template_environment()
+
+
+def test_the_readme_and_the_deploy_guide_list_every_queue_field() -> None:
+    fields = {field.name for field in dataclasses.fields(QueueConfig)}
+    assert table_keys("field") == fields
+    # The stack refuses launch_template_id (it launches through its own templates).
+    assert table_keys("field", ROOT / "docs" / "deploy.md") == fields - {"launch_template_id"}
+
+
+def test_the_readme_lists_every_tag() -> None:
+    tags = {value for name, value in vars(lifecycle).items() if name.endswith("_TAG")}
+    assert table_keys("tag") == tags | {"Name"}
+
+
+def test_the_readme_names_every_metric() -> None:
+    metrics = emitted_metrics()
+    # The readers above must see the emitters, or the check means nothing.
+    assert {"LaunchShortfall", "InstancesReaped", "InterruptionNotices"} <= metrics
+    assert table_keys("metric") == metrics
+
+
+def test_the_deploy_guide_lists_every_template_parameter_with_its_default() -> None:
+    rows = table_rows("parameter", ROOT / "docs" / "deploy.md")
+    assert set(rows) == set(TEMPLATE["Parameters"])
+    for name, (_, default, _) in rows.items():
+        expected = str(TEMPLATE["Parameters"][name].get("Default", ""))
+        # No default, or an empty one: a note in italics, e.g. *(required)*.
+        assert default == f"`{expected}`" if expected else default.startswith("*("), (name, default)

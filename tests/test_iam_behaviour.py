@@ -22,7 +22,16 @@ import pytest
 from tests.test_template import ACCOUNT, FLEET, REGION, STACK, Resolver, parameter_values, statements
 from tools.invoke import load_template
 
-from autoscaler.lifecycle import BOOTSTRAP_TAG, FLEET_TAG, QUEUE_TAG, READY_AT_TAG, ROLE_TAG
+from autoscaler.lifecycle import (
+    AGENT_VERSION_TAG,
+    BOOTSTRAP_TAG,
+    FLEET_TAG,
+    IMAGE_TAG,
+    NIX_VERSION_TAG,
+    QUEUE_TAG,
+    READY_AT_TAG,
+    ROLE_TAG,
+)
 
 SIMULATOR = Path(__file__).resolve().parent.parent / "tools" / "iam-simulate"
 ALLOWED, DENIED, EXPLICITLY_DENIED = "Allowed", "ImplicitlyDenied", "ExplicitlyDenied"
@@ -126,13 +135,22 @@ def secret(name: str) -> str:
     return f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter{name}"
 
 
+# What the bootstrap tags in its one call at the end (mark_complete in userdata/bootstrap.sh).
+COMPLETE_TAGS = {
+    BOOTSTRAP_TAG: "complete",
+    READY_AT_TAG: "2026-01-01T00:00:00Z",
+    AGENT_VERSION_TAG: "3.87.0",
+    NIX_VERSION_TAG: "2.31.2",
+}
 AGENT_CASES: dict[str, tuple[Request, str]] = {
-    "tag itself complete": (self_tag(SELF, {BOOTSTRAP_TAG: "complete", READY_AT_TAG: "2026-01-01T00:00:00Z"}), ALLOWED),
+    "tag itself complete": (self_tag(SELF, COMPLETE_TAGS), ALLOWED),
     "tag itself failed": (self_tag(SELF, {BOOTSTRAP_TAG: "failed"}), ALLOWED),
     "tag another instance of its fleet": (self_tag(PEER, {BOOTSTRAP_TAG: "complete"}), DENIED),
     "retag itself into another fleet": (self_tag(SELF, {FLEET_TAG: "other-fleet"}), DENIED),
     "retag its queue": (self_tag(SELF, {QUEUE_TAG: "nixos-arm-aws"}), DENIED),
     "a third tag key alongside the two": (self_tag(SELF, {BOOTSTRAP_TAG: "complete", ROLE_TAG: "floor"}), DENIED),
+    "a fifth tag key alongside the four": (self_tag(SELF, {**COMPLETE_TAGS, ROLE_TAG: "floor"}), DENIED),
+    "retag the image it was launched from": (self_tag(SELF, {**COMPLETE_TAGS, IMAGE_TAG: "1.0.0/9"}), DENIED),
     "tag itself when not of this fleet": (self_tag(SELF, {BOOTSTRAP_TAG: "complete"}, {FLEET_TAG: "other"}), DENIED),
     "its credentials used off the instance": (self_tag(SELF, {BOOTSTRAP_TAG: "complete"}, caller=""), DENIED),
     "terminate itself": (terminate(BOOTING), DENIED),

@@ -21,7 +21,7 @@ from tests.lambda_context import LambdaContext
 
 from autoscaler import scaler
 from autoscaler.images import image_version
-from autoscaler.lifecycle import FLEET_TAG, IMAGE_TAG
+from autoscaler.lifecycle import AGENT_VERSION_TAG, FLEET_TAG, IMAGE_TAG, NIX_VERSION_TAG
 
 X86 = "nixos-x86-aws"
 ARM = "nixos-arm-aws"
@@ -136,6 +136,25 @@ def test_the_decision_log_and_metrics_count_instances_on_an_older_image(
     assert stale == {X86: 2, ARM: 0}
     # Stale instances retire through max uptime: nothing is terminated for being stale.
     assert len(live(stack)) == 3
+
+
+def test_the_decision_log_counts_each_queues_instances_by_agent_and_nix_version(
+    stack: Stack, buildkite: FakeBuildkite, images: dict[str, str], monkeypatch: pytest.MonkeyPatch, logs: Any
+) -> None:
+    for agent, nix in (("3.87.0", "2.31.2"), ("3.87.0", "2.31.2"), ("3.86.1", "2.30.0")):
+        run_on_image(stack, images["baked"], X86, **{AGENT_VERSION_TAG: agent, NIX_VERSION_TAG: nix})
+    run_on_image(stack, images["stock"], ARM, **{AGENT_VERSION_TAG: "unknown", NIX_VERSION_TAG: "2.31.2"})
+    run_on_image(stack, images["stock"], ARM, **{"buildkite-autoscaler:bootstrap": "pending"})
+    buildkite.serve_metrics({X86: {"running": 15, "busy": 15, "total": 15}, ARM: {"idle": 5, "total": 5}})
+
+    invoke(monkeypatch, buildkite, stack)
+
+    decisions = {line["queue"]: line["plan"] for line in logs() if line["message"] == "scaling decision"}
+    assert decisions[X86]["agent_versions"] == {"3.86.1": 1, "3.87.0": 2}
+    assert decisions[X86]["nix_versions"] == {"2.30.0": 1, "2.31.2": 2}
+    # The booting instance has not tagged its versions yet.
+    assert decisions[ARM]["agent_versions"] == {"unknown": 1}
+    assert decisions[ARM]["nix_versions"] == {"2.31.2": 1}
 
 
 def test_images_are_read_once_per_invocation_not_per_poll(

@@ -23,7 +23,7 @@ from tools.invoke import load_template
 from autoscaler import queue_check
 from autoscaler.bake import BakeSettings
 from autoscaler.config import ConfigError, ReaperSettings, ScalerSettings
-from autoscaler.lifecycle import BOOTSTRAP_TAG, FLEET_TAG, READY_AT_TAG
+from autoscaler.lifecycle import AGENT_VERSION_TAG, BOOTSTRAP_TAG, FLEET_TAG, NIX_VERSION_TAG, READY_AT_TAG
 from autoscaler.pool_reaping import POOL_REASONS
 
 with warnings.catch_warnings():
@@ -692,7 +692,9 @@ def test_agent_uses_only_the_cache_bucket(template: dict[str, Any], resolver: Re
     assert {a for s in storage for a in listed(s["Action"])} >= {"s3:GetObject", "s3:PutObject", "s3:ListBucket"}
 
 
-def test_agent_tags_only_itself_and_only_its_bootstrap_state(template: dict[str, Any], resolver: Resolver) -> None:
+def test_agent_tags_only_itself_and_only_its_bootstrap_state_and_versions(
+    template: dict[str, Any], resolver: Resolver
+) -> None:
     agent = statements(template, resolver, "AgentRole")
     (tagging,) = [s for s in agent if allows(s, "ec2:CreateTags")]
     # Documented keys only (Access Analyzer calls aws:ARN unsupported); behaviour in test_iam_behaviour.py.
@@ -700,7 +702,12 @@ def test_agent_tags_only_itself_and_only_its_bootstrap_state(template: dict[str,
         "ec2:SourceInstanceARN": f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/${{ec2:InstanceID}}"
     }
     assert "aws:ARN" not in json.dumps(statements(template, resolver, "AgentRole"))
-    assert set(tagging["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"]) == {BOOTSTRAP_TAG, READY_AT_TAG}
+    assert set(tagging["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"]) == {
+        BOOTSTRAP_TAG,
+        READY_AT_TAG,
+        AGENT_VERSION_TAG,
+        NIX_VERSION_TAG,
+    }
     ec2_actions = {a for s in agent for a in listed(s["Action"]) if a.startswith("ec2:")}
     assert ec2_actions == {"ec2:CreateTags", "ec2:StopInstances"}
 

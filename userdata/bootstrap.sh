@@ -52,6 +52,10 @@ AGENT_DROPINS="$UNITS/buildkite-agent.service.d"
 AGENT_HOME="$ROOT/var/lib/buildkite-agent"
 AGENT_CONFIG="$ROOT/etc/buildkite-agent/buildkite-agent.cfg"
 SIGNING_KEY="$ROOT/etc/nix/cache-priv-key.pem"
+# The installer's profile: nix is on login shells' PATH only, not the service's.
+NIX="$ROOT/nix/var/nix/profiles/default/bin/nix"
+# What an EC2 tag value may not hold (letters, digits, space, + - = . _ : / @ may be).
+TAG_VALUE_DISALLOWED='[^A-Za-z0-9 +=._:/@-]'
 # The overlayroot tmpfs that holds every write to /.
 OVERLAY_UPPER="$ROOT/media/root-rw"
 IMDS="http://169.254.169.254/latest"
@@ -69,7 +73,7 @@ INSTALL_SETTINGS=(BK_ROOT_MODE BK_NIX_INSTALLER_VERSION BK_NIX_DETERMINATE BK_CA
     BK_CACHE_REGION BK_CACHE_PUBLIC_KEY)
 BOOT_SETTINGS=(BK_QUEUE BK_ARCH BK_FLEET BK_ROLE BK_REGION BK_AGENT_TOKEN_PARAMETER
     BK_SSH_KEY_PARAMETER BK_SIGNING_KEY_PARAMETER BK_AGENTS_PER_INSTANCE BK_BOOTSTRAP_TAG
-    BK_READY_AT_TAG BK_BOOTSTRAP_COMPLETE BK_BOOTSTRAP_FAILED)
+    BK_READY_AT_TAG BK_AGENT_VERSION_TAG BK_NIX_VERSION_TAG BK_BOOTSTRAP_COMPLETE BK_BOOTSTRAP_FAILED)
 
 export DEBIAN_FRONTEND=noninteractive
 umask 022
@@ -455,7 +459,7 @@ check_tag_permission() {
     mkdir -p "$WORK"
     if aws ec2 create-tags --dry-run --region "$BK_REGION" --resources "$INSTANCE_ID" \
         --tags "Key=$BK_BOOTSTRAP_TAG,Value=$BK_BOOTSTRAP_COMPLETE" "Key=$BK_READY_AT_TAG,Value=0" \
-        2>"$errors"; then
+        "Key=$BK_AGENT_VERSION_TAG,Value=0" "Key=$BK_NIX_VERSION_TAG,Value=0" 2>"$errors"; then
         return 0
     fi
     # A permitted dry run "fails" with DryRunOperation.
@@ -463,7 +467,7 @@ check_tag_permission() {
         return 0
     fi
     cat "$errors" >&2
-    die "REFUSED: ec2:CreateTags on $INSTANCE_ID ($BK_BOOTSTRAP_TAG, $BK_READY_AT_TAG): the instance could never report complete"
+    die "REFUSED: ec2:CreateTags on $INSTANCE_ID ($BK_BOOTSTRAP_TAG, $BK_READY_AT_TAG, $BK_AGENT_VERSION_TAG, $BK_NIX_VERSION_TAG): the instance could never report complete"
 }
 
 # read_secret PARAMETER FILE: the value goes from the AWS CLI straight into a
@@ -580,9 +584,41 @@ stop_into_pool() {
     log "stopping into the warm pool of $BK_QUEUE"
 }
 
+# tag_value TEXT: TEXT as an EC2 tag value (disallowed characters as _, at
+# most 256), or "unknown" when empty.
+tag_value() {
+    local value=${1//$TAG_VALUE_DISALLOWED/_}
+    value=${value:0:256}
+    printf '%s\n' "${value:-unknown}"
+}
+
+# The versions this instance runs, as the bake's marker reads them ("buildkite-agent
+# version 3.87.0, build 5805" -> 3.87.0; "nix (Nix) 2.28.3" -> 2.28.3). A version
+# that cannot be read is tagged "unknown": it must not fail a boot that got this far.
+agent_version() {
+    local output
+    output=$(buildkite-agent --version) || output=""
+    if [[ "$output" =~ version\ ([0-9][^,[:space:]]*) ]]; then
+        output=${BASH_REMATCH[1]}
+    fi
+    tag_value "${output%%$'\n'*}"
+}
+
+nix_version() {
+    local output
+    output=$("$NIX" --version) || output=""
+    output=${output%%$'\n'*}
+    tag_value "${output##* }"
+}
+
+# One call: the agents are counted from ready-at, and the versions come with it.
 mark_complete() {
+    local agent nix
+    agent=$(agent_version)
+    nix=$(nix_version)
     rm -rf "$WORK"
-    tag_instance "$BK_BOOTSTRAP_COMPLETE" "Key=$BK_READY_AT_TAG,Value=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    tag_instance "$BK_BOOTSTRAP_COMPLETE" "Key=$BK_READY_AT_TAG,Value=$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+        "Key=$BK_AGENT_VERSION_TAG,Value=$agent" "Key=$BK_NIX_VERSION_TAG,Value=$nix"
     touch "$FLAG"
     log "complete: buildkite-agent is running"
 }

@@ -191,21 +191,12 @@ class ReaperSettings:
 
 
 def parse_image_parameters(text: str) -> dict[str, str]:
-    """IMAGE_PARAMETERS: a JSON object of architecture to SSM parameter name; empty for none."""
-    if not text.strip():
-        return {}
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"IMAGE_PARAMETERS must be a JSON object ({error.msg} at char {error.pos})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"IMAGE_PARAMETERS must be a JSON object (got {_short(raw)})")
-    for arch, name in raw.items():
-        if arch not in ARCHITECTURES:
-            raise ConfigError(f"IMAGE_PARAMETERS keys must be {' or '.join(ARCHITECTURES)} (got {arch!r})")
-        if not isinstance(name, str) or not _PARAMETER_NAME.match(name):
+    """IMAGE_PARAMETERS: architecture -> SSM parameter name of its current AMI; empty for none."""
+    images = _architecture_map("IMAGE_PARAMETERS", text)
+    for arch, name in images.items():
+        if not _PARAMETER_NAME.match(name):
             raise ConfigError(f"IMAGE_PARAMETERS.{arch} must be an SSM parameter name (got {_short(name)})")
-    return dict(raw)
+    return images
 
 
 def queues_from_env(env: Mapping[str, str]) -> tuple[QueueConfig, ...]:
@@ -219,20 +210,24 @@ def queues_from_env(env: Mapping[str, str]) -> tuple[QueueConfig, ...]:
 
 
 def launch_templates_from_env(env: Mapping[str, str]) -> dict[str, str]:
-    text = env.get("LAUNCH_TEMPLATES", "").strip()
-    if not text:
+    return _architecture_map("LAUNCH_TEMPLATES", env.get("LAUNCH_TEMPLATES", ""))
+
+
+def _architecture_map(key: str, text: str) -> dict[str, str]:
+    """A JSON object of architecture to a non-empty string (a template id, a parameter name)."""
+    if not text.strip():
         return {}
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ConfigError(f"LAUNCH_TEMPLATES must be a JSON object ({error.msg} at char {error.pos})") from None
+        raise ConfigError(f"{key} must be a JSON object ({error.msg} at char {error.pos})") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"LAUNCH_TEMPLATES must be a JSON object of architecture to template id (got {_short(raw)})")
+        raise ConfigError(f"{key} must be a JSON object of architecture to a name (got {_short(raw)})")
     for architecture in raw:
         if architecture not in ARCHITECTURES:
-            raise ConfigError(f"LAUNCH_TEMPLATES keys must be one of {', '.join(ARCHITECTURES)} (got {architecture!r})")
-        _string("LAUNCH_TEMPLATES", raw, architecture)
-    return raw
+            raise ConfigError(f"{key} keys must be one of {', '.join(ARCHITECTURES)} (got {architecture!r})")
+        _string(key, raw, architecture)
+    return dict(raw)
 
 
 def parse_queues(

@@ -17,6 +17,7 @@ from botocore.exceptions import ClientError
 
 from autoscaler.config import ON_DEMAND, SPOT
 from autoscaler.lifecycle import (
+    AGENT_VERSION_TAG,
     BOOTSTRAP_PENDING,
     BOOTSTRAP_TAG,
     BOOTSTRAP_WARMING,
@@ -24,6 +25,7 @@ from autoscaler.lifecycle import (
     IMAGE_TAG,
     LIVE_STATES,
     MARKET_TAG,
+    NIX_VERSION_TAG,
     ON_EXIT_TAG,
     QUEUE_TAG,
     READY_AT_TAG,
@@ -311,6 +313,8 @@ def to_instance(raw: dict[str, Any]) -> Instance:
         market=SPOT if raw.get("InstanceLifecycle") == "spot" else ON_DEMAND,
         image_id=raw.get("ImageId", ""),
         image=tags.get(IMAGE_TAG, ""),
+        agent_version=tags.get(AGENT_VERSION_TAG, ""),
+        nix_version=tags.get(NIX_VERSION_TAG, ""),
     )
 
 

@@ -23,6 +23,10 @@ MARKET_TAG = TAG_PREFIX + "market"
 # "1.0.0/7") for a baked image, STOCK_IMAGE for the stock AMI. Set at launch.
 IMAGE_TAG = TAG_PREFIX + "image"
 STOCK_IMAGE = "stock"
+# What the image runs, read on the instance at the end of its bootstrap and
+# tagged in the same call as BOOTSTRAP_TAG=complete ("unknown" if unreadable).
+AGENT_VERSION_TAG = TAG_PREFIX + "agent-version"
+NIX_VERSION_TAG = TAG_PREFIX + "nix-version"
 # Warm pool (see autoscaler.pool): when the scaler last started the instance,
 # and what the instance does when its agent exits (stop back into the pool,
 # or terminate).
@@ -75,6 +79,9 @@ class Instance:
     launch_template_version: str = ""
     on_exit: str = ""
     market: str = ON_DEMAND  # or SPOT: EC2's InstanceLifecycle
+    # AGENT_VERSION_TAG and NIX_VERSION_TAG; "" until the bootstrap completes.
+    agent_version: str = ""
+    nix_version: str = ""
 
     @property
     def baked(self) -> bool:
@@ -110,7 +117,7 @@ def stage_of(instance: Instance, now: datetime, timeouts: Timeouts) -> Stage:
     if instance.bootstrap == BOOTSTRAP_FAILED:
         return Stage.FAILED
     if instance.bootstrap == BOOTSTRAP_COMPLETE:
-        # The instance writes both tags in one call, so a complete instance
+        # The instance writes complete and ready-at in one call, so a complete instance
         # without ready-at was tagged by hand: trust it as ready.
         if instance.ready_at is None:
             return Stage.READY

@@ -7,8 +7,9 @@ never killed by a decision made here.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from autoscaler.config import QueueConfig
@@ -44,6 +45,10 @@ class QueuePlan:
     # Live instances of an image older than the current one; they retire through
     # max uptime, never by termination.
     stale: int = 0
+    # Instances by the versions they tagged at the end of their bootstrap (what
+    # each one runs); instances still booting have none yet and are left out.
+    agent_versions: dict[str, int] = field(default_factory=dict)
+    nix_versions: dict[str, int] = field(default_factory=dict)
 
     @property
     def launch_total(self) -> int:
@@ -104,7 +109,13 @@ def plan_queue(
         unmet_instances=unmet,
         reason=_reason(launch_floor, launch_burst, unmet, needed, expected),
         stale=sum(1 for instance in mine if current_image and instance.image_id not in ("", current_image)),
+        agent_versions=_count(instance.agent_version for instance in mine),
+        nix_versions=_count(instance.nix_version for instance in mine),
     )
+
+
+def _count(versions: Iterable[str]) -> dict[str, int]:
+    return dict(sorted(Counter(version for version in versions if version).items()))
 
 
 def _reason(floor: int, burst: int, unmet: int, needed: int, expected: int) -> str:

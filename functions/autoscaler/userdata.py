@@ -22,10 +22,12 @@ from typing import Protocol
 
 from autoscaler.config import ARCHITECTURES, ROLES, ROOT_MODES, QueueConfig, UserDataSettings
 from autoscaler.lifecycle import (
+    AGENT_VERSION_TAG,
     BOOTSTRAP_COMPLETE,
     BOOTSTRAP_FAILED,
     BOOTSTRAP_POOLED,
     BOOTSTRAP_TAG,
+    NIX_VERSION_TAG,
     ON_EXIT_STOP,
     ON_EXIT_TAG,
     READY_AT_TAG,
@@ -122,6 +124,8 @@ def _settings_values(settings: UserDataSettings, queue: QueueConfig, role: str, 
         "BK_MIN_FREE_SPACE_GIB": str(settings.min_free_space_gib),
         "BK_BOOTSTRAP_TAG": BOOTSTRAP_TAG,
         "BK_READY_AT_TAG": READY_AT_TAG,
+        "BK_AGENT_VERSION_TAG": AGENT_VERSION_TAG,
+        "BK_NIX_VERSION_TAG": NIX_VERSION_TAG,
         "BK_BOOTSTRAP_COMPLETE": BOOTSTRAP_COMPLETE,
         "BK_BOOTSTRAP_FAILED": BOOTSTRAP_FAILED,
         "BK_BOOTSTRAP_POOLED": BOOTSTRAP_POOLED,
