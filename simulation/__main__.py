@@ -16,7 +16,7 @@ from dataclasses import asdict, replace
 from datetime import timedelta
 from pathlib import Path
 
-from autoscaler.config import ConfigError
+from autoscaler.config import SPOT, ConfigError
 from simulation.cost import PRICE_DATE, PRICE_REGION, WORKING_DAYS_PER_MONTH, PriceError, Prices
 from simulation.deployment import Deployment, TemplateError, deployment
 from simulation.report import (
@@ -36,6 +36,7 @@ from simulation.settings import with_overrides
 from simulation.trace import START, Trace, TraceError, default_trace, load_csv
 
 DEFAULT_RUNS = 3
+SPOT_NOTE = " (spot instance-hours at 1 - spot_discount of them)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,10 +117,12 @@ def _run_all(
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(table(summaries, all_ranges=args.runs is not None and args.runs > 1))
+        spot = any(queue.capacity_type == SPOT for scenario in scenarios.values() for queue in scenario.queues)
+        print(table(summaries, all_ranges=args.runs is not None and args.runs > 1, spot=spot))
         print(
             f"\nmedian (min-max) over seeds {seeds[0]}-{seeds[-1]}; $ = instances at {PRICE_REGION} on-demand prices "
-            f"of {PRICE_DATE} + root volumes; $ per month = $ per day x {args.days_per_month:g} days"
+            f"of {PRICE_DATE}{SPOT_NOTE if spot else ''} + root volumes; "
+            f"$ per month = $ per day x {args.days_per_month:g} days"
         )
     return 1 if warned else 0
 
@@ -208,7 +211,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a setting, e.g. max_instances=10, nixos-arm-aws.max_instances=2, boot_path=baked",
+        help="a setting, e.g. max_instances=10, nixos-arm-aws.max_instances=2, boot_path=baked, capacity_type=spot",
     )
     parser.add_argument(
         "--compare",

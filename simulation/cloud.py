@@ -16,10 +16,11 @@ from typing import Any
 from freezegun import freeze_time
 
 from autoscaler.buildkite import MetricsSnapshot, parse_queues
-from autoscaler.config import QueueConfig
-from autoscaler.fleet import Ec2Fleet, LaunchSpec
+from autoscaler.config import ARCHITECTURES, SPOT, QueueConfig
+from autoscaler.fleet import Ec2Fleet, LaunchError, LaunchSpec
+from autoscaler.images import CurrentImage
 from autoscaler.lifecycle import BOOTSTRAP_TAG, READY_AT_TAG, Instance
-from simulation.world import SimInstance, World
+from simulation.world import BOOT_PATHS, SimInstance, World
 
 
 @dataclass(frozen=True)
@@ -64,11 +65,20 @@ class MemoryFleet:
         return [self.record(i) for i in self.world.instances.values() if i.live]
 
     def run(self, spec: LaunchSpec) -> list[str]:
+        self.check_capacity(spec)
         ids = []
         for _ in range(spec.count):
             ids.append(f"i-{self.world.launch_count:017x}")
             self.adopt(ids[-1], spec)
         return ids
+
+    def check_capacity(self, spec: LaunchSpec) -> None:
+        """EC2's answer when a spot pool has no capacity: the error the launch path falls back on."""
+        if spec.market == SPOT and self.world.spot_refused(spec.queue):
+            raise LaunchError(
+                "InsufficientInstanceCapacity",
+                f"no spot capacity for {spec.instance_type} in {spec.subnet_id} (simulated)",
+            )
 
     def adopt(self, instance_id: str, spec: LaunchSpec) -> None:
         queue = self.queues[spec.queue]
@@ -81,6 +91,8 @@ class MemoryFleet:
             queue.agents_per_instance,
             None if floor else float(queue.idle_timeout_seconds),
             float(queue.max_uptime_seconds) if queue.max_uptime_seconds else None,
+            market=spec.market,
+            image=spec.image,
         )
 
     def terminate(self, instance_id: str) -> None:
@@ -100,6 +112,9 @@ class MemoryFleet:
             launch_time=self.world.time(instance.launched_at),
             state="running",
             ready_at=None if instance.ready_at is None else self.world.time(instance.ready_at),
+            instance_type=instance.instance_type,
+            image=instance.image,
+            market=instance.market,
         )
 
 
@@ -116,6 +131,7 @@ class MotoFleet(MemoryFleet):
         return self._adapter.list_instances()
 
     def run(self, spec: LaunchSpec) -> list[str]:
+        self.check_capacity(spec)
         # freezegun gives the instances the simulated LaunchTime.
         with freeze_time(self.world.time()):
             ids = self._adapter.run(spec)
@@ -135,3 +151,14 @@ class MotoFleet(MemoryFleet):
         if instance.ready_at is not None:
             tags.append({"Key": READY_AT_TAG, "Value": self.world.time(instance.ready_at).isoformat()})
         self._ec2.create_tags(Resources=[instance.instance_id], Tags=tags)
+
+
+@dataclass(frozen=True)
+class SimImages:
+    """The image pipeline's current image per architecture, as the scaler reads it: the boot path's."""
+
+    boot_path: str
+
+    def current(self) -> dict[str, CurrentImage]:
+        version = BOOT_PATHS[self.boot_path].image
+        return {arch: CurrentImage(f"ami-sim-{self.boot_path}-{arch}", version) for arch in ARCHITECTURES}

@@ -4,9 +4,10 @@ Prices are on-demand list prices for one region, with their date: a small
 shipped table, each overridable (`--price TYPE=USD`). Figures leave out free
 tiers, data transfer, the NAT gateway and taxes.
 
-The model is per queue and per term, so what later issues add plugs in as
-data: a market discount per queue (spot) in `Prices.discount`, and the EBS of
-stopped pool instances as `QueueUsage.stopped_gib_seconds`.
+The model is per queue and per term, so markets and pools plug in as data: a
+spot discount per queue in `Prices.discount`, applied to the queue's spot
+instance-seconds (`QueueUsage.spot_seconds`), and the EBS of stopped pool
+instances as `QueueUsage.stopped_gib_seconds`.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class PriceError(ValueError):
 class Prices:
     per_hour: dict[str, float] = field(default_factory=lambda: dict(ON_DEMAND_PER_HOUR))
     ebs_gib_month: float = EBS_GP3_PER_GIB_MONTH
-    discount: dict[str, float] = field(default_factory=dict)  # per queue, 0..1 off the instance price
+    discount: dict[str, float] = field(default_factory=dict)  # per queue, 0..1 off the price of spot seconds
 
     def hourly(self, instance_type: str) -> float:
         if instance_type not in self.per_hour:
@@ -82,9 +83,10 @@ class Prices:
 @dataclass(frozen=True)
 class QueueUsage:
     queue: str
-    instance_seconds: dict[str, float]  # per instance type
+    instance_seconds: dict[str, float]  # per instance type, on-demand
     running_gib_seconds: float  # root volumes while their instance exists
     stopped_gib_seconds: float = 0.0  # root volumes of stopped pool instances
+    spot_seconds: dict[str, float] = field(default_factory=dict)  # per instance type, spot
 
 
 @dataclass(frozen=True)
@@ -98,12 +100,18 @@ class QueueCost:
 
 def queue_cost(usage: QueueUsage, prices: Prices, days: int, days_per_month: float) -> QueueCost:
     """The run's cost of one queue, spread over the `days` the trace covers."""
-    factor = 1.0 - prices.discount.get(usage.queue, 0.0)
-    compute = sum(prices.hourly(kind) * seconds / 3600 for kind, seconds in usage.instance_seconds.items()) * factor
+    spot_factor = 1.0 - prices.discount.get(usage.queue, 0.0)
+    compute = _instance_hours_cost(usage.instance_seconds, prices) + spot_factor * _instance_hours_cost(
+        usage.spot_seconds, prices
+    )
     gib_seconds = usage.running_gib_seconds + usage.stopped_gib_seconds
     ebs = prices.ebs_gib_month * gib_seconds / (HOURS_PER_MONTH * 3600)
     per_day = (compute + ebs) / days
     return QueueCost(usage.queue, compute, ebs, per_day, per_day * days_per_month)
+
+
+def _instance_hours_cost(seconds_per_type: dict[str, float], prices: Prices) -> float:
+    return sum(prices.hourly(kind) * seconds / 3600 for kind, seconds in seconds_per_type.items())
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from autoscaler.config import ON_DEMAND, SPOT
 from simulation.cost import (
     DAYS_PER_MONTH,
     WORKING_DAYS_PER_MONTH,
@@ -40,6 +41,10 @@ class QueueSummary:
     peak_instances: int
     cost_per_day: float
     cost_per_month: float
+    spot_launched: int = 0
+    interruptions: int = 0
+    retried_jobs: int = 0  # runs cancelled and run again
+    lost_job_minutes: float = 0.0  # what the cancelled runs had run
 
 
 @dataclass(frozen=True)
@@ -63,10 +68,21 @@ ROWS = (
     ("$ per day", "cost_per_day", "{:.2f}", False),
     ("$ per month", "cost_per_month", "{:.0f}", False),
 )
+# Shown when a compared scenario has a spot queue.
+SPOT_ROWS = (
+    ("spot launches", "spot_launched", "{:.0f}", False),
+    ("interruptions", "interruptions", "{:.0f}", True),
+    ("retried jobs", "retried_jobs", "{:.0f}", True),
+    ("lost job-minutes", "lost_job_minutes", "{:.0f}", True),
+)
 
 
 def summarize(result: RunResult, pricing: Pricing | None = None) -> list[QueueSummary]:
     pricing = pricing or Pricing(Prices())
+    # The run's spot discounts are settings of its scenario; the prices are shared by every run.
+    world = result.scenario.world
+    discount = {queue.name: world.spot_market(queue.name).discount for queue in result.scenario.queues}
+    pricing = replace(pricing, prices=replace(pricing.prices, discount=discount))
     return [_queue_summary(result, queue.name, pricing) for queue in result.scenario.queues]
 
 
@@ -76,8 +92,7 @@ def job_waits(result: RunResult, queue: str) -> list[float]:
     for sim in result.world.jobs.values():
         if sim.job.queue != queue or sim.job.scheduled_at > result.end:
             continue
-        ready = sim.job.scheduled_at if sim.ready_at is None else sim.ready_at
-        waits.append((result.end if sim.started_at is None else sim.started_at) - ready)
+        waits.append(sim.wait_at(result.end))
     return sorted(waits)
 
 
@@ -88,11 +103,13 @@ def trace_days(result: RunResult) -> int:
 
 
 def usage(result: RunResult, queue: str) -> QueueUsage:
-    seconds: dict[str, float] = {}
+    seconds: dict[str, dict[str, float]] = {ON_DEMAND: {}, SPOT: {}}
     for instance in result.world.instances.values():
         if instance.queue == queue:
-            seconds[instance.instance_type] = seconds.get(instance.instance_type, 0.0) + lifetime(instance, result.end)
-    return QueueUsage(queue, seconds, sum(seconds.values()) * result.scenario.root_volume_gib)
+            market = seconds[instance.market]
+            market[instance.instance_type] = market.get(instance.instance_type, 0.0) + lifetime(instance, result.end)
+    total = sum(sum(market.values()) for market in seconds.values())
+    return QueueUsage(queue, seconds[ON_DEMAND], total * result.scenario.root_volume_gib, spot_seconds=seconds[SPOT])
 
 
 def _queue_summary(result: RunResult, queue: str, pricing: Pricing) -> QueueSummary:
@@ -118,6 +135,10 @@ def _queue_summary(result: RunResult, queue: str, pricing: Pricing) -> QueueSumm
         peak_instances=world.peak_live.get(queue, 0),
         cost_per_day=cost.per_day,
         cost_per_month=cost.per_month,
+        spot_launched=sum(instance.market == SPOT for instance in instances),
+        interruptions=sum(instance.interrupted_at is not None for instance in instances),
+        retried_jobs=sum(sim.retries for sim in jobs),
+        lost_job_minutes=sum(sim.lost_seconds for sim in jobs) / MINUTE,
     )
 
 
@@ -167,24 +188,33 @@ def spreads(runs: list[list[QueueSummary]]) -> list[dict[str, Spread]]:
     """Per queue, each figure's median and range over the runs."""
     per_queue = zip(*runs, strict=True)
     return [
-        {key: Spread.of([float(asdict(summary)[key]) for summary in summaries]) for _, key, _, _ in ROWS}
+        {key: Spread.of([float(asdict(summary)[key]) for summary in summaries]) for _, key, _, _ in ROWS + SPOT_ROWS}
         for summaries in per_queue
     ]
 
 
-def table(runs: dict[str, list[list[QueueSummary]]], all_ranges: bool) -> str:
-    """One block per queue; one column per named setting, each figure a median (and range) over seeds."""
+def table(runs: dict[str, list[list[QueueSummary]]], all_ranges: bool, spot: bool = False) -> str:
+    """One block per queue; one column per named setting, each figure a median (and range) over seeds;
+    with `spot`, the spot market's figures too."""
     stats = {label: spreads(summaries) for label, summaries in runs.items()}
     queues = [summary.queue for summary in next(iter(runs.values()))[0]]
-    width = max(17, *(len(label) + 2 for label in runs))
+    rows = ROWS + (SPOT_ROWS if spot else ())
+    cells = [
+        [
+            [_cell(per_label[index][key], fmt, tail or all_ranges) for per_label in stats.values()]
+            for _, key, fmt, tail in rows
+        ]
+        for index in range(len(queues))
+    ]
+    # Wide enough for the widest label or figure, with a space before it.
+    width = max(17, *(len(label) + 2 for label in runs), *(len(c) + 1 for q in cells for row in q for c in row))
     blocks = []
-    for index, queue in enumerate(queues):
+    for queue, queue_cells in zip(queues, cells, strict=True):
         lines = [f"{queue:<18}" + "".join(f"{label:>{width}}" for label in runs)]
-        for name, key, fmt, tail in ROWS:
-            cells = "".join(
-                f"{_cell(per_label[index][key], fmt, tail or all_ranges):>{width}}" for per_label in stats.values()
-            )
-            lines.append(f"{name:<18}{cells}")
+        lines += [
+            f"{name:<18}" + "".join(f"{cell:>{width}}" for cell in row)
+            for (name, *_), row in zip(rows, queue_cells, strict=True)
+        ]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
@@ -248,8 +278,8 @@ def _wait_scatter(axis, result: RunResult, queue: str, offset: float) -> None:  
         if sim.job.queue != queue or sim.job.scheduled_at > result.end:
             continue
         ready = sim.job.scheduled_at if sim.ready_at is None else sim.ready_at
-        point = (offset + ready / HOUR, ((result.end if sim.started_at is None else sim.started_at) - ready) / MINUTE)
-        (done if sim.started_at is not None else unfinished).append(point)
+        point = (offset + ready / HOUR, sim.wait_at(result.end) / MINUTE)
+        (done if sim.started else unfinished).append(point)
     if done:
         axis.scatter(*zip(*done, strict=True), s=6, color="tab:blue", label="started")
     if unfinished:

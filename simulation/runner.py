@@ -22,14 +22,21 @@ from pathlib import Path
 from typing import Any
 
 from autoscaler import reaper, scaler
-from autoscaler.config import QueueConfig, ReaperSettings, ScalerSettings, UserDataSettings, env_int
+from autoscaler.config import (
+    DEFAULT_BAKED_BOOTSTRAP_TIMEOUT,
+    QueueConfig,
+    ReaperSettings,
+    ScalerSettings,
+    UserDataSettings,
+    env_int,
+)
 from autoscaler.scaling import PollResult, Scaler, TimeLeft, unbounded
 from autoscaler.telemetry import logger
 from autoscaler.userdata import render_user_data
-from simulation.cloud import MemoryFleet, MotoFleet, Sample, SimBuildkite
+from simulation.cloud import MemoryFleet, MotoFleet, Sample, SimBuildkite, SimImages
 from simulation.deployment import TEMPLATE, deployment
 from simulation.trace import START, Job, blocked_by_cycles
-from simulation.world import World, WorldSettings
+from simulation.world import RETRY_LIMIT, World, WorldSettings
 
 FLEET = "simulated"
 METRICS_DISABLED = "POWERTOOLS_METRICS_DISABLED"
@@ -42,6 +49,7 @@ class Scenario:
     bootstrap_timeout_seconds: int
     ready_grace_seconds: int
     reap_cap: int
+    baked_bootstrap_timeout_seconds: int = DEFAULT_BAKED_BOOTSTRAP_TIMEOUT
     world: WorldSettings = field(default_factory=WorldSettings)
     poll_seconds: float = 10.0  # the metrics API's poll interval
     scaler_period: float = 60.0
@@ -60,6 +68,7 @@ def default_scenario(template: Path = TEMPLATE) -> Scenario:
         bootstrap_timeout_seconds=env_int(deployed.env, "BOOTSTRAP_TIMEOUT_SECONDS"),
         ready_grace_seconds=env_int(deployed.env, "READY_GRACE_SECONDS"),
         reap_cap=env_int(deployed.env, "REAPER_MAX_TERMINATIONS"),
+        baked_bootstrap_timeout_seconds=env_int(deployed.env, "BAKED_BOOTSTRAP_TIMEOUT_SECONDS"),
         scaler_period=deployed.scaler_period,
         scaler_timeout=deployed.scaler_timeout,
         reaper_period=deployed.reaper_period,
@@ -220,6 +229,7 @@ def _simulate(
     clock = _SimClock(world)
     settings = scaler_settings(scenario)
     render = partial(render_user_data, settings.user_data, fleet_name=FLEET)
+    images = SimImages(scenario.world.boot_path)
     decisions: list[Decision] = []
     _schedule_reaper(world, fleet, scenario, clock, sink)
 
@@ -230,7 +240,13 @@ def _simulate(
         world.advance_to(invocation)
         deadline = invocation + scenario.scaler_timeout
         poller = _RecordingScaler(
-            decisions, lambda: world.now, settings=settings, source=source, fleet=fleet, render_user_data=render
+            decisions,
+            lambda: world.now,
+            settings=settings,
+            source=source,
+            fleet=fleet,
+            render_user_data=render,
+            images=images,
         )
         sink.runs["scaler"] += sink.counting(invocation)
         scaler.run(poller, clock, lambda deadline=deadline: deadline - world.now, dry_run=False)
@@ -267,6 +283,17 @@ def run_warnings(trace: list[Job], result: RunResult) -> list[str]:
     last_arrival = max((job.scheduled_at for job in trace), default=0.0)
     if result.end >= last_arrival + result.scenario.drain_hours * 3600 and unfinished:
         warnings.append(f"stopped at the time cap, drain_hours={result.scenario.drain_hours:g} after the last arrival")
+    failed = sum(sim.state == "failed" for sim in result.world.jobs.values())
+    if failed:
+        warnings.append(
+            f"{failed} jobs were interrupted more often than the pipeline's retry limit ({RETRY_LIMIT}) and failed"
+        )
+    dropped = sum(instance.dropped for instance in result.world.instances.values())
+    if dropped:
+        warnings.append(
+            f"{dropped} running jobs were on instances the reaper terminated (their agents connected just before "
+            "the bootstrap timeout): retried"
+        )
     if unfinished:
         never = sum(sim.started_at is None for sim in result.world.jobs.values())
         warnings.append(
@@ -279,7 +306,13 @@ def run_warnings(trace: list[Job], result: RunResult) -> list[str]:
 def _schedule_reaper(
     world: World, fleet: MemoryFleet, scenario: Scenario, clock: _SimClock, sink: TelemetrySink
 ) -> None:
-    settings = ReaperSettings(FLEET, scenario.bootstrap_timeout_seconds, scenario.reap_cap, dry_run=False)
+    settings = ReaperSettings(
+        FLEET,
+        scenario.bootstrap_timeout_seconds,
+        scenario.reap_cap,
+        dry_run=False,
+        baked_bootstrap_timeout_seconds=scenario.baked_bootstrap_timeout_seconds,
+    )
 
     def reap() -> None:
         sink.function = "reaper"
@@ -312,4 +345,5 @@ def scaler_settings(scenario: Scenario) -> ScalerSettings:
         ready_grace_seconds=scenario.ready_grace_seconds,
         dry_run=False,
         user_data=user_data,
+        baked_bootstrap_timeout_seconds=scenario.baked_bootstrap_timeout_seconds,
     )

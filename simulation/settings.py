@@ -23,12 +23,15 @@ QUEUE_KEYS = (
     "idle_timeout_seconds",
     "max_uptime_seconds",
     "include_waiting",
+    "capacity_type",
+    "on_demand_fallback",
 )
 # Simulation settings that are the Lambdas' environment variables.
 DEPLOYED_KEYS = {
     "bootstrap_timeout_seconds": "BOOTSTRAP_TIMEOUT_SECONDS",
     "ready_grace_seconds": "READY_GRACE_SECONDS",
     "reap_cap": "REAPER_MAX_TERMINATIONS",
+    "baked_bootstrap_timeout_seconds": "BAKED_BOOTSTRAP_TIMEOUT_SECONDS",
 }
 
 
@@ -46,12 +49,18 @@ WORLD_RULES = {
     "failure_share": Rule(float, 0, 1),
     "seed": Rule(int, 0),
 }
+# Per queue like QUEUE_KEYS, but the simulated market's, not the deployment's: `spot_<field of SpotMarket>`.
+SPOT_RULES = {
+    "spot_discount": Rule(float, 0, 1),
+    "spot_interruptions_per_hour": Rule(float, 0),
+    "spot_unavailable_share": Rule(float, 0, 1),
+}
 SCENARIO_RULES = {
     "poll_seconds": Rule(float, 1),  # 0 would poll forever within one invocation
     "reaper_period": Rule(float, 60),
     "drain_hours": Rule(float, 1),
 }
-KNOWN = (*QUEUE_KEYS, *DEPLOYED_KEYS, *WORLD_RULES, *SCENARIO_RULES, "boot_path")
+KNOWN = (*QUEUE_KEYS, *SPOT_RULES, *DEPLOYED_KEYS, *WORLD_RULES, *SCENARIO_RULES, "boot_path")
 
 
 def with_overrides(scenario: Scenario, overrides: dict[str, str]) -> Scenario:
@@ -71,15 +80,18 @@ def _apply(scenario: Scenario, key: str, text: str) -> Scenario:
     queue_name, _, name = key.rpartition(".")
     if name in QUEUE_KEYS:
         return _override_queues(scenario, queue_name, name, text)
+    if name in SPOT_RULES:
+        return _override_spot(scenario, queue_name, name, _number(name, text, SPOT_RULES[name]))
     if queue_name:
-        raise ConfigError(f"{name!r} is not a queue setting (one of {', '.join(QUEUE_KEYS)})")
+        raise ConfigError(f"{name!r} is not a queue setting (one of {', '.join((*QUEUE_KEYS, *SPOT_RULES))})")
     if name in DEPLOYED_KEYS:
         return replace(scenario, **{name: env_int({DEPLOYED_KEYS[name]: text}, DEPLOYED_KEYS[name])})
     if name == "boot_path":
         if text not in BOOT_PATHS:
             raise ConfigError(f"boot_path must be one of {', '.join(BOOT_PATHS)} (got {text!r})")
         path = BOOT_PATHS[text]
-        return replace(scenario, world=replace(scenario.world, boot_seconds=path.seconds, boot_jitter=path.jitter))
+        world = replace(scenario.world, boot_path=text, boot_seconds=path.seconds, boot_jitter=path.jitter)
+        return replace(scenario, world=world)
     if name in WORLD_RULES:
         return replace(scenario, world=replace(scenario.world, **{name: _number(name, text, WORLD_RULES[name])}))
     if name in SCENARIO_RULES:
@@ -87,10 +99,24 @@ def _apply(scenario: Scenario, key: str, text: str) -> Scenario:
     raise ConfigError(f"unknown setting (known: {', '.join(KNOWN)})")
 
 
-def _override_queues(scenario: Scenario, queue_name: str, name: str, text: str) -> Scenario:
+def _queues_named(scenario: Scenario, queue_name: str) -> list[str]:
+    """The queues `QUEUE.key` names: that one, or every queue for a bare key."""
     names = [queue.name for queue in scenario.queues]
     if queue_name and queue_name not in names:
         raise ConfigError(f"no queue {queue_name!r} (queues: {', '.join(names)})")
+    return [queue_name] if queue_name else names
+
+
+def _override_spot(scenario: Scenario, queue_name: str, name: str, value: float) -> Scenario:
+    world = scenario.world
+    field = name.removeprefix("spot_")
+    named = _queues_named(scenario, queue_name)
+    markets = {queue: replace(world.spot_market(queue), **{field: value}) for queue in named}
+    return replace(scenario, world=replace(world, spot={**world.spot, **markets}))
+
+
+def _override_queues(scenario: Scenario, queue_name: str, name: str, text: str) -> Scenario:
+    _queues_named(scenario, queue_name)
     try:
         value = json.loads(text)
     except json.JSONDecodeError:

@@ -1,10 +1,12 @@
 """The simulated world: jobs on Buildkite, instances on EC2, agents on the instances.
 
 Event-driven on simulated seconds. Instances behave as the real user-data
-makes them: they boot for a while, tag themselves complete (or hang, or
-tag failed and power off), connect their agents a few seconds later, and
-power off when their agents exit for idleness or uptime. A job is never
-interrupted: agents only exit when idle.
+makes them: they boot for a while, start their agents (which connect a few
+seconds later), check them for AGENT_CHECK_SECONDS and tag themselves
+complete (or hang, or tag failed and power off), and power off when their
+agents exit for idleness or uptime. Agents only exit when idle, except on a
+spot instance AWS reclaims: there the running jobs are cancelled before the
+termination and retried, as the pipeline rule of docs/spot.md retries them.
 """
 
 from __future__ import annotations
@@ -12,11 +14,18 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from autoscaler.lifecycle import BOOTSTRAP_COMPLETE, BOOTSTRAP_FAILED, BOOTSTRAP_PENDING
+from autoscaler.config import ON_DEMAND, SPOT
+from autoscaler.lifecycle import (
+    AGENT_CHECK_SECONDS,
+    BOOTSTRAP_COMPLETE,
+    BOOTSTRAP_FAILED,
+    BOOTSTRAP_PENDING,
+    STOCK_IMAGE,
+)
 from simulation.trace import Job
 
 
@@ -25,6 +34,7 @@ class BootPath:
     seconds: float  # launch → bootstrap=complete, typical
     jitter: float  # each boot takes seconds x (1 ± jitter)
     source: str
+    image: str  # the image version the scaler tags its instances with (IMAGE_TAG)
 
 
 # Launch to `bootstrap=complete`. Assumptions, not measurements of this fleet:
@@ -35,14 +45,47 @@ BOOT_PATHS = {
         0.25,
         "stock Ubuntu AMI: apt + Nix install, overlayroot reboot, agent start; about 7 min "
         "(5-9 min) as docs/instance-boot.md's steps take on a 2xlarge",
+        STOCK_IMAGE,
     ),
     "baked": BootPath(
         60.0,
         0.25,
         "baked image: EC2 start (~15 s), kernel + cloud-init (~25 s), agent start checked 20 s; "
         "about 1 min (45-75 s), one boot, no installs",
+        "1.0.0/1",  # a pipeline build version: the scaler's baked bootstrap timeout applies
     ),
 }
+
+# An interruption notice comes two minutes before EC2 reclaims the instance; the
+# watcher cancels the running jobs 30 s before that (docs/spot.md), and the agent's
+# exit then powers the instance off.
+SPOT_NOTICE_SECONDS = 120.0
+SPOT_CANCEL_SECONDS = SPOT_NOTICE_SECONDS - 30.0
+# The pipeline rule of docs/spot.md: `retry: automatic` on `signal_reason: agent_stop`, limit 2.
+RETRY_LIMIT = 2
+
+
+@dataclass(frozen=True)
+class SpotMarket:
+    """One queue's spot market, as assumptions (README: "Spot"); used by spot queues only.
+
+    discount: off the on-demand price. AWS's Spot Instance Advisor lists, per type
+    and region, the savings over on-demand averaged over the last 30 days; for the
+    c7i and c7g 2xlarge families in us-east-1 it has shown roughly 55-70 % (written
+    down by hand, not fetched): 0.6 by default.
+    interruptions_per_hour: a Poisson rate per spot instance-hour. The Advisor
+    gives each type a band of "the rate at which Spot has reclaimed capacity during
+    the trailing month": <5 %, 5-10 %, 10-15 %, 15-20 %, >20 %; these families are
+    usually in the lowest one or two. Read pessimistically, as the share of
+    instances reclaimed within one six-hour life (the template's max uptime) instead
+    of within a month: 6 % per 6 h = 0.01 per instance-hour, the middle of 5-10 %.
+    unavailable_share: the chance a spot RunInstances finds no capacity
+    (InsufficientInstanceCapacity): 0 by default, to try the on-demand fallback.
+    """
+
+    discount: float = 0.6
+    interruptions_per_hour: float = 0.01
+    unavailable_share: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -52,6 +95,11 @@ class WorldSettings:
     connect_delay: float = 5.0  # ready-at → agents visible in the metrics
     failure_share: float = 0.04  # of launches: half hang, half report failed
     seed: int = 7
+    boot_path: str = "stock"  # which image the instances boot: its tag decides the bootstrap timeout
+    spot: Mapping[str, SpotMarket] = field(default_factory=dict)  # per queue; SpotMarket() when absent
+
+    def spot_market(self, queue: str) -> SpotMarket:
+        return self.spot.get(queue, SpotMarket())
 
 
 @dataclass
@@ -63,6 +111,20 @@ class SimJob:
     finished_at: float | None = None
     instance_id: str = ""
     runs: int = 0
+    retries: int = 0  # runs cancelled by a spot interruption (or a reaped instance) and run again
+    waited: float = 0.0  # waits of the runs before the last
+    lost_seconds: float = 0.0  # time the cancelled runs had run
+
+    @property
+    def started(self) -> bool:
+        """Its last run started (and is running or over)."""
+        return self.state in ("running", "done", "failed")
+
+    def wait_at(self, end: float) -> float:
+        """Every run's wait from ready to started; a run not started yet waits until `end`."""
+        ready = self.job.scheduled_at if self.ready_at is None else self.ready_at
+        started = self.started_at if self.started and self.started_at is not None else end
+        return self.waited + started - ready
 
 
 @dataclass
@@ -77,7 +139,11 @@ class SimInstance:
     launched_at: float
     fate: str  # ok, hang, fail
     boot_seconds: float
+    market: str = ON_DEMAND
+    image: str = ""  # IMAGE_TAG as the scaler set it
     bootstrap: str = BOOTSTRAP_PENDING
+    interrupted_at: float | None = None  # when the spot interruption notice came
+    dropped: int = 0  # jobs it was running when the reaper terminated it
     ready_at: float | None = None
     connected_at: float | None = None
     ended_at: float | None = None
@@ -164,7 +230,9 @@ class World:
         for instance in self._live.get(queue, {}).values():
             if instance.connected:
                 counts["busy"] += len(instance.busy)
-                counts["idle"] += instance.agents_per_instance - len(instance.busy)
+                # After an interruption notice its idle agents have stopped (SIGTERM).
+                if instance.interrupted_at is None:
+                    counts["idle"] += instance.agents_per_instance - len(instance.busy)
         counts["total"] = counts["idle"] + counts["busy"]
         return counts
 
@@ -173,6 +241,18 @@ class World:
 
     def unfinished_jobs(self) -> int:
         return len(self.jobs) - sum(counts.get("done", 0) for counts in self._counts.values())
+
+    def spot_refused(self, queue: str) -> bool:
+        """Whether a spot RunInstances for `queue` finds no capacity, drawn from the queue's spot stream."""
+        share = self.settings.spot_market(queue).unavailable_share
+        return share > 0 and self._spot_rng(queue).random() < share
+
+    def _rng(self, queue: str) -> random.Random:
+        return self._rngs.setdefault(queue, random.Random(f"{self.settings.seed}/{queue}"))
+
+    def _spot_rng(self, queue: str) -> random.Random:
+        # Apart from the boot stream, so spot settings leave boot times and fates alone.
+        return self._rngs.setdefault(f"{queue}/spot", random.Random(f"{self.settings.seed}/{queue}/spot"))
 
     def _set_state(self, sim: SimJob, state: str) -> None:
         counts = self._counts.setdefault(sim.job.queue, {})
@@ -192,22 +272,44 @@ class World:
         agents_per_instance: int,
         idle_timeout: float | None,
         max_uptime: float | None,
+        market: str = ON_DEMAND,
+        image: str = "",
     ) -> SimInstance:
         settings = self.settings
         # Drawn in launch order, so two runs making the same decisions get the same fates.
-        rng = self._rngs.setdefault(queue, random.Random(f"{settings.seed}/{queue}"))
+        rng = self._rng(queue)
         roll = rng.random()
         fate = "ok" if roll >= settings.failure_share else ("hang" if roll < settings.failure_share / 2 else "fail")
         boot = settings.boot_seconds * rng.uniform(1 - settings.boot_jitter, 1 + settings.boot_jitter)
         instance = SimInstance(
-            instance_id, queue, role, instance_type, agents_per_instance, idle_timeout, max_uptime, self.now, fate, boot
+            instance_id,
+            queue,
+            role,
+            instance_type,
+            agents_per_instance,
+            idle_timeout,
+            max_uptime,
+            self.now,
+            fate,
+            boot,
+            market,
+            image,
         )
         self.instances[instance_id] = instance
         self._live.setdefault(queue, {})[instance_id] = instance
         self.launch_count += 1
         self.peak_live[queue] = max(self.peak_live.get(queue, 0), self.live_count(queue))
+        if fate == "ok":
+            # The bootstrap starts the agent, checks it for AGENT_CHECK_SECONDS, then tags
+            # itself: the agents connect before ready-at, as on a real instance.
+            started = self.now + max(boot - AGENT_CHECK_SECONDS, 0.0)
+            self.schedule(started + settings.connect_delay, lambda: self._connect(instance))
         if fate != "hang":
             self.schedule(self.now + boot, lambda: self._boot_done(instance))
+        rate = settings.spot_market(queue).interruptions_per_hour
+        if market == SPOT and rate > 0:
+            notice = self.now + self._spot_rng(queue).expovariate(rate / 3600)
+            self.schedule(notice, lambda: self._interrupt(instance))
         return instance
 
     def terminate(self, instance_id: str) -> None:
@@ -215,9 +317,11 @@ class World:
         instance = self.instances[instance_id]
         if not instance.live:
             return
-        # Only instances whose agents never connected are reaped, so no job is lost.
-        if instance.busy:
-            raise AssertionError(f"{instance_id} terminated while running {len(instance.busy)} job(s)")
+        # The reaper only terminates instances whose bootstrap never completed; their
+        # agents connect AGENT_CHECK_SECONDS before, so a timeout inside that window can
+        # catch jobs: they are lost (`exit_status: -1`) and retried, and the run warns.
+        instance.dropped += len(instance.busy)
+        self._cancel_jobs(instance)
         instance.reaped = True
         self._end(instance)
 
@@ -234,11 +338,10 @@ class World:
         instance.bootstrap = BOOTSTRAP_COMPLETE
         instance.ready_at = self.now
         self._notify("tagged", instance)
-        self.schedule(self.now + self.settings.connect_delay, lambda: self._connect(instance))
 
     def _connect(self, instance: SimInstance) -> None:
-        if not instance.live:
-            return
+        if not instance.live or instance.interrupted_at is not None:
+            return  # after a notice the watcher stops an agent as soon as it starts
         instance.account(self.now)
         instance.connected_at = self.now
         if instance.max_uptime is not None:
@@ -253,6 +356,45 @@ class World:
         instance.exiting = True
         if not instance.busy:
             self._end(instance)
+
+    def _interrupt(self, instance: SimInstance) -> None:
+        """The two-minute notice: agents take no new job (SIGTERM); running jobs are
+        cancelled 30 s before EC2 reclaims the instance, and the instance goes."""
+        if not instance.live:
+            return
+        instance.account(self.now)
+        instance.interrupted_at = self.now
+        instance.exiting = True
+        if instance.connected and not instance.busy:
+            self._end(instance)  # an idle agent exits at once; its exit powers off
+            return
+        self.schedule(self.now + SPOT_CANCEL_SECONDS, lambda: self._cancel_and_end(instance))
+        self.schedule(self.now + SPOT_NOTICE_SECONDS, lambda: self._end(instance))
+
+    def _cancel_and_end(self, instance: SimInstance) -> None:
+        if not instance.live:
+            return
+        self._cancel_jobs(instance)
+        if instance.connected:
+            self._end(instance)  # the agent exits after the cancel; its exit powers off
+
+    def _cancel_jobs(self, instance: SimInstance) -> None:
+        """Cancel every running job; each is retried up to RETRY_LIMIT times, then fails."""
+        instance.account(self.now)
+        for sim in list(instance.busy):
+            instance.busy.remove(sim)
+            started, ready = sim.started_at, sim.ready_at
+            # A running job was ready and started.
+            assert started is not None
+            assert ready is not None
+            sim.lost_seconds += self.now - started
+            sim.waited += started - ready
+            sim.retries += 1
+            if sim.retries > RETRY_LIMIT:
+                self._set_state(sim, "failed")
+                sim.finished_at = self.now
+            else:
+                self._make_ready(sim)
 
     def _became_idle(self, instance: SimInstance) -> None:
         instance.idle_epoch += 1
@@ -310,9 +452,12 @@ class World:
         sim.runs += 1
         instance.busy.append(sim)
         instance.idle_epoch += 1
-        self.schedule(self.now + sim.job.duration, lambda: self._finish(sim, instance))
+        run = sim.runs
+        self.schedule(self.now + sim.job.duration, lambda: self._finish(sim, instance, run))
 
-    def _finish(self, sim: SimJob, instance: SimInstance) -> None:
+    def _finish(self, sim: SimJob, instance: SimInstance, run: int) -> None:
+        if sim.runs != run or sim.state != "running":
+            return  # that run was cancelled
         self._set_state(sim, "done")
         sim.finished_at = self.now
         instance.account(self.now)
