@@ -102,6 +102,19 @@ curl)
     case "${!#}" in
     */api/token) printf imds-session-token ;;
     */meta-data/instance-id) printf '%s' "$STUB_INSTANCE_ID" ;;
+    # The instance's tags (STUB_TAGS: key=value lines) as IMDS serves them: the
+    # keys, or one value; 404 (curl -f: exit 22) for a missing tag, and for all
+    # when STUB_TAGS is unset (InstanceMetadataTags disabled).
+    */meta-data/tags/instance/)
+        [[ -n "${STUB_TAGS+set}" ]] || exit 22
+        printf '%s\n' "$STUB_TAGS" | sed 's/=.*//'
+        ;;
+    */meta-data/tags/instance/*)
+        key=${!#}
+        key=${key##*/tags/instance/}
+        printf '%s\n' "${STUB_TAGS:-}" |
+            awk -F= -v k="$key" '$1 == k { sub(/^[^=]*=/, ""); printf "%s", $0; f = 1 } END { exit !f }' || exit 22
+        ;;
     *install.determinate.systems*) printf '#!/bin/sh\nexec nix-installer "$@"\n' >"$(option -o "$@")" ;;
     *) echo "-----BEGIN PGP PUBLIC KEY BLOCK-----" ;;
     esac

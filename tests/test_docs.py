@@ -198,12 +198,13 @@ def table_keys(header: str, path: Path = README) -> set[str]:
 
 
 def template_environment() -> dict[str, str]:
-    """Each variable the template sets: `all` (the Globals) or the one function's short name."""
+    """Each variable the template sets: `all` (the Globals) or the functions' short names, in template order."""
     where = dict.fromkeys(TEMPLATE["Globals"]["Function"]["Environment"]["Variables"], "all")
     for name, spec in TEMPLATE["Resources"].items():
         if spec["Type"] == "AWS::Serverless::Function":
             function = name.removesuffix("Function").lower()
-            where |= dict.fromkeys(spec["Properties"].get("Environment", {}).get("Variables", {}), function)
+            for variable in spec["Properties"].get("Environment", {}).get("Variables", {}):
+                where[variable] = f"{where[variable]}, {function}" if variable in where else function
     return where
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from autoscaler.buildkite import MetricsSnapshot
@@ -81,3 +81,44 @@ def test_unlisted_instances_are_forgotten_after_the_bootstrap_timeout() -> None:
 
     assert later.queues[QUEUE.name].plan.booting == 0
     assert len(later.queues[QUEUE.name].instance_ids) == 2
+
+
+@dataclass
+class LaggingPool:
+    """One stopped pool instance that the listing still shows stopped after it was started."""
+
+    started: list[str] = field(default_factory=list)
+    launched: list[LaunchSpec] = field(default_factory=list)
+
+    def list_instances(self, states: Iterable[str] = ()) -> list[Instance]:
+        parked = Instance("i-pool", "ci", QUEUE.name, "pool", "pooled", NOW - timedelta(hours=1), state="stopped")
+        return [parked]
+
+    def start(self, instance_id: str, now: datetime) -> None:
+        self.started.append(instance_id)
+
+    def run(self, spec: LaunchSpec) -> list[str]:
+        self.launched.append(spec)
+        return [f"i-{spec.role}-{len(self.launched)}"]
+
+    def set_on_exit(self, instance_id: str, action: str) -> None:
+        pass
+
+
+def test_a_started_pool_instance_still_listed_stopped_counts_as_booting() -> None:
+    one_job = replace(QUEUE, warm_pool_size=1)
+    settings = replace(SETTINGS, queues=(one_job,))
+
+    class OneJob:
+        def fetch(self, queues: Iterable[str]) -> MetricsSnapshot:
+            return MetricsSnapshot({QUEUE.name: QueueMetrics(scheduled=1)})
+
+    fleet = LaggingPool()
+    scaler = Scaler(settings, OneJob(), fleet, lambda queue, role: b"#cloud-config")
+
+    scaler.poll(NOW, dry_run=False)
+    second = scaler.poll(NOW + timedelta(seconds=10), dry_run=False)
+
+    assert fleet.started == ["i-pool"]
+    assert [spec.role for spec in fleet.launched] == ["pool"]  # the refill, once; no burst launch
+    assert second.queues[QUEUE.name].plan.booting == 1

@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.test_schedules import OFFICE
 from tools.invoke import load_template
 
 from autoscaler import queue_check
 from autoscaler.bake import BakeSettings
 from autoscaler.config import ConfigError, ReaperSettings, ScalerSettings
 from autoscaler.lifecycle import AGENT_VERSION_TAG, BOOTSTRAP_TAG, FLEET_TAG, NIX_VERSION_TAG, READY_AT_TAG
+from autoscaler.pool_reaping import POOL_REASONS
 
 with warnings.catch_warnings():
     # parliament imports pkg_resources, which warns that it is deprecated.
@@ -58,6 +60,8 @@ THREE_QUEUES: list[dict[str, Any]] = [
         "idle_timeout_seconds": 300,
         "max_uptime_seconds": 0,
         "include_waiting": True,
+        "warm_pool_size": 3,
+        "schedules": [OFFICE],
     },
     {"name": "nixos-arm-aws", "architecture": "arm64", "instance_types": ["r7g.2xlarge"], "max_instances": 2},
     {
@@ -100,6 +104,9 @@ FALSE_POSITIVES = {
         "ec2:SourceInstanceARN is documented as a key of every EC2 action called with instance role "
         "credentials, but parliament's data lists it for none; the independent evaluator in "
         "test_iam_behaviour.py accepts it for CreateTags and shows what the statement allows."
+    ),
+    ("AgentRole", "StopSelfIntoPool", "UNKNOWN_CONDITION_FOR_ACTION"): (
+        "The same self-scoping key: a pool instance may stop only itself."
     ),
 }
 
@@ -338,9 +345,10 @@ def test_scaler_configuration_loads_from_the_template_environment(
         assert queue.launch_template_id == resolver.ref(ARCH_TEMPLATES[raw["architecture"]])
         assert list(queue.instance_types) == raw["instance_types"]
         assert list(queue.subnet_ids) == raw.get("subnet_ids", values["SubnetIds"])
-        for field in ("min_instances", "max_instances", "agents_per_instance", "include_waiting"):
+        for field in ("min_instances", "max_instances", "agents_per_instance", "include_waiting", "warm_pool_size"):
             if field in raw:
                 assert getattr(queue, field) == raw[field]
+        assert [schedule.name for schedule in queue.schedules] == [s["name"] for s in raw.get("schedules", [])]
     assert settings.user_data.cache_region == (values["NixCacheRegion"] or REGION)
     assert settings.user_data.cache_bucket == values["NixCacheBucket"]
     assert settings.agent_token_parameter == values["AgentTokenParameter"]
@@ -419,6 +427,9 @@ def test_the_queues_parameter_must_look_like_a_json_array(template: dict[str, An
 def test_reaper_configuration_loads_from_the_template_environment(template: dict[str, Any], resolver: Resolver) -> None:
     settings = ReaperSettings.from_env(lambda_environment(template, resolver, "ReaperFunction"))
     assert settings.fleet_name == FLEET
+    # The same queues as the scaler's, so both agree on the pool sizes.
+    assert settings.queues == ScalerSettings.from_env(lambda_environment(template, resolver, "ScalerFunction")).queues
+    assert settings.pool_max_age_seconds == int(resolver.parameters["PoolMaxAgeSeconds"])
     assert settings.max_terminations == int(resolver.parameters["ReaperMaxTerminations"])
     assert settings.bootstrap_timeout_seconds == int(resolver.parameters["BootstrapTimeoutSeconds"])
 
@@ -566,16 +577,45 @@ def test_instances_and_volumes_are_launched_only_with_the_fleet_tag(
                 assert statement["Condition"]["StringEquals"][f"aws:RequestTag/{FLEET_TAG}"] == FLEET
 
 
-def test_lambdas_tag_only_while_launching(template: dict[str, Any], resolver: Resolver) -> None:
+POOL_TAGGING = {"MarkPoolInstancesStarting", "TellPoolInstancesOnExit"}
+
+
+def test_lambdas_tag_only_while_launching_or_the_fleets_pool_instances(
+    template: dict[str, Any], resolver: Resolver
+) -> None:
     tagging = [
         statement
         for role in lambda_roles(template)
         for statement in statements(template, resolver, role)
         if allows(statement, "ec2:CreateTags")
     ]
-    assert tagging
+    assert {s["Sid"] for s in tagging} == {"TagOnlyAtLaunch", *POOL_TAGGING}
     for statement in tagging:
-        assert statement["Condition"]["StringEquals"]["ec2:CreateAction"] == "RunInstances"
+        if statement["Sid"] in POOL_TAGGING:
+            assert statement["Condition"]["StringEquals"][f"aws:ResourceTag/{FLEET_TAG}"] == FLEET
+            assert statement["Condition"]["StringEquals"]["aws:ResourceTag/buildkite-autoscaler:role"] == "pool"
+        else:
+            assert statement["Condition"]["StringEquals"]["ec2:CreateAction"] == "RunInstances"
+
+
+def test_the_scaler_starts_only_pool_instances_it_may_mark_as_starting(
+    template: dict[str, Any], resolver: Resolver
+) -> None:
+    scaler = {s["Sid"]: s for s in statements(template, resolver, "ScalerRole")}
+    start = scaler["StartPoolInstances"]
+    assert listed(start["Action"]) == ["ec2:StartInstances"]
+    assert start["Condition"] == {
+        "StringEquals": {f"aws:ResourceTag/{FLEET_TAG}": FLEET, "aws:ResourceTag/buildkite-autoscaler:role": "pool"}
+    }
+    # Only an instance that tagged itself pooled (no agent) can be made pending: never a complete one.
+    mark = scaler["MarkPoolInstancesStarting"]["Condition"]
+    assert mark["StringEquals"]["aws:ResourceTag/buildkite-autoscaler:bootstrap"] == "pooled"
+    assert mark["StringEquals"]["aws:RequestTag/buildkite-autoscaler:bootstrap"] == "pending"
+    assert set(mark["ForAllValues:StringEquals"]["aws:TagKeys"]) == {BOOTSTRAP_TAG, "buildkite-autoscaler:started-at"}
+    on_exit = scaler["TellPoolInstancesOnExit"]["Condition"]
+    assert on_exit["ForAllValues:StringEquals"]["aws:TagKeys"] == ["buildkite-autoscaler:on-exit"]
+    stopping = [s for r in lambda_roles(template) for s in statements(template, resolver, r)]
+    assert not any(allows(s, "ec2:StopInstances") for s in stopping)
 
 
 @pytest.mark.parametrize("action", ["ec2:TerminateInstances", "ec2:GetConsoleOutput"])
@@ -669,7 +709,18 @@ def test_agent_tags_only_itself_and_only_its_bootstrap_state_and_versions(
         NIX_VERSION_TAG,
     }
     ec2_actions = {a for s in agent for a in listed(s["Action"]) if a.startswith("ec2:")}
-    assert ec2_actions == {"ec2:CreateTags"}
+    assert ec2_actions == {"ec2:CreateTags", "ec2:StopInstances"}
+
+
+def test_only_a_pool_instance_stops_and_only_itself(template: dict[str, Any], resolver: Resolver) -> None:
+    (stopping,) = [s for s in statements(template, resolver, "AgentRole") if allows(s, "ec2:StopInstances")]
+    assert stopping["Condition"] == {
+        "ArnEquals": {"ec2:SourceInstanceARN": f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/${{ec2:InstanceID}}"},
+        "StringEquals": {
+            f"aws:ResourceTag/{FLEET_TAG}": FLEET,
+            "aws:ResourceTag/buildkite-autoscaler:role": "pool",
+        },
+    }
 
 
 def test_no_statement_allows_every_action_or_uses_not_action(template: dict[str, Any], resolver: Resolver) -> None:
@@ -690,6 +741,8 @@ def test_launch_template_requires_imdsv2_and_encrypts_the_root_volume(
     data = resolver.resolve(template["Resources"][launch_template]["Properties"]["LaunchTemplateData"])
     assert data["MetadataOptions"]["HttpTokens"] == "required"
     assert data["MetadataOptions"]["HttpEndpoint"] == "enabled"
+    # A pool instance reads its on-exit tag from the instance metadata.
+    assert data["MetadataOptions"]["InstanceMetadataTags"] == "enabled"
     (root,) = data["BlockDeviceMappings"]
     # Canonical's Ubuntu root device: any other name would add a second, unencrypted-by-this volume.
     assert root["DeviceName"] == "/dev/sda1"
@@ -900,7 +953,13 @@ def test_dashboard_finds_every_queue_by_search_and_names_none(template: dict[str
     assert {s.stat for s in searches if "InstancesLaunched" in s.metrics} == {"Sum"}
     reaped = [rows for title, rows in dashboard_metrics(template, three).items() if "reaped" in title]
     reasons = {row[5] for rows in reaped for row in rows if row[1] == "InstancesReaped" and len(row) == 6}
-    assert reasons == {"failed", "stuck"}
+    assert reasons == {"failed", "stuck", *POOL_REASONS}
+
+
+def test_dashboard_shows_the_warm_pool_per_queue(template: dict[str, Any], resolver: Resolver) -> None:
+    searches = {(frozenset(s.metrics), s.stat) for s in dashboard_searches(template, resolver)}
+    # The pool's level at its per-minute peak; starts summed.
+    assert {(frozenset({"WarmPoolReady"}), "Maximum"), (frozenset({"InstancesStarted"}), "Sum")} <= searches
 
 
 def test_dashboard_shows_only_metrics_the_code_emits(template: dict[str, Any], resolver: Resolver) -> None:

@@ -263,7 +263,7 @@ def test_missing_value_is_refused_naming_the_field(field: str) -> None:
 @pytest.mark.parametrize(
     ("role", "fleet", "queue_name", "message"),
     [
-        ("spare", "ci-fleet", "nixos-x86-aws", "role must be one of floor, burst (got 'spare')"),
+        ("spare", "ci-fleet", "nixos-x86-aws", "role must be one of floor, burst, pool (got 'spare')"),
         ("burst", "ci fleet", "nixos-x86-aws", "fleet_name must be"),
         ("burst", "ci-fleet", "nixos,arch=arm64", "queue.name must be"),
     ],

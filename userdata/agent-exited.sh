@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # ExecStopPost of buildkite-agent.service. The agent exits 0 when it
 # disconnects for good (disconnect-after-idle-timeout, disconnect-after-uptime,
-# a graceful stop): then the instance powers off and is terminated. systemd
-# calls some signal deaths clean too (SERVICE_RESULT=success for SIGHUP,
-# SIGINT, SIGTERM, SIGPIPE): only EXIT_CODE=exited with EXIT_STATUS=0 is the
-# end. Anything else is restarted (Restart=, RestartForceExitStatus=), and
-# the instance stays.
+# a graceful stop): then the instance powers off and is terminated, unless it is a
+# pool instance that the bootstrap's `release` stops back into the warm pool.
+# systemd calls some signal deaths clean too (SERVICE_RESULT=success for
+# SIGHUP, SIGINT, SIGTERM, SIGPIPE): only EXIT_CODE=exited with EXIT_STATUS=0
+# is the end. Anything else is restarted (Restart=, RestartForceExitStatus=),
+# and the instance stays.
 set -euo pipefail
 
 # Left by spot-interruption-watch.sh on an interruption notice.
@@ -16,6 +17,10 @@ main() {
         printf 'buildkite-agent stopped on a spot interruption: powering off\n' >&2
         systemctl --no-block poweroff
     elif [[ "${EXIT_CODE:-}" == exited && "${EXIT_STATUS:-}" == 0 ]]; then
+        if "${BOOTSTRAP_ROOT:-}/usr/local/sbin/buildkite-bootstrap" release; then
+            printf 'buildkite-agent exited 0: back into the warm pool\n' >&2
+            return 0
+        fi
         printf 'buildkite-agent exited 0: powering off\n' >&2
         systemctl --no-block poweroff
     else

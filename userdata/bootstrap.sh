@@ -9,9 +9,16 @@
 #   prepare   cloud-init's runcmd, once per instance. A baked image (the
 #             marker /etc/buildkite-bootstrap/image) only refreshes the scripts and
 #             starts the bootstrap service; the stock AMI runs `install`,
-#             then reboots into overlayroot or starts the service (ebs).
+#             then reboots into overlayroot or starts the service (ebs). A
+#             warm-pool instance's first boot starts the park service instead.
 #   run       buildkite-bootstrap.service, every boot: secrets from SSM,
 #             agent config, agent start, tag complete. Same on both paths.
+#   park      buildkite-pool-park.service, a warm-pool instance's first boot
+#             after cloud-init: read the volume once, tag bootstrap=pooled,
+#             stop (not terminate). Its start runs `run` only.
+#   release   agent-exited.sh, once the agent exited for good: a pool
+#             instance stops back into its pool when the scaler's on-exit tag
+#             says so (exit 0); exit 1 tells the caller to power off.
 #
 # Image bake interface (the Image Builder component):
 #   1. write the files where the cloud-config's write_files puts them;
@@ -77,6 +84,8 @@ umask 022
 STEP="start"
 INSTANCE_ID=""
 POWER_OFF_ON_FAILURE=false
+# A warm-pool instance's first boot: it parks in the pool instead of booting on.
+PARK=false
 
 log() {
     printf 'buildkite-bootstrap: %s\n' "$*" >&2
@@ -333,6 +342,7 @@ configure_nix_users() {
 install_files() {
     install -D -m 0644 "$LIB/buildkite-bootstrap.service" "$UNITS/buildkite-bootstrap.service"
     install -D -m 0644 "$LIB/buildkite-cache-upload.service" "$UNITS/buildkite-cache-upload.service"
+    install -D -m 0644 "$LIB/buildkite-pool-park.service" "$UNITS/buildkite-pool-park.service"
     install -D -m 0644 "$LIB/spot-interruption-watch.service" "$UNITS/spot-interruption-watch.service"
     install -D -m 0644 "$LIB/agent-environment.conf" "$AGENT_DROPINS/environment.conf"
     install -D -m 0644 "$LIB/agent-lifecycle.conf" "$AGENT_DROPINS/lifecycle.conf"
@@ -535,6 +545,48 @@ start_agent() {
     done
 }
 
+# A pool instance parks on its first boot and boots on when the scaler has
+# started it, which it tags started-at first. The instance metadata tells
+# the two apart, where the disk cannot: a baked overlayroot image reruns
+# cloud-init, and so `prepare`, at every start.
+read_pool_state() {
+    require_settings BK_STARTED_AT_TAG BK_BOOTSTRAP_POOLED BK_ON_EXIT_TAG BK_ON_EXIT_STOP
+    local keys
+    keys=$(imds_get meta-data/tags/instance/) ||
+        die "no instance tags in the metadata: a pool instance needs InstanceMetadataTags=enabled in its launch template"
+    if ! grep -qxF "$BK_STARTED_AT_TAG" <<<"$keys"; then
+        PARK=true
+    fi
+}
+
+# The park service waits for cloud-init to finish (its per-instance modules
+# must not run again at the start), then runs `park`.
+start_park_service() {
+    systemctl start --no-block buildkite-pool-park.service
+}
+
+# Snapshot blocks load lazily from S3 on their first read: read every file
+# of the root filesystem once, so a started pool instance reads at full
+# speed. Best effort: a file that vanishes mid-read only stays cold.
+warm_volume() {
+    find "$ROOT/" -xdev -type f -exec cat -- {} + >/dev/null 2>&1 || log "some files could not be read"
+}
+
+# The scaler's tag on a started pool instance, read from the instance
+# metadata (InstanceMetadataTags): no permission needed, and none to read
+# other instances. A missing tag means terminate.
+on_exit_action() {
+    imds_get "meta-data/tags/instance/$BK_ON_EXIT_TAG" 2>/dev/null || true
+}
+
+# Tagged first: a stop that fails ends in the ERR trap, which powers off,
+# and a powered-off instance terminates (InstanceInitiatedShutdownBehavior).
+stop_into_pool() {
+    tag_instance "$BK_BOOTSTRAP_POOLED"
+    aws ec2 stop-instances --region "$BK_REGION" --instance-ids "$INSTANCE_ID" >/dev/null
+    log "stopping into the warm pool of $BK_QUEUE"
+}
+
 # tag_value TEXT: TEXT as an EC2 tag value (disallowed characters as _, at
 # most 256), or "unknown" when empty.
 tag_value() {
@@ -586,19 +638,56 @@ mode_prepare() {
     run_step load_settings
     run_step load_instance_id
     run_step check_arch
+    if [[ "$BK_ROLE" == pool ]]; then
+        run_step read_pool_state
+    fi
     if [[ -f "$IMAGE_MARKER" ]]; then
         run_step check_image
         run_step install_files
-        run_step start_bootstrap_service
+        if [[ "$PARK" == true ]]; then
+            # Its start boots on through the bootstrap service.
+            run_step enable_bootstrap_service
+            run_step start_park_service
+        else
+            run_step start_bootstrap_service
+        fi
         return 0
     fi
     install_all
     run_step enable_bootstrap_service
-    if [[ "$BK_ROOT_MODE" == overlayroot ]]; then
+    if [[ "$PARK" == true ]]; then
+        run_step start_park_service
+    elif [[ "$BK_ROOT_MODE" == overlayroot ]]; then
         run_step request_reboot
     else
         run_step start_bootstrap_service
     fi
+}
+
+park() {
+    POWER_OFF_ON_FAILURE=true
+    run_step load_settings
+    run_step load_instance_id
+    run_step warm_volume
+    run_step stop_into_pool
+}
+
+# Only with overlayroot: its next boot is clean. An EBS root keeps what the
+# jobs wrote, so such an instance always terminates.
+release() {
+    POWER_OFF_ON_FAILURE=true
+    run_step load_settings
+    if [[ "$BK_ROLE" != pool || "$BK_ROOT_MODE" != overlayroot ]]; then
+        exit 1
+    fi
+    run_step load_instance_id
+    local action
+    action=$(on_exit_action)
+    if [[ "$action" != "$BK_ON_EXIT_STOP" ]]; then
+        log "the warm pool of $BK_QUEUE needs no instance (on-exit=${action:-unset}): terminating"
+        exit 1
+    fi
+    run_step stop_into_pool
 }
 
 mode_run() {
@@ -624,8 +713,10 @@ main() {
     install) mode_install ;;
     prepare) mode_prepare ;;
     run) mode_run ;;
+    park) park ;;
+    release) release ;;
     *)
-        printf 'usage: %s install|prepare|run\n' "$0" >&2
+        printf 'usage: %s install|prepare|run|park|release\n' "$0" >&2
         exit 2
         ;;
     esac

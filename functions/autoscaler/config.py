@@ -12,18 +12,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from autoscaler.schedules import Schedule, ScheduleError, parse_schedule
+
 DEFAULT_ENDPOINT = "https://agent.buildkite.com/v3"
 DEFAULT_BOOTSTRAP_TIMEOUT = 1200
 DEFAULT_BAKED_BOOTSTRAP_TIMEOUT = 300
 # Counted from when the agents started: the metrics API shows them within a poll or two.
 DEFAULT_READY_GRACE = 30
 DEFAULT_REAP_CAP = 20
+# A week: a stopped pool instance older than this is replaced by a fresh one.
+DEFAULT_POOL_MAX_AGE = 7 * 24 * 3600
 # The nix-installer release every new agent installs; newer ones only by choice.
 DEFAULT_NIX_INSTALLER_VERSION = "v3.21.2"
 DEFAULT_ROOT_TMPFS_SIZE = "75%"
 DEFAULT_MIN_FREE_SPACE_GIB = 5
 ROOT_MODES = ("overlayroot", "ebs")
-ROLES = ("floor", "burst")
+ROLES = ("floor", "burst", "pool")
 ON_DEMAND = "on-demand"
 SPOT = "spot"
 CAPACITY_TYPES = (ON_DEMAND, SPOT)
@@ -54,6 +58,23 @@ class QueueConfig:
     include_waiting: bool = False
     idle_timeout_seconds: int = 600
     max_uptime_seconds: int = 21600
+    # Stopped, pre-booted instances kept ready to start (see autoscaler.pool).
+    warm_pool_size: int = 0
+    # Ceiling of pool instances not in use (stopped, stopping or warming up);
+    # None: the largest warm_pool_size of the queue and its schedules.
+    max_pool_instances: int | None = None
+    schedules: tuple[Schedule, ...] = ()
+
+    @property
+    def pool_ceiling(self) -> int:
+        if self.max_pool_instances is not None:
+            return self.max_pool_instances
+        return max([self.warm_pool_size] + [s.warm_pool_size or 0 for s in self.schedules])
+
+    @property
+    def has_pool(self) -> bool:
+        return self.pool_ceiling > 0
+
     # `spot`: launch spot first, spread over every type and subnet; with
     # on_demand_fallback, on-demand in the same poll when no spot is found.
     capacity_type: str = ON_DEMAND
@@ -150,6 +171,10 @@ class ReaperSettings:
     bootstrap_timeout_seconds: int
     max_terminations: int
     dry_run: bool
+    # The queues' pool sizes; without them (QUEUES unset) the reaper leaves
+    # stopped pool instances alone.
+    queues: tuple[QueueConfig, ...] = ()
+    pool_max_age_seconds: int = DEFAULT_POOL_MAX_AGE
     baked_bootstrap_timeout_seconds: int = DEFAULT_BAKED_BOOTSTRAP_TIMEOUT
 
     @classmethod
@@ -159,6 +184,8 @@ class ReaperSettings:
             bootstrap_timeout_seconds=env_int(env, "BOOTSTRAP_TIMEOUT_SECONDS"),
             max_terminations=env_int(env, "REAPER_MAX_TERMINATIONS"),
             dry_run=_env_bool(env, "DRY_RUN", False),
+            queues=queues_from_env(env) if env.get("QUEUES", "").strip() else (),
+            pool_max_age_seconds=env_int(env, "POOL_MAX_AGE_SECONDS"),
             baked_bootstrap_timeout_seconds=env_int(env, "BAKED_BOOTSTRAP_TIMEOUT_SECONDS"),
         )
 
@@ -254,6 +281,9 @@ _QUEUE_FIELDS = {
     "include_waiting",
     "idle_timeout_seconds",
     "max_uptime_seconds",
+    "warm_pool_size",
+    "max_pool_instances",
+    "schedules",
     "capacity_type",
     "on_demand_fallback",
 }
@@ -288,6 +318,12 @@ def _queue(index: int, raw: Any, stack: _StackDefaults) -> QueueConfig:
         # then run forever, so it is refused rather than defaulted.
         idle_timeout_seconds=_int(where, raw, "idle_timeout_seconds", defaults.idle_timeout_seconds, 1),
         max_uptime_seconds=_int(where, raw, "max_uptime_seconds", defaults.max_uptime_seconds, 0),
+        warm_pool_size=_int(where, raw, "warm_pool_size", defaults.warm_pool_size, 0),
+        # null or absent: the largest pool size of the queue and its schedules.
+        max_pool_instances=None
+        if raw.get("max_pool_instances") is None
+        else _int(where, raw, "max_pool_instances", 0, 0),
+        schedules=_schedules(where, raw),
         capacity_type=_one_of(where, raw, "capacity_type", CAPACITY_TYPES, defaults.capacity_type),
         on_demand_fallback=_bool(where, raw, "on_demand_fallback", defaults.on_demand_fallback),
     )
@@ -295,7 +331,42 @@ def _queue(index: int, raw: Any, stack: _StackDefaults) -> QueueConfig:
         raise ConfigError(
             f"{where}.max_instances must be >= min_instances (got {queue.max_instances} < {queue.min_instances})"
         )
+    _check_schedule_values(where, queue)
     return queue
+
+
+def _schedules(where: str, raw: dict[str, Any]) -> tuple[Schedule, ...]:
+    value = raw.get("schedules", [])
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}.schedules must be a list of schedules (got {_short(value)})")
+    try:
+        schedules = tuple(parse_schedule(f"{where}.schedules[{index}]", item) for index, item in enumerate(value))
+    except ScheduleError as error:
+        raise ConfigError(str(error)) from None
+    names = [schedule.name for schedule in schedules]
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            raise ConfigError(f"{where}.schedules[{index}].name is a duplicate (got {name!r})")
+    return schedules
+
+
+def _check_schedule_values(where: str, queue: QueueConfig) -> None:
+    """The ceilings hold whichever schedule applies."""
+    ceiling = queue.pool_ceiling
+    if queue.warm_pool_size > ceiling:
+        raise ConfigError(
+            f"{where}.max_pool_instances must be >= warm_pool_size (got {ceiling} < {queue.warm_pool_size})"
+        )
+    for index, schedule in enumerate(queue.schedules):
+        at = f"{where}.schedules[{index}]"
+        if schedule.min_instances is not None and schedule.min_instances > queue.max_instances:
+            raise ConfigError(
+                f"{at}.min_instances must be <= max_instances {queue.max_instances} (got {schedule.min_instances})"
+            )
+        if schedule.warm_pool_size is not None and schedule.warm_pool_size > ceiling:
+            raise ConfigError(
+                f"{at}.warm_pool_size must be <= max_pool_instances {ceiling} (got {schedule.warm_pool_size})"
+            )
 
 
 def _launch_template(where: str, raw: dict[str, Any], architecture: str, stack: _StackDefaults) -> str:
@@ -415,6 +486,7 @@ ENV_INTS = {
     "REAPER_MAX_TERMINATIONS": (DEFAULT_REAP_CAP, 1),
     "BAKED_BOOTSTRAP_TIMEOUT_SECONDS": (DEFAULT_BAKED_BOOTSTRAP_TIMEOUT, 60),
     "MIN_FREE_SPACE_GIB": (DEFAULT_MIN_FREE_SPACE_GIB, 0),
+    "POOL_MAX_AGE_SECONDS": (DEFAULT_POOL_MAX_AGE, 3600),
 }
 
 

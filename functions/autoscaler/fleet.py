@@ -6,7 +6,7 @@ counts as capacity in `lifecycle` and `planner`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -20,16 +20,25 @@ from autoscaler.lifecycle import (
     AGENT_VERSION_TAG,
     BOOTSTRAP_PENDING,
     BOOTSTRAP_TAG,
+    BOOTSTRAP_WARMING,
     FLEET_TAG,
     IMAGE_TAG,
     LIVE_STATES,
     MARKET_TAG,
     NIX_VERSION_TAG,
+    ON_EXIT_TAG,
     QUEUE_TAG,
     READY_AT_TAG,
+    ROLE_POOL,
     ROLE_TAG,
+    STARTED_AT_TAG,
     Instance,
 )
+
+# Tags EC2 itself puts on an instance launched from a launch template.
+TEMPLATE_ID_TAG = "aws:ec2launchtemplate:id"
+TEMPLATE_VERSION_TAG = "aws:ec2launchtemplate:version"
+
 
 # One EC2 call, retries included, must fit in the time a poll has left (the scaler's last
 # poll starts with 15 s): two attempts; a connect in the region takes milliseconds, and
@@ -97,14 +106,29 @@ class LaunchError(Exception):
         return self.code in CAPACITY_ERRORS
 
 
+@dataclass(frozen=True)
+class TemplateVersion:
+    """A launch template's latest version and the image it launches now."""
+
+    version: str
+    image_id: str
+
+
 class Fleet(Protocol):
-    def list_instances(self) -> list[Instance]: ...
+    def list_instances(self, states: Sequence[str] = LIVE_STATES) -> list[Instance]: ...
 
     def run(self, spec: LaunchSpec) -> list[str]: ...
 
     def terminate(self, instance_id: str) -> None: ...
 
     def console_output(self, instance_id: str) -> str: ...
+
+    # Warm pool (called only when a queue has one).
+    def start(self, instance_id: str, now: datetime) -> None: ...
+
+    def set_on_exit(self, instance_id: str, action: str) -> None: ...
+
+    def latest_templates(self, template_ids: Iterable[str]) -> dict[str, TemplateVersion]: ...
 
 
 class Ec2Fleet:
@@ -122,11 +146,11 @@ class Ec2Fleet:
     def client(self) -> Any:
         return self._ec2
 
-    def list_instances(self) -> list[Instance]:
+    def list_instances(self, states: Sequence[str] = LIVE_STATES) -> list[Instance]:
         pages = self._ec2.get_paginator("describe_instances").paginate(
             Filters=[
                 {"Name": f"tag:{FLEET_TAG}", "Values": [self._fleet]},
-                {"Name": "instance-state-name", "Values": list(LIVE_STATES)},
+                {"Name": "instance-state-name", "Values": list(states)},
             ],
             PaginationConfig={"PageSize": 1000},
         )
@@ -178,6 +202,44 @@ class Ec2Fleet:
         # boto3 decodes the base64 itself; an instance that printed nothing yet has no Output.
         return response.get("Output") or ""
 
+    def start(self, instance_id: str, now: datetime) -> None:
+        """Start a stopped pool instance; raises LaunchError.
+
+        Tagged first: a start that fails, at once or later, leaves a stopped
+        instance tagged pending, which the reaper retires.
+        """
+        try:
+            self._ec2.create_tags(
+                Resources=[instance_id],
+                Tags=[
+                    {"Key": BOOTSTRAP_TAG, "Value": BOOTSTRAP_PENDING},
+                    {"Key": STARTED_AT_TAG, "Value": now.isoformat()},
+                ],
+            )
+            self._ec2.start_instances(InstanceIds=[instance_id])
+        except ClientError as error:
+            raise LaunchError(error.response["Error"]["Code"], error.response["Error"].get("Message", "")) from None
+
+    def set_on_exit(self, instance_id: str, action: str) -> None:
+        self._ec2.create_tags(Resources=[instance_id], Tags=[{"Key": ON_EXIT_TAG, "Value": action}])
+
+    def latest_templates(self, template_ids: Iterable[str]) -> dict[str, TemplateVersion]:
+        latest = {}
+        for template_id in sorted(set(template_ids)):
+            try:
+                response = self._ec2.describe_launch_template_versions(
+                    LaunchTemplateId=template_id, Versions=["$Latest"], ResolveAlias=True
+                )
+            except ClientError as error:
+                # A deleted template is left out: no instance built from it is current.
+                if error.response["Error"]["Code"].startswith("InvalidLaunchTemplate"):
+                    continue
+                raise
+            for version in response.get("LaunchTemplateVersions", []):
+                image = version.get("LaunchTemplateData", {}).get("ImageId", "")
+                latest[template_id] = TemplateVersion(str(version["VersionNumber"]), image)
+        return latest
+
 
 class Ec2SpotPrices:
     """Current spot prices per pool, for ordering spot launches (cheapest first).
@@ -220,7 +282,8 @@ def _tags(spec: LaunchSpec, include_bootstrap: bool) -> list[dict[str, str]]:
         MARKET_TAG: spec.market,
     }
     if include_bootstrap:
-        tags[BOOTSTRAP_TAG] = BOOTSTRAP_PENDING
+        # A pool instance's first boot warms it up and stops it; it is no capacity.
+        tags[BOOTSTRAP_TAG] = BOOTSTRAP_WARMING if spec.role == ROLE_POOL else BOOTSTRAP_PENDING
         if spec.image:
             tags[IMAGE_TAG] = spec.image
     return [{"Key": key, "Value": value} for key, value in tags.items()]
@@ -228,23 +291,40 @@ def _tags(spec: LaunchSpec, include_bootstrap: bool) -> list[dict[str, str]]:
 
 def to_instance(raw: dict[str, Any]) -> Instance:
     tags = {tag["Key"]: tag["Value"] for tag in raw.get("Tags", [])}
+    started_at = _parse_time(tags.get(STARTED_AT_TAG))
     return Instance(
         instance_id=raw["InstanceId"],
         fleet=tags.get(FLEET_TAG, ""),
         queue=tags.get(QUEUE_TAG, ""),
         role=tags.get(ROLE_TAG, ""),
         bootstrap=tags.get(BOOTSTRAP_TAG, ""),
-        launch_time=raw["LaunchTime"],
+        # EC2 sets LaunchTime to the last start; the scaler's started-at tag
+        # says the same where a listing (or moto) still shows the first launch,
+        # so a started pool instance's bootstrap is timed from its start.
+        launch_time=max(raw["LaunchTime"], started_at) if started_at else raw["LaunchTime"],
         state=raw.get("State", {}).get("Name", ""),
         ready_at=_parse_time(tags.get(READY_AT_TAG)),
         instance_type=raw.get("InstanceType", ""),
         subnet_id=raw.get("SubnetId", ""),
+        built_at=_built_at(raw),
+        launch_template_id=tags.get(TEMPLATE_ID_TAG, ""),
+        launch_template_version=tags.get(TEMPLATE_VERSION_TAG, ""),
+        on_exit=tags.get(ON_EXIT_TAG, ""),
         market=SPOT if raw.get("InstanceLifecycle") == "spot" else ON_DEMAND,
         image_id=raw.get("ImageId", ""),
         image=tags.get(IMAGE_TAG, ""),
         agent_version=tags.get(AGENT_VERSION_TAG, ""),
         nix_version=tags.get(NIX_VERSION_TAG, ""),
     )
+
+
+def _built_at(raw: dict[str, Any]) -> datetime:
+    """When the instance was first launched: its primary network interface's attach time."""
+    for interface in raw.get("NetworkInterfaces", []):
+        attachment = interface.get("Attachment", {})
+        if attachment.get("DeviceIndex") == 0 and attachment.get("AttachTime"):
+            return attachment["AttachTime"]
+    return raw["LaunchTime"]
 
 
 def _parse_time(text: str | None) -> datetime | None:

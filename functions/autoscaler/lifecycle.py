@@ -27,12 +27,27 @@ STOCK_IMAGE = "stock"
 # tagged in the same call as BOOTSTRAP_TAG=complete ("unknown" if unreadable).
 AGENT_VERSION_TAG = TAG_PREFIX + "agent-version"
 NIX_VERSION_TAG = TAG_PREFIX + "nix-version"
+# Warm pool (see autoscaler.pool): when the scaler last started the instance,
+# and what the instance does when its agent exits (stop back into the pool,
+# or terminate).
+STARTED_AT_TAG = TAG_PREFIX + "started-at"
+ON_EXIT_TAG = TAG_PREFIX + "on-exit"
+ON_EXIT_STOP = "stop"
+ON_EXIT_TERMINATE = "terminate"
+
+ROLE_POOL = "pool"
 
 BOOTSTRAP_PENDING = "pending"
 BOOTSTRAP_COMPLETE = "complete"
 BOOTSTRAP_FAILED = "failed"
+# A pool instance's first boot, which ends stopped rather than with an agent.
+BOOTSTRAP_WARMING = "warming"
+# Set by a pool instance on itself just before it stops into the pool: no
+# agent runs on it; the reaper may retire it.
+BOOTSTRAP_POOLED = "pooled"
 
 LIVE_STATES = ("pending", "running")
+POOL_STATES = ("stopping", "stopped")
 
 # The bootstrap starts the agent, then checks it for this long before it
 # tags itself complete (start_agent in userdata/bootstrap.sh): its agents are
@@ -57,6 +72,12 @@ class Instance:
     image_id: str = ""
     # IMAGE_TAG; "" for an instance launched before images were tagged (a stock boot).
     image: str = ""
+    # For warm-pool decisions: when the instance was first launched (its
+    # volume's age), the template version it was built from, and its on-exit tag.
+    built_at: datetime | None = None
+    launch_template_id: str = ""
+    launch_template_version: str = ""
+    on_exit: str = ""
     market: str = ON_DEMAND  # or SPOT: EC2's InstanceLifecycle
     # AGENT_VERSION_TAG and NIX_VERSION_TAG; "" until the bootstrap completes.
     agent_version: str = ""
@@ -85,7 +106,9 @@ class Timeouts:
     baked_bootstrap_seconds: int | None = None
 
     def bootstrap_for(self, instance: Instance) -> int:
-        if instance.baked and self.baked_bootstrap_seconds is not None:
+        # A pool instance's first boot also reads its whole volume: the stock timeout.
+        warming = instance.bootstrap == BOOTSTRAP_WARMING
+        if instance.baked and self.baked_bootstrap_seconds is not None and not warming:
             return self.baked_bootstrap_seconds
         return self.bootstrap_seconds
 

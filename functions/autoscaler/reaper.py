@@ -6,15 +6,18 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from autoscaler import schedules
 from autoscaler.config import ReaperSettings
 from autoscaler.fleet import Ec2Fleet, Fleet
 from autoscaler.invocation import Clock, SystemClock, dry_run_requested
-from autoscaler.lifecycle import Timeouts
-from autoscaler.reaping import REASONS, ReapDecision, plan_reap
+from autoscaler.lifecycle import BOOTSTRAP_POOLED, LIVE_STATES, POOL_STATES, ROLE_POOL, Instance, Timeouts
+from autoscaler.pool_reaping import POOL_REASONS, plan_pool_reap
+from autoscaler.reaping import REASONS, ReapDecision, ReapPlan, plan_reap
 from autoscaler.redact import redacted_tail
 from autoscaler.telemetry import emit, logger
 
@@ -59,7 +62,8 @@ def run(
     # Read before listing: a slow listing then makes instances look younger, never older.
     now = clock.now()
     try:
-        instances = fleet.list_instances()
+        # Stopped pool instances are listed when the reaper knows the queues' pools.
+        instances = fleet.list_instances(LIVE_STATES + POOL_STATES) if settings.queues else fleet.list_instances()
     except (ClientError, BotoCoreError):
         # Raised, not swallowed: the invocation fails and its error alarm
         # fires, instead of stuck instances staying unnoticed.
@@ -70,7 +74,11 @@ def run(
         ready_grace_seconds=0,
         baked_bootstrap_seconds=settings.baked_bootstrap_timeout_seconds,
     )
-    plan = plan_reap(instances, settings.fleet_name, now, timeouts, settings.max_terminations)
+    # An instance stopping itself into the pool has no agent left; the pool policy retires it once stopped.
+    booted = [instance for instance in instances if instance.bootstrap != BOOTSTRAP_POOLED]
+    plan = plan_reap(booted, settings.fleet_name, now, timeouts, settings.max_terminations)
+    if settings.queues:
+        plan = _with_pool(plan, _pool_decisions(fleet, settings, instances, now), settings.max_terminations)
     outcomes = [
         _reap(fleet, decision, dry_run)
         if remaining_seconds() >= SAFETY_SECONDS
@@ -92,6 +100,23 @@ def run(
         },
     )
     return summary
+
+
+def _pool_decisions(
+    fleet: Fleet, settings: ReaperSettings, instances: list[Instance], now: datetime
+) -> tuple[ReapDecision, ...]:
+    stopped = [i for i in instances if i.role == ROLE_POOL and i.state == "stopped"]
+    if not stopped:
+        return ()
+    templates = fleet.latest_templates(i.launch_template_id for i in stopped if i.launch_template_id)
+    sizes = {queue.name: schedules.at(queue, now).queue.warm_pool_size for queue in settings.queues}
+    return plan_pool_reap(stopped, settings.fleet_name, sizes, templates, now, settings.pool_max_age_seconds)
+
+
+def _with_pool(plan: ReapPlan, pool: tuple[ReapDecision, ...], cap: int) -> ReapPlan:
+    """Failed and stuck instances first; pool retirements take what is left of the cap."""
+    room = max(0, cap - len(plan.reap))
+    return ReapPlan(reap=plan.reap + pool[:room], deferred=plan.deferred + pool[room:])
 
 
 def _reap(fleet: Fleet, decision: ReapDecision, dry_run: bool) -> Outcome:
@@ -149,7 +174,7 @@ def _emit_metrics(fleet_name: str, outcomes: list[Outcome]) -> None:
             "ReapsDeferred": sum(outcome.action == DEFERRED for outcome in outcomes),
         },
     )
-    for reason in REASONS:
+    for reason in REASONS + POOL_REASONS:
         count = sum(outcome.decision.reason == reason for outcome in terminated)
         emit({"fleet": fleet_name, "reason": reason}, {"InstancesReaped": count})
 

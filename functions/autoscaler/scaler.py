@@ -70,15 +70,26 @@ def summarize(polls: list[PollResult], dry_run: bool) -> dict[str, Any]:
     for poll in polls:
         for name, result in poll.queues.items():
             entry = queues.setdefault(
-                name, {"launched": [], "markets": {}, "fallbacks": [], "failures": [], "shortfall": 0, "unmet_polls": 0}
+                name,
+                {
+                    "launched": [],
+                    "started": [],
+                    "markets": {},
+                    "fallbacks": [],
+                    "failures": [],
+                    "shortfall": 0,
+                    "unmet_polls": 0,
+                },
             )
             entry["launched"].extend(result.instance_ids)
+            entry["started"].extend(result.started)
             entry["markets"].update(result.markets)
             entry["fallbacks"].extend(result.fallbacks)
             entry["failures"].extend(asdict(failure) for failure in result.failures)
             entry["shortfall"] += result.shortfall
             entry["unmet_polls"] += bool(result.plan.unmet_instances)
             entry["last_plan"] = {**asdict(result.plan), "launch_total": result.plan.launch_total}
+            entry["schedule"] = result.schedule
     return {
         "dry_run": dry_run,
         "polls": len(polls),

@@ -7,19 +7,29 @@ handler, the tests and the simulation all drive the same `Scaler`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from autoscaler import pool, schedules
 from autoscaler.buildkite import DEFAULT_POLL_SECONDS, MetricsError, MetricsRateLimited, MetricsSnapshot
 from autoscaler.config import ON_DEMAND, ROLES, SPOT, QueueConfig, ScalerSettings
-from autoscaler.fleet import EC2_CALL_SECONDS, Fleet, Pool
+from autoscaler.fleet import EC2_CALL_SECONDS, Fleet, LaunchError, Pool
 from autoscaler.images import CurrentImage, ImageSource
 from autoscaler.launching import LaunchFailure, LaunchOutcome, launch
-from autoscaler.lifecycle import BOOTSTRAP_PENDING, Instance, Timeouts
-from autoscaler.planner import QueuePlan, plan_queue
+from autoscaler.lifecycle import (
+    BOOTSTRAP_PENDING,
+    BOOTSTRAP_WARMING,
+    LIVE_STATES,
+    POOL_STATES,
+    ROLE_POOL,
+    Instance,
+    Timeouts,
+)
+from autoscaler.planner import QueuePlan
+from autoscaler.pool import PoolPlan, plan_with_pool
 from autoscaler.telemetry import emit, logger
 
 RenderUserData = Callable[[QueueConfig, str], bytes]
@@ -44,6 +54,9 @@ class QueueResult:
     plan: QueuePlan
     instance_ids: list[str] = field(default_factory=list)
     failures: list[LaunchFailure] = field(default_factory=list)
+    pool: PoolPlan | None = None
+    schedule: str = ""  # the schedule that set min_instances and warm_pool_size, "" for none
+    started: list[str] = field(default_factory=list)  # pool instances started
     markets: dict[str, str] = field(default_factory=dict)  # instance id → spot or on-demand
     fallbacks: list[str] = field(default_factory=list)  # why spot fell short, per launch
     spot_shortfall: int = 0
@@ -79,6 +92,7 @@ class Scaler:
         self._spot_prices = spot_prices
         self._source = source
         self._fleet = fleet
+        self._render = render_user_data
         # Rendered up front: a value the user-data cannot carry (a mixed-architecture
         # queue, a bad bucket name) fails the invocation at its start, not at a launch.
         self._user_data = {
@@ -88,6 +102,9 @@ class Scaler:
         # list yet (it is eventually consistent): counted as booting until
         # seen, so a lagging listing cannot cause a second launch.
         self._unlisted: dict[str, Instance] = {}
+        # Pool instances started by this object that the listing may still
+        # show stopped: counted as booting until it shows them started.
+        self._starting: dict[str, Instance] = {}
         self._timeouts = Timeouts(
             settings.bootstrap_timeout_seconds,
             settings.ready_grace_seconds,
@@ -119,7 +136,7 @@ class Scaler:
             logger.warning("too little time left to list the fleet; poll ends", extra={"time_left": time_left()})
             return PollResult(now, snapshot.poll_seconds)
         try:
-            instances = self._listed_and_unlisted(self._fleet.list_instances(), now)
+            instances = self._listed_and_unlisted(self._list(), now)
         except (ClientError, BotoCoreError) as error:
             logger.error("DescribeInstances failed; no action this poll", extra={"error": str(error)})
             emit(fleet_dims, {"FleetApiErrors": 1})
@@ -141,6 +158,12 @@ class Scaler:
         )
         return result
 
+    def _list(self) -> list[Instance]:
+        # Stopped pool instances are listed only when some queue has a pool.
+        if any(queue.has_pool for queue in self._settings.queues):
+            return self._fleet.list_instances(LIVE_STATES + POOL_STATES)
+        return self._fleet.list_instances()
+
     def _scale_queue(
         self,
         queue: QueueConfig,
@@ -151,21 +174,39 @@ class Scaler:
         time_left: TimeLeft,
     ) -> QueueResult:
         metrics = snapshot.for_queue(queue.name)
+        scheduled = schedules.at(queue, now)
+        queue = scheduled.queue
         image = self._image_of(queue)
-        plan = plan_queue(queue, metrics, instances, now, self._timeouts, image.image_id if image else "")
-        result = QueueResult(plan)
-        if not dry_run and plan.launch_total:
-            prices = self._prices(queue, now, time_left)
-            for role, count in (("floor", plan.launch_floor), ("burst", plan.launch_burst)):
+        plan, pool_plan = plan_with_pool(
+            queue, metrics, instances, now, self._timeouts, image.image_id if image else ""
+        )
+        result = QueueResult(plan, pool=pool_plan, schedule=scheduled.schedule)
+        refilled = pool_plan.refill
+        if not dry_run:
+            # Starting a stopped pool instance beats launching one; what did not start is launched.
+            burst = pool_plan.launch_burst + self._start(queue, result, pool_plan.start, now, time_left)
+            prices = self._prices(queue, now, time_left) if plan.launch_floor + burst else {}
+            refilled = 0
+            for role, count in (("floor", plan.launch_floor), ("burst", burst), (ROLE_POOL, pool_plan.refill)):
                 if count:
-                    self._record(result, self._launch(queue, role, count, now, prices, time_left, image))
+                    user_data = self._user_data_for(scheduled, role, now)
+                    outcome = self._launch(queue, role, count, now, prices, time_left, image, user_data)
+                    self._record(result, outcome)
+                    refilled += len(outcome.instance_ids) if role == ROLE_POOL else 0
+        on_exit = pool.on_exit(pool_plan, instances, refilled)
+        if not dry_run:
+            self._set_on_exit(on_exit)
         logger.info(
             "scaling decision",
             extra={
                 "queue": queue.name,
                 "dry_run": dry_run,
+                "schedule": scheduled.schedule or None,
                 "metrics": vars(metrics),
                 "plan": {**vars(plan), "launch_total": plan.launch_total},
+                "pool": vars(pool_plan),
+                "started": result.started,
+                "on_exit": on_exit,
                 "image": vars(image) if image else None,
                 "launched": result.instance_ids,
                 "markets": result.markets,
@@ -188,6 +229,8 @@ class Scaler:
                 "LiveInstances": plan.live,
                 "StaleInstances": plan.stale,
                 "InstancesLaunched": len(result.instance_ids),
+                "InstancesStarted": len(result.started),
+                "WarmPoolReady": pool_plan.ready,
                 "SpotInstancesLaunched": sum(market == SPOT for market in result.markets.values()),
                 "OnDemandInstancesLaunched": sum(market == ON_DEMAND for market in result.markets.values()),
                 "SpotShortfall": result.spot_shortfall,
@@ -196,6 +239,45 @@ class Scaler:
             },
         )
         return result
+
+    def _start(
+        self, queue: QueueConfig, result: QueueResult, instance_ids: tuple[str, ...], now: datetime, time_left: TimeLeft
+    ) -> int:
+        """Start pool instances; returns how many did not start."""
+        failed = 0
+        for instance_id in instance_ids:
+            # As for a launch: no start begun without the time for its call. One cut short
+            # after its tag leaves a stopped instance tagged pending, which the reaper retires.
+            if time_left() < EC2_CALL_SECONDS:
+                failed += 1
+                continue
+            try:
+                self._fleet.start(instance_id, now)
+            except (LaunchError, ClientError, BotoCoreError) as error:
+                logger.warning("starting a pool instance failed", extra={"queue": queue.name, "error": str(error)})
+                result.failures.append(LaunchFailure("", "", "StartFailed", f"{instance_id}: {error}"))
+                failed += 1
+            else:
+                result.started.append(instance_id)
+                self._starting[instance_id] = Instance(
+                    instance_id, self._settings.fleet_name, queue.name, ROLE_POOL, BOOTSTRAP_PENDING, now
+                )
+        return failed
+
+    def _set_on_exit(self, changes: dict[str, str]) -> None:
+        for instance_id, action in changes.items():
+            try:
+                self._fleet.set_on_exit(instance_id, action)
+            except (ClientError, BotoCoreError) as error:
+                # The next poll tries again; until then the instance keeps its last instruction.
+                logger.warning("tagging on-exit failed", extra={"instance_id": instance_id, "error": str(error)})
+
+    def _user_data_for(self, scheduled: schedules.Scheduled, role: str, now: datetime) -> bytes:
+        queue = scheduled.queue
+        if role == "floor" and scheduled.floor_ends_at is not None:
+            # A floor a schedule set ends with the schedule, not hours later at the usual max uptime.
+            return self._render(replace(queue, max_uptime_seconds=schedules.floor_max_uptime(scheduled, now)), role)
+        return self._user_data[(queue.name, role)]
 
     def _load_images(self, fleet_dims: dict[str, str], time_left: TimeLeft) -> None:
         # Two calls (GetParameters, DescribeImages); without the time for them, a later poll reads them.
@@ -234,8 +316,11 @@ class Scaler:
         prices: dict[Pool, float],
         time_left: TimeLeft,
         image: CurrentImage | None,
+        user_data: bytes,
     ) -> LaunchOutcome:
-        user_data = self._user_data[(queue.name, role)]
+        if role == ROLE_POOL:
+            # A one-time spot instance cannot be stopped: the pool is on-demand.
+            queue = replace(queue, capacity_type=ON_DEMAND)
         version = image.version if image else ""
         try:
             outcome = launch(
@@ -254,13 +339,14 @@ class Scaler:
             logger.exception("launch failed", extra={"queue": queue.name, "role": role})
             outcome = LaunchOutcome(requested=count)
             outcome.failures.append(LaunchFailure("", "", type(error).__name__, str(error)))
+        bootstrap = BOOTSTRAP_WARMING if role == ROLE_POOL else BOOTSTRAP_PENDING
         for instance_id in outcome.instance_ids:
             self._unlisted[instance_id] = Instance(
                 instance_id,
                 self._settings.fleet_name,
                 queue.name,
                 role,
-                BOOTSTRAP_PENDING,
+                bootstrap,
                 now,
                 market=outcome.markets.get(instance_id, ON_DEMAND),
                 image=version,
@@ -285,4 +371,11 @@ class Scaler:
             for instance_id, instance in self._unlisted.items()
             if instance_id not in seen and instance.launch_time > horizon
         }
+        seen_started = {instance.instance_id for instance in listed if not pool.is_spare(instance)}
+        self._starting = {
+            instance_id: instance
+            for instance_id, instance in self._starting.items()
+            if instance_id not in seen_started and instance.launch_time > horizon
+        }
+        listed = [self._starting.get(instance.instance_id, instance) for instance in listed]
         return listed + list(self._unlisted.values())

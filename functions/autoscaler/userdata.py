@@ -25,9 +25,13 @@ from autoscaler.lifecycle import (
     AGENT_VERSION_TAG,
     BOOTSTRAP_COMPLETE,
     BOOTSTRAP_FAILED,
+    BOOTSTRAP_POOLED,
     BOOTSTRAP_TAG,
     NIX_VERSION_TAG,
+    ON_EXIT_STOP,
+    ON_EXIT_TAG,
     READY_AT_TAG,
+    STARTED_AT_TAG,
 )
 
 EC2_USER_DATA_LIMIT = 16384
@@ -124,6 +128,10 @@ def _settings_values(settings: UserDataSettings, queue: QueueConfig, role: str, 
         "BK_NIX_VERSION_TAG": NIX_VERSION_TAG,
         "BK_BOOTSTRAP_COMPLETE": BOOTSTRAP_COMPLETE,
         "BK_BOOTSTRAP_FAILED": BOOTSTRAP_FAILED,
+        "BK_BOOTSTRAP_POOLED": BOOTSTRAP_POOLED,
+        "BK_ON_EXIT_TAG": ON_EXIT_TAG,
+        "BK_ON_EXIT_STOP": ON_EXIT_STOP,
+        "BK_STARTED_AT_TAG": STARTED_AT_TAG,
     }
 
 
