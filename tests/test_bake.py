@@ -32,7 +32,7 @@ from autoscaler.bake import (
     marker,
     warm_commands,
 )
-from autoscaler.userdata import render_user_data
+from autoscaler.userdata import instance_file, render_user_data
 
 REPO = Path(__file__).resolve().parent.parent
 FLEET = "ci-fleet"
@@ -84,9 +84,9 @@ def test_the_bake_installs_exactly_the_files_the_user_data_writes(tmp_path: Path
         # Same bytes, same mode: the bake runs the stock boot's own bootstrap script.
         assert target.read_text(encoding="utf-8") == entry["content"], path
         assert oct(target.stat().st_mode & 0o777) == oct(int(entry["permissions"], 8)), path
-    assert (tmp_path / "usr/local/sbin/buildkite-bootstrap").read_bytes() == (
-        REPO / "userdata/bootstrap.sh"
-    ).read_bytes()
+    assert (tmp_path / "usr/local/sbin/buildkite-bootstrap").read_text() == instance_file(
+        REPO / "userdata", "bootstrap.sh"
+    )
 
 
 def test_the_bake_settings_hold_install_time_values_and_no_names_of_secrets(tmp_path: Path) -> None:
@@ -376,7 +376,7 @@ def test_the_component_bakes_with_the_stock_install_step_then_marks_and_checks_t
     ]
     root = tmp_path / "root"
     # The install step ran with the stock boot's files and the bake's settings in place.
-    assert (root / "usr/local/sbin/buildkite-bootstrap").read_bytes() == (REPO / "userdata/bootstrap.sh").read_bytes()
+    assert (root / "usr/local/sbin/buildkite-bootstrap").read_text() == instance_file(REPO / "userdata", "bootstrap.sh")
     assert (root / SETTINGS_PATH).is_file()
     assert "image_version=1.0.0/7" in (root / MARKER_PATH).read_text(encoding="ascii")
 

@@ -30,6 +30,7 @@ from tools.invoke import load_template
 
 from autoscaler import queue_check
 from autoscaler.config import ScalerSettings
+from autoscaler.userdata import instance_file
 
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTIONS = ("ScalerFunction", "ReaperFunction", "QueueCheckFunction")
@@ -257,5 +258,5 @@ def test_the_image_component_can_install_from_the_built_artifact(build_dir: Path
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert (root / "usr/local/sbin/buildkite-bootstrap").read_bytes() == (ROOT / "userdata/bootstrap.sh").read_bytes()
+    assert (root / "usr/local/sbin/buildkite-bootstrap").read_text() == instance_file(ROOT / "userdata", "bootstrap.sh")
     assert "BK_ARCH=arm64" in (root / "etc/buildkite-bootstrap/settings.env").read_text(encoding="ascii")

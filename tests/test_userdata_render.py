@@ -15,7 +15,7 @@ import yaml
 
 from autoscaler import userdata
 from autoscaler.config import QueueConfig, UserDataSettings
-from autoscaler.userdata import UserDataError, render_user_data
+from autoscaler.userdata import UserDataError, instance_file, render_user_data
 
 REPO = Path(__file__).resolve().parent.parent
 PUBLIC_KEY = "fleet-cache-1:" + "Q" * 43 + "="
@@ -155,15 +155,15 @@ def test_user_data_too_big_even_compressed_fails_with_its_size(monkeypatch: pyte
         render()
 
 
-def test_instance_gets_the_files_of_userdata_dir_unchanged() -> None:
+def test_instance_gets_the_files_of_userdata_dir_unchanged_but_for_comments() -> None:
     document = yaml.safe_load(plain(render()))
     files = {entry["path"]: entry for entry in document["write_files"]}
 
     bootstrap = files["/usr/local/sbin/buildkite-bootstrap"]
-    assert bootstrap["content"] == (REPO / "userdata/bootstrap.sh").read_text()
+    assert bootstrap["content"] == instance_file(REPO / "userdata", "bootstrap.sh")
     assert bootstrap["permissions"] == "0755"
     hook = files["/usr/local/lib/buildkite-bootstrap/upload-to-cache.sh"]
-    assert hook["content"] == (REPO / "userdata/upload-to-cache.sh").read_text()
+    assert hook["content"] == instance_file(REPO / "userdata", "upload-to-cache.sh")
     for name in (
         "buildkite-bootstrap.service",
         "cache-uploader.sh",
@@ -172,7 +172,7 @@ def test_instance_gets_the_files_of_userdata_dir_unchanged() -> None:
         "spot-interruption-watch.sh",
         "spot-interruption-watch.service",
     ):
-        assert files[f"/usr/local/lib/buildkite-bootstrap/{name}"]["content"] == (REPO / "userdata" / name).read_text()
+        assert files[f"/usr/local/lib/buildkite-bootstrap/{name}"]["content"] == instance_file(REPO / "userdata", name)
     assert document["runcmd"] == [
         ["timeout", "--kill-after=60", "15m", "/usr/local/sbin/buildkite-bootstrap", "prepare"]
     ]
@@ -301,3 +301,19 @@ def test_renderer_finds_userdata_in_the_lambda_artifact_layout(tmp_path: Path) -
 
     assert result.returncode == 0, result.stderr
     assert 0 < int(result.stdout) <= 16384
+
+
+@pytest.mark.parametrize("name", sorted(path.name for path in (REPO / "userdata").glob("*.sh")))
+def test_a_script_without_its_comments_is_the_same_program(name: str) -> None:
+    original = (REPO / "userdata" / name).read_text()
+    stripped = instance_file(REPO / "userdata", name)
+    # The shebang and every line of code stay, in order; only whole-line comments go.
+    assert stripped.splitlines()[0] == original.splitlines()[0] and original.startswith("#!")
+    code = [line for line in original.splitlines() if not line.lstrip().startswith("#")]
+    assert stripped.splitlines()[1:] == code
+    assert subprocess.run(["bash", "-n"], input=stripped, text=True, check=False).returncode == 0
+
+
+def test_comments_are_what_keeps_the_user_data_under_ec2s_limit() -> None:
+    # Every variant stays under the limit with room to grow; with the comments it would not.
+    assert max(len(render(queue, role)) for queue in QUEUES for role in ("floor", "burst", "pool")) < 14_000

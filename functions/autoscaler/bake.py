@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from autoscaler.config import DEFAULT_NIX_INSTALLER_VERSION, ROOT_MODES
-from autoscaler.userdata import TEMPLATE, install_values, settings_env, userdata_dir
+from autoscaler.userdata import TEMPLATE, install_values, instance_file, settings_env, userdata_dir
 
 SETTINGS_PATH = "etc/buildkite-bootstrap/settings.env"
 # Its presence tells the one user-data that it booted a baked image.
@@ -175,7 +175,7 @@ def install_files(root: Path, settings: BakeSettings, arch: str, directory: Path
     for item in image_files(source):
         target = root / item.path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source / item.source, target)
+        target.write_text(instance_file(source, item.source), encoding="utf-8")
         target.chmod(item.mode)
         written.append(target)
     settings_file = root / SETTINGS_PATH

@@ -181,10 +181,23 @@ def userdata_dir() -> Path:
     raise UserDataError(f"userdata/{TEMPLATE} not found next to {package} or its parent")
 
 
+def instance_file(directory: Path, name: str) -> str:
+    """A file of userdata/ as the instance gets it, from the user-data or a bake alike:
+    without its comment lines (the shebang stays), which would take a third of EC2's
+    16 KB user-data limit. The files have no here-documents, so a line that starts with
+    "#" is always a comment."""
+    lines = (directory / name).read_text(encoding="utf-8").splitlines(keepends=True)
+    return "".join(line for index, line in enumerate(lines) if not _is_comment(line, index))
+
+
+def _is_comment(line: str, index: int) -> bool:
+    return line.lstrip().startswith("#") and not (index == 0 and line.startswith("#!"))
+
+
 def _fill_template(directory: Path, settings: str) -> str:
     def embed(match: re.Match[str]) -> str:
         name = match.group(1)
-        content = settings if name == SETTINGS_FILE else (directory / name).read_text(encoding="utf-8")
+        content = settings if name == SETTINGS_FILE else instance_file(directory, name)
         return json.dumps(content, ensure_ascii=True)
 
     return _PLACEHOLDER.sub(embed, (directory / TEMPLATE).read_text(encoding="utf-8"))
