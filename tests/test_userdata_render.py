@@ -308,7 +308,8 @@ def test_a_script_without_its_comments_is_the_same_program(name: str) -> None:
     original = (REPO / "userdata" / name).read_text()
     stripped = instance_file(REPO / "userdata", name)
     # The shebang and every line of code stay, in order; only whole-line comments go.
-    assert stripped.splitlines()[0] == original.splitlines()[0] and original.startswith("#!")
+    assert stripped.splitlines()[0] == original.splitlines()[0]
+    assert original.startswith("#!")
     code = [line for line in original.splitlines() if not line.lstrip().startswith("#")]
     assert stripped.splitlines()[1:] == code
     assert subprocess.run(["bash", "-n"], input=stripped, text=True, check=False).returncode == 0
