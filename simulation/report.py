@@ -104,12 +104,15 @@ def trace_days(result: RunResult) -> int:
 
 def usage(result: RunResult, queue: str) -> QueueUsage:
     seconds: dict[str, dict[str, float]] = {ON_DEMAND: {}, SPOT: {}}
+    stopped = 0.0
     for instance in result.world.instances.values():
         if instance.queue == queue:
             market = seconds[instance.market]
             market[instance.instance_type] = market.get(instance.instance_type, 0.0) + lifetime(instance, result.end)
+            stopped += instance.volume_only_seconds(result.end)
     total = sum(sum(market.values()) for market in seconds.values())
-    return QueueUsage(queue, seconds[ON_DEMAND], total * result.scenario.root_volume_gib, spot_seconds=seconds[SPOT])
+    gib = result.scenario.root_volume_gib
+    return QueueUsage(queue, seconds[ON_DEMAND], total * gib, stopped * gib, spot_seconds=seconds[SPOT])
 
 
 def _queue_summary(result: RunResult, queue: str, pricing: Pricing) -> QueueSummary:
@@ -160,7 +163,8 @@ def fixed_cost(result: RunResult, deployed: Deployment) -> StackCost:
 
 
 def lifetime(instance: SimInstance, end: float) -> float:
-    return (end if instance.ended_at is None else instance.ended_at) - instance.launched_at
+    """Its running time: billed as an instance (a stopped pool instance bills its volume only)."""
+    return instance.running_seconds(end)
 
 
 def percentile(sorted_values: list[float], pct: float) -> float:
