@@ -37,6 +37,7 @@ from simulation.trace import START, Trace, TraceError, default_trace, load_csv
 
 DEFAULT_RUNS = 3
 SPOT_NOTE = " (spot instance-hours at 1 - spot_discount of them)"
+POOL_NOTE = " (stopped pool instances: their volumes only)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,10 +119,11 @@ def _run_all(
         print(json.dumps(report, indent=2))
     else:
         spot = any(queue.capacity_type == SPOT for scenario in scenarios.values() for queue in scenario.queues)
-        print(table(summaries, all_ranges=args.runs is not None and args.runs > 1, spot=spot))
+        pool = any(queue.has_pool for scenario in scenarios.values() for queue in scenario.queues)
+        print(table(summaries, all_ranges=args.runs is not None and args.runs > 1, spot=spot, pool=pool))
         print(
             f"\nmedian (min-max) over seeds {seeds[0]}-{seeds[-1]}; $ = instances at {PRICE_REGION} on-demand prices "
-            f"of {PRICE_DATE}{SPOT_NOTE if spot else ''} + root volumes; "
+            f"of {PRICE_DATE}{SPOT_NOTE if spot else ''} + root volumes{POOL_NOTE if pool else ''}; "
             f"$ per month = $ per day x {args.days_per_month:g} days"
         )
     return 1 if warned else 0

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from autoscaler.config import ON_DEMAND, SPOT
+from autoscaler.lifecycle import ROLE_POOL
 from simulation.cost import (
     DAYS_PER_MONTH,
     WORKING_DAYS_PER_MONTH,
@@ -45,6 +46,10 @@ class QueueSummary:
     interruptions: int = 0
     retried_jobs: int = 0  # runs cancelled and run again
     lost_job_minutes: float = 0.0  # what the cancelled runs had run
+    pool_launched: int = 0  # launched into the warm pool (role=pool)
+    pool_starts: int = 0  # starts of stopped pool instances
+    stopped_hours: float = 0.0  # instance-hours stopped (or stopping): volumes only
+    stopped_cost_per_day: float = 0.0  # those volumes, in cost_per_day
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,13 @@ SPOT_ROWS = (
     ("interruptions", "interruptions", "{:.0f}", True),
     ("retried jobs", "retried_jobs", "{:.0f}", True),
     ("lost job-minutes", "lost_job_minutes", "{:.0f}", True),
+)
+# Shown when a compared scenario has a warm pool.
+POOL_ROWS = (
+    ("pool launches", "pool_launched", "{:.0f}", False),
+    ("pool starts", "pool_starts", "{:.0f}", False),
+    ("stopped hours", "stopped_hours", "{:.1f}", False),
+    ("stopped $ per day", "stopped_cost_per_day", "{:.2f}", False),
 )
 
 
@@ -123,7 +135,11 @@ def _queue_summary(result: RunResult, queue: str, pricing: Pricing) -> QueueSumm
     for instance in instances:
         if instance.live:
             instance.account(result.end)
-    cost = queue_cost(usage(result, queue), pricing.prices, trace_days(result), pricing.days_per_month)
+    used = usage(result, queue)
+    cost = queue_cost(used, pricing.prices, trace_days(result), pricing.days_per_month)
+    stopped = queue_cost(
+        QueueUsage(queue, {}, 0.0, used.stopped_gib_seconds), pricing.prices, trace_days(result), pricing.days_per_month
+    )
     return QueueSummary(
         queue=queue,
         jobs=len(jobs),
@@ -142,6 +158,10 @@ def _queue_summary(result: RunResult, queue: str, pricing: Pricing) -> QueueSumm
         interruptions=sum(instance.interrupted_at is not None for instance in instances),
         retried_jobs=sum(sim.retries for sim in jobs),
         lost_job_minutes=sum(sim.lost_seconds for sim in jobs) / MINUTE,
+        pool_launched=sum(instance.role == ROLE_POOL for instance in instances),
+        pool_starts=sum(instance.starts for instance in instances),
+        stopped_hours=sum(instance.volume_only_seconds(result.end) for instance in instances) / HOUR,
+        stopped_cost_per_day=stopped.per_day,
     )
 
 
@@ -191,18 +211,19 @@ class Spread:
 def spreads(runs: list[list[QueueSummary]]) -> list[dict[str, Spread]]:
     """Per queue, each figure's median and range over the runs."""
     per_queue = zip(*runs, strict=True)
+    keys = [key for _, key, _, _ in ROWS + SPOT_ROWS + POOL_ROWS]
     return [
-        {key: Spread.of([float(asdict(summary)[key]) for summary in summaries]) for _, key, _, _ in ROWS + SPOT_ROWS}
+        {key: Spread.of([float(asdict(summary)[key]) for summary in summaries]) for key in keys}
         for summaries in per_queue
     ]
 
 
-def table(runs: dict[str, list[list[QueueSummary]]], all_ranges: bool, spot: bool = False) -> str:
+def table(runs: dict[str, list[list[QueueSummary]]], all_ranges: bool, spot: bool = False, pool: bool = False) -> str:
     """One block per queue; one column per named setting, each figure a median (and range) over seeds;
-    with `spot`, the spot market's figures too."""
+    with `spot`, the spot market's figures too; with `pool`, the warm pool's."""
     stats = {label: spreads(summaries) for label, summaries in runs.items()}
     queues = [summary.queue for summary in next(iter(runs.values()))[0]]
-    rows = ROWS + (SPOT_ROWS if spot else ())
+    rows = ROWS + (SPOT_ROWS if spot else ()) + (POOL_ROWS if pool else ())
     cells = [
         [
             [_cell(per_label[index][key], fmt, tail or all_ranges) for per_label in stats.values()]
