@@ -97,6 +97,10 @@ class Decision:
     launch_floor: int
     launch_burst: int
     stuck: int
+    live: int = 0  # instances in use, as the plan counts them
+    started: tuple[str, ...] = ()  # pool instances the scaler started
+    pool_ready: int = 0  # stopped pool instances it could start
+    schedule: str = ""  # the schedule in force, "" for none
 
 
 @dataclass
@@ -137,7 +141,17 @@ class _RecordingScaler(Scaler):
         for name, queue in result.queues.items():
             plan = queue.plan
             self._decisions.append(
-                Decision(self._clock_seconds(), name, plan.launch_floor, plan.launch_burst, plan.stuck)
+                Decision(
+                    self._clock_seconds(),
+                    name,
+                    plan.launch_floor,
+                    plan.launch_burst,
+                    plan.stuck,
+                    plan.live,
+                    tuple(queue.started),
+                    queue.pool.ready if queue.pool else 0,
+                    queue.schedule,
+                )
             )
         return result
 
