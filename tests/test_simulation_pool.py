@@ -73,7 +73,7 @@ def test_pool_starts_shorten_the_first_builds_wait(morning: RunResult) -> None:
 def test_stopped_pool_instances_cost_their_volumes_only_and_are_never_capacity() -> None:
     # One job at 10:00: until then the pool is filled, parked and stopped.
     trace = [Job("late", X86, 2 * HOUR, 60.0)]
-    result = simulate(trace, with_overrides(default_scenario(), _pool(5, failure_share="0")))
+    result = simulate(trace, with_overrides(default_scenario(), _pool(5, failure_share="0")), telemetry=False)
     pool = [i for i in result.world.instances.values() if i.role == ROLE_POOL]
     assert len(pool) >= 5
     before_job = [d for d in result.decisions if d.queue == X86 and HOUR <= d.time < 2 * HOUR]
@@ -101,8 +101,8 @@ def test_stopped_pool_instances_cost_their_volumes_only_and_are_never_capacity()
 
 def test_a_pool_covers_the_whole_day_and_leaves_the_other_queue_alone() -> None:
     trace = default_trace()[:300]
-    plain = simulate(trace, default_scenario())
-    pooled = simulate(trace, with_overrides(default_scenario(), _pool(2)))
+    plain = simulate(trace, default_scenario(), telemetry=False)
+    pooled = simulate(trace, with_overrides(default_scenario(), _pool(2)), telemetry=False)
     assert pooled.end >= 24 * HOUR > plain.end
     assert summarize(plain)[1] == summarize(pooled)[1]
     assert summarize(plain)[1].queue == ARM
@@ -110,8 +110,8 @@ def test_a_pool_covers_the_whole_day_and_leaves_the_other_queue_alone() -> None:
 
 def test_pool_size_zero_leaves_the_default_figures_unchanged() -> None:
     trace = default_trace()[:300]
-    plain = simulate(trace, default_scenario())
-    zero = simulate(trace, with_overrides(default_scenario(), _pool(0)))
+    plain = simulate(trace, default_scenario(), telemetry=False)
+    zero = simulate(trace, with_overrides(default_scenario(), _pool(0)), telemetry=False)
     assert summarize(zero) == summarize(plain)
     assert zero.end == plain.end
     assert all(summary.pool_starts == summary.pool_launched == 0 for summary in summarize(zero))
@@ -176,7 +176,7 @@ def test_a_schedule_changes_the_floor_at_its_boundary() -> None:
         default_scenario(), {f"{X86}.schedules": json.dumps([LATE_MORNING]), "failure_share": "0"}
     )
     assert START.weekday() == 0
-    result = simulate([Job("evening", ARM, 12 * HOUR, 60.0)], scenario)
+    result = simulate([Job("evening", ARM, 12 * HOUR, 60.0)], scenario, telemetry=False)
     floors = [i for i in result.world.instances.values() if i.queue == X86 and i.role == "floor"]
     assert len(floors) == 2
     start, end = 1 * HOUR, 3 * HOUR  # 10:00 and 12:00 in Berlin
