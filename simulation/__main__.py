@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -36,6 +37,8 @@ from simulation.settings import with_overrides
 from simulation.trace import START, Trace, TraceError, default_trace, load_csv
 
 DEFAULT_RUNS = 3
+# A comma before the next key=: a JSON value's own commas (a schedule list) stay in the value.
+SETTING_SEPARATOR = re.compile(r",(?=[A-Za-z0-9_.-]+=)")
 SPOT_NOTE = " (spot instance-hours at 1 - spot_discount of them)"
 POOL_NOTE = " (stopped pool instances: their volumes only)"
 
@@ -145,7 +148,7 @@ def _scenarios(args: argparse.Namespace) -> dict[str, Scenario]:
         label, _, settings = spec.partition(":")
         if not label or not settings or label in scenarios:
             raise ConfigError(f"--compare wants a new LABEL:key=value[,key=value] (got {spec!r})")
-        scenarios[label] = with_overrides(base, _pairs(settings.split(","), f"--compare {label}"))
+        scenarios[label] = with_overrides(base, _pairs(SETTING_SEPARATOR.split(settings), f"--compare {label}"))
     return scenarios
 
 
