@@ -7,6 +7,7 @@ from dataclasses import replace
 from functools import partial
 
 import pytest
+from simulation.__main__ import SETTING_SEPARATOR
 from simulation.cloud import MemoryFleet
 from simulation.cost import EBS_GP3_PER_GIB_MONTH, HOURS_PER_MONTH, ON_DEMAND_PER_HOUR
 from simulation.report import HOUR, summarize
@@ -213,3 +214,11 @@ def test_schedules_and_pool_sizes_are_checked_as_the_deployment_checks_them() ->
         replace(scenario.queues[0], max_instances=10)
         == with_overrides(default_scenario(), {f"{X86}.schedules": json.dumps([LATE_MORNING])}).queues[0]
     )
+
+
+def test_a_compared_schedule_keeps_its_json_commas() -> None:
+    settings = f"{X86}.schedules={json.dumps([LATE_MORNING])},{X86}.warm_pool_size=1"
+    pairs = dict(item.split("=", 1) for item in SETTING_SEPARATOR.split(settings))
+    scenario = with_overrides(default_scenario(), pairs)
+    assert scenario.queues[0].warm_pool_size == 1
+    assert [s.name for s in scenario.queues[0].schedules] == ["late-morning"]
