@@ -178,6 +178,9 @@ class MotoFleet(MemoryFleet):
         self._adapter.set_on_exit(instance_id, action)
         super().set_on_exit(instance_id, action)
 
+    def latest_templates(self, template_ids: Iterable[str]) -> dict[str, TemplateVersion]:
+        return self._adapter.latest_templates(template_ids)
+
     def run(self, spec: LaunchSpec) -> list[str]:
         self.check_capacity(spec)
         # freezegun gives the instances the simulated LaunchTime.
@@ -195,7 +198,8 @@ class MotoFleet(MemoryFleet):
         if what == "ended":
             self._ec2.terminate_instances(InstanceIds=[instance.instance_id])
             return
-        if what == "stopping":
+        if what == "stopped":
+            # moto stops at once; the world has waited out the stopping state (still a spare: pooled).
             self._ec2.stop_instances(InstanceIds=[instance.instance_id])
             return
         tags = [{"Key": BOOTSTRAP_TAG, "Value": instance.bootstrap}]

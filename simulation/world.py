@@ -269,7 +269,7 @@ class World:
         heapq.heappush(self._events, (when, next(self._sequence), action))
 
     def on_change(self, listener: CloudListener) -> None:
-        """Tell `listener(what, instance)` when an instance tags itself or ends."""
+        """Tell `listener(what, instance)` when an instance tags itself, stops or ends."""
         self._listeners.append(listener)
 
     def _notify(self, what: str, instance: SimInstance) -> None:
@@ -452,13 +452,13 @@ class World:
         instance.stopped_since = self.now
         instance.connected_at = None
         del self._live[instance.queue][instance.instance_id]
-        self._notify("stopping", instance)
         cycle = instance.cycle
         self.schedule(self.now + self.settings.stop_seconds, lambda: self._stopped(instance, cycle))
 
     def _stopped(self, instance: SimInstance, cycle: int) -> None:
         if instance.exists and instance.cycle == cycle and instance.state == STOPPING:
             instance.state = STOPPED
+            self._notify("stopped", instance)
 
     def _agent_exited(self, instance: SimInstance) -> None:
         """agent-exited.sh: `release` stops a pool instance back into the pool only with an

@@ -10,6 +10,7 @@ import pytest
 from simulation.__main__ import SETTING_SEPARATOR
 from simulation.cloud import MemoryFleet
 from simulation.cost import EBS_GP3_PER_GIB_MONTH, HOURS_PER_MONTH, ON_DEMAND_PER_HOUR
+from simulation.moto_check import same_decisions
 from simulation.report import HOUR, summarize
 from simulation.runner import FLEET, RunResult, default_scenario, scaler_settings, simulate
 from simulation.settings import with_overrides
@@ -222,3 +223,10 @@ def test_a_compared_schedule_keeps_its_json_commas() -> None:
     scenario = with_overrides(default_scenario(), pairs)
     assert scenario.queues[0].warm_pool_size == 1
     assert [s.name for s in scenario.queues[0].schedules] == ["late-morning"]
+
+
+def test_moto_replay_of_a_pool_makes_the_same_decisions_and_starts() -> None:
+    # Through the real boto3 adapter: fill, stop, the reaper's template check, the first starts.
+    trace = [job for job in default_trace() if job.scheduled_at < 70 * 60]
+    scenario = with_overrides(default_scenario(), _pool(2))
+    assert same_decisions(trace, scenario, 70 * 60)
