@@ -216,14 +216,16 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a setting, e.g. max_instances=10, nixos-arm-aws.max_instances=2, boot_path=baked, capacity_type=spot",
+        help="a setting, e.g. max_instances=10, nixos-arm-aws.max_instances=2, boot_path=baked, capacity_type=spot, "
+        "nixos-x86-aws.warm_pool_size=2, 'nixos-x86-aws.schedules=[{...}]' (JSON, as in QUEUES)",
     )
     parser.add_argument(
         "--compare",
         action="append",
         default=[],
         metavar="LABEL:KEY=VALUE[,...]",
-        help="also run with these settings and print side by side, e.g. baked:boot_path=baked",
+        help="also run with these settings and print side by side, e.g. baked:boot_path=baked; "
+        "a comma separates settings only before the next key=",
     )
     parser.add_argument(
         "--price", action="append", default=[], metavar="TYPE=USD", help="an instance type's price per hour"
