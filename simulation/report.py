@@ -20,7 +20,7 @@ from simulation.cost import (
     stack_cost,
 )
 from simulation.deployment import Deployment
-from simulation.runner import RunResult
+from simulation.runner import RunResult, days_covered
 from simulation.world import SimInstance
 
 MINUTE = 60.0
@@ -110,8 +110,7 @@ def job_waits(result: RunResult, queue: str) -> list[float]:
 
 def trace_days(result: RunResult) -> int:
     """Days the trace covers, from the start to the last arrival: the costs are spread over them."""
-    last = max((sim.job.scheduled_at for sim in result.world.jobs.values()), default=0.0)
-    return max(1, math.ceil(last / 86400))
+    return days_covered(max((sim.job.scheduled_at for sim in result.world.jobs.values()), default=0.0))
 
 
 def usage(result: RunResult, queue: str) -> QueueUsage:

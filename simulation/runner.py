@@ -262,7 +262,7 @@ def _simulate(
     _schedule_reaper(world, fleet, scenario, clock, sink)
 
     last_arrival = max((job.scheduled_at for job in trace), default=0.0)
-    days_end = max(1, math.ceil(last_arrival / 86400)) * 86400.0 if scenario.whole_days else 0.0
+    days_end = days_covered(last_arrival) * 86400.0 if scenario.whole_days else 0.0
     stop = max(last_arrival + scenario.drain_hours * 3600, days_end) if until is None else until
     invocation, busy, invocations = 0.0, 0.0, 0
     while invocation < stop and not (until is None and _settled(world, invocation, max(last_arrival, days_end))):
@@ -286,6 +286,11 @@ def _simulate(
         invocation += scenario.scaler_period
     world.advance_to(invocation)
     return RunResult(scenario, world, world.now, source.samples, decisions, start, busy, invocations, sink)
+
+
+def days_covered(last_arrival: float) -> int:
+    """Days a trace covers, from its start to its last arrival: costs are spread over them."""
+    return max(1, math.ceil(last_arrival / 86400))
 
 
 def _settled(world: World, now: float, not_before: float) -> bool:

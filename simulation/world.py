@@ -372,7 +372,7 @@ class World:
         """
         instance = self.instances[instance_id]
         if instance.state != STOPPED or not instance.exists:
-            raise ValueError(f"IncorrectInstanceState: {instance_id} is {instance.state}, not stopped")
+            raise ValueError(f"{instance_id} is {instance.state if instance.exists else 'terminated'}, not stopped")
         settings = self.settings
         rng = self._rngs.setdefault(f"{instance.queue}/pool", random.Random(f"{settings.seed}/{instance.queue}/pool"))
         instance.fate = _fate(rng.random(), settings.failure_share)
