@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -36,7 +37,10 @@ from simulation.settings import with_overrides
 from simulation.trace import START, Trace, TraceError, default_trace, load_csv
 
 DEFAULT_RUNS = 3
+# A comma before the next key=: a JSON value's own commas (a schedule list) stay in the value.
+SETTING_SEPARATOR = re.compile(r",(?=[A-Za-z0-9_.-]+=)")
 SPOT_NOTE = " (spot instance-hours at 1 - spot_discount of them)"
+POOL_NOTE = " (stopped pool instances: their volumes only)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,10 +122,11 @@ def _run_all(
         print(json.dumps(report, indent=2))
     else:
         spot = any(queue.capacity_type == SPOT for scenario in scenarios.values() for queue in scenario.queues)
-        print(table(summaries, all_ranges=args.runs is not None and args.runs > 1, spot=spot))
+        pool = any(queue.has_pool for scenario in scenarios.values() for queue in scenario.queues)
+        print(table(summaries, all_ranges=args.runs is not None and args.runs > 1, spot=spot, pool=pool))
         print(
             f"\nmedian (min-max) over seeds {seeds[0]}-{seeds[-1]}; $ = instances at {PRICE_REGION} on-demand prices "
-            f"of {PRICE_DATE}{SPOT_NOTE if spot else ''} + root volumes; "
+            f"of {PRICE_DATE}{SPOT_NOTE if spot else ''} + root volumes{POOL_NOTE if pool else ''}; "
             f"$ per month = $ per day x {args.days_per_month:g} days"
         )
     return 1 if warned else 0
@@ -143,7 +148,7 @@ def _scenarios(args: argparse.Namespace) -> dict[str, Scenario]:
         label, _, settings = spec.partition(":")
         if not label or not settings or label in scenarios:
             raise ConfigError(f"--compare wants a new LABEL:key=value[,key=value] (got {spec!r})")
-        scenarios[label] = with_overrides(base, _pairs(settings.split(","), f"--compare {label}"))
+        scenarios[label] = with_overrides(base, _pairs(SETTING_SEPARATOR.split(settings), f"--compare {label}"))
     return scenarios
 
 
@@ -211,14 +216,16 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a setting, e.g. max_instances=10, nixos-arm-aws.max_instances=2, boot_path=baked, capacity_type=spot",
+        help="a setting, e.g. max_instances=10, nixos-arm-aws.max_instances=2, boot_path=baked, capacity_type=spot, "
+        "nixos-x86-aws.warm_pool_size=2, 'nixos-x86-aws.schedules=[{...}]' (JSON, as in QUEUES)",
     )
     parser.add_argument(
         "--compare",
         action="append",
         default=[],
         metavar="LABEL:KEY=VALUE[,...]",
-        help="also run with these settings and print side by side, e.g. baked:boot_path=baked",
+        help="also run with these settings and print side by side, e.g. baked:boot_path=baked; "
+        "a comma separates settings only before the next key=",
     )
     parser.add_argument(
         "--price", action="append", default=[], metavar="TYPE=USD", help="an instance type's price per hour"

@@ -9,18 +9,24 @@ through the real boto3 adapter on moto and mirrors the world's changes
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+import gzip
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+import yaml
 from freezegun import freeze_time
 
 from autoscaler.buildkite import MetricsSnapshot, parse_queues
 from autoscaler.config import ARCHITECTURES, SPOT, QueueConfig
-from autoscaler.fleet import Ec2Fleet, LaunchError, LaunchSpec
+from autoscaler.fleet import Ec2Fleet, LaunchError, LaunchSpec, TemplateVersion
 from autoscaler.images import CurrentImage
-from autoscaler.lifecycle import BOOTSTRAP_TAG, READY_AT_TAG, Instance
+from autoscaler.lifecycle import BOOTSTRAP_PENDING, BOOTSTRAP_TAG, LIVE_STATES, READY_AT_TAG, Instance
 from simulation.world import BOOT_PATHS, SimInstance, World
+
+SETTINGS_PATH = "/etc/buildkite-bootstrap/settings.env"
 
 
 @dataclass(frozen=True)
@@ -61,8 +67,9 @@ class MemoryFleet:
     fleet_name: str
     queues: dict[str, QueueConfig]
 
-    def list_instances(self) -> list[Instance]:
-        return [self.record(i) for i in self.world.instances.values() if i.live]
+    def list_instances(self, states: Sequence[str] = LIVE_STATES) -> list[Instance]:
+        records = (self.record(i) for i in self.world.instances.values() if i.exists)
+        return [record for record in records if record.state in states]
 
     def run(self, spec: LaunchSpec) -> list[str]:
         self.check_capacity(spec)
@@ -81,19 +88,38 @@ class MemoryFleet:
             )
 
     def adopt(self, instance_id: str, spec: LaunchSpec) -> None:
-        queue = self.queues[spec.queue]
-        floor = spec.role == "floor"
+        # What the instance's agent runs with is what its user-data says, as on EC2:
+        # a floor a schedule launched carries the schedule's end as its max uptime.
+        settings = boot_settings(spec.user_data)
+        idle, uptime = int(settings["BK_IDLE_TIMEOUT_SECONDS"]), int(settings["BK_MAX_UPTIME_SECONDS"])
         self.world.launch(
             instance_id,
             spec.queue,
-            spec.role,
+            settings["BK_ROLE"],
             spec.instance_type,
-            queue.agents_per_instance,
-            None if floor else float(queue.idle_timeout_seconds),
-            float(queue.max_uptime_seconds) if queue.max_uptime_seconds else None,
+            int(settings["BK_AGENTS_PER_INSTANCE"]),
+            float(idle) if idle else None,
+            float(uptime) if uptime else None,
             market=spec.market,
             image=spec.image,
+            root_mode=settings["BK_ROOT_MODE"],
         )
+
+    def start(self, instance_id: str, now: datetime) -> None:
+        """StartInstances, as Ec2Fleet.start: EC2 refuses an instance that is not stopped."""
+        # Tagged first, as Ec2Fleet.start does: a start that fails leaves it pending, for the reaper.
+        self.world.instances[instance_id].bootstrap = BOOTSTRAP_PENDING
+        try:
+            self.world.start_instance(instance_id)
+        except ValueError as error:
+            raise LaunchError("IncorrectInstanceState", str(error)) from None
+
+    def set_on_exit(self, instance_id: str, action: str) -> None:
+        self.world.instances[instance_id].on_exit = action
+
+    def latest_templates(self, template_ids: Iterable[str]) -> dict[str, TemplateVersion]:
+        # Simulated instances carry no launch template tags: nothing is stale by template.
+        return {}
 
     def terminate(self, instance_id: str) -> None:
         self.world.terminate(instance_id)
@@ -109,13 +135,26 @@ class MemoryFleet:
             queue=instance.queue,
             role=instance.role,
             bootstrap=instance.bootstrap,
-            launch_time=self.world.time(instance.launched_at),
-            state="running",
+            # EC2's LaunchTime is the last start.
+            launch_time=self.world.time(instance.started_at),
+            state=instance.state,
             ready_at=None if instance.ready_at is None else self.world.time(instance.ready_at),
             instance_type=instance.instance_type,
             image=instance.image,
             market=instance.market,
+            built_at=self.world.time(instance.launched_at),
+            on_exit=instance.on_exit,
         )
+
+
+@functools.lru_cache(maxsize=64)
+def boot_settings(user_data: bytes) -> dict[str, str]:
+    """The BK_* settings the rendered user-data writes to settings.env (gzip or plain cloud-config)."""
+    text = gzip.decompress(user_data) if user_data[:2] == b"\x1f\x8b" else user_data
+    files = yaml.safe_load(text)["write_files"]
+    content = next(item["content"] for item in files if item["path"] == SETTINGS_PATH)
+    pairs = (line.partition("=") for line in content.splitlines() if line and not line.startswith("#"))
+    return {key: value for key, _, value in pairs}
 
 
 class MotoFleet(MemoryFleet):
@@ -127,8 +166,20 @@ class MotoFleet(MemoryFleet):
         self._adapter = Ec2Fleet(ec2, fleet_name)
         world.on_change(self._mirror)
 
-    def list_instances(self) -> list[Instance]:
-        return self._adapter.list_instances()
+    def list_instances(self, states: Sequence[str] = LIVE_STATES) -> list[Instance]:
+        return self._adapter.list_instances(states)
+
+    def start(self, instance_id: str, now: datetime) -> None:
+        with freeze_time(self.world.time()):
+            self._adapter.start(instance_id, now)
+        super().start(instance_id, now)
+
+    def set_on_exit(self, instance_id: str, action: str) -> None:
+        self._adapter.set_on_exit(instance_id, action)
+        super().set_on_exit(instance_id, action)
+
+    def latest_templates(self, template_ids: Iterable[str]) -> dict[str, TemplateVersion]:
+        return self._adapter.latest_templates(template_ids)
 
     def run(self, spec: LaunchSpec) -> list[str]:
         self.check_capacity(spec)
@@ -146,6 +197,10 @@ class MotoFleet(MemoryFleet):
     def _mirror(self, what: str, instance: SimInstance) -> None:
         if what == "ended":
             self._ec2.terminate_instances(InstanceIds=[instance.instance_id])
+            return
+        if what == "stopped":
+            # moto stops at once; the world has waited out the stopping state (still a spare: pooled).
+            self._ec2.stop_instances(InstanceIds=[instance.instance_id])
             return
         tags = [{"Key": BOOTSTRAP_TAG, "Value": instance.bootstrap}]
         if instance.ready_at is not None:

@@ -1,6 +1,6 @@
 """`--moto`: replay a window of the trace through the real boto3 adapter on moto.
 
-The decisions (each poll's launches per queue) must equal the in-memory
+The decisions (each poll's launches and pool starts per queue) must equal the in-memory
 run's, which shows the in-memory fleet stands in faithfully for EC2.
 """
 
@@ -15,6 +15,7 @@ from typing import Any
 import boto3
 from moto import mock_aws
 
+from simulation.cloud import SimImages
 from simulation.runner import Decision, RunResult, Scenario, simulate
 from simulation.trace import Job
 
@@ -28,10 +29,13 @@ def run_on_moto(trace: list[Job], scenario: Scenario, seconds: float) -> RunResu
         vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
         subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
         queues = []
+        images = SimImages(scenario.world.boot_path).current()
         for queue in scenario.queues:
-            template = ec2.create_launch_template(
-                LaunchTemplateName=queue.name, LaunchTemplateData={"ImageId": "ami-12345678"}
-            )["LaunchTemplate"]["LaunchTemplateId"]
+            # The image the simulated pipeline publishes: a stopped pool instance of another is not started.
+            image = images[queue.architecture].image_id
+            template = ec2.create_launch_template(LaunchTemplateName=queue.name, LaunchTemplateData={"ImageId": image})[
+                "LaunchTemplate"
+            ]["LaunchTemplateId"]
             queues.append(replace(queue, launch_template_id=template, subnet_ids=(subnet,)))
         on_moto = replace(scenario, queues=tuple(queues))
         return simulate(trace, on_moto, until=seconds, ec2=_full_launches(ec2))
@@ -66,5 +70,6 @@ def same_decisions(trace: list[Job], scenario: Scenario, seconds: float) -> bool
     return False
 
 
-def _key(decisions: list[Decision]) -> list[tuple[float, str, int, int, int]]:
-    return [(d.time, d.queue, d.launch_floor, d.launch_burst, d.stuck) for d in decisions]
+def _key(decisions: list[Decision]) -> list[tuple[float, str, int, int, int, int, int]]:
+    # Pool starts by count: instance ids differ between the two fleets.
+    return [(d.time, d.queue, d.launch_floor, d.launch_burst, d.stuck, len(d.started), d.pool_ready) for d in decisions]

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from autoscaler.config import ON_DEMAND, SPOT
+from autoscaler.lifecycle import ROLE_POOL
 from simulation.cost import (
     DAYS_PER_MONTH,
     WORKING_DAYS_PER_MONTH,
@@ -19,7 +20,7 @@ from simulation.cost import (
     stack_cost,
 )
 from simulation.deployment import Deployment
-from simulation.runner import RunResult
+from simulation.runner import RunResult, days_covered
 from simulation.world import SimInstance
 
 MINUTE = 60.0
@@ -45,6 +46,10 @@ class QueueSummary:
     interruptions: int = 0
     retried_jobs: int = 0  # runs cancelled and run again
     lost_job_minutes: float = 0.0  # what the cancelled runs had run
+    pool_launched: int = 0  # launched into the warm pool (role=pool)
+    pool_starts: int = 0  # starts of stopped pool instances
+    stopped_hours: float = 0.0  # instance-hours stopped (or stopping): volumes only
+    stopped_cost_per_day: float = 0.0  # those volumes, in cost_per_day
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,13 @@ SPOT_ROWS = (
     ("retried jobs", "retried_jobs", "{:.0f}", True),
     ("lost job-minutes", "lost_job_minutes", "{:.0f}", True),
 )
+# Shown when a compared scenario has a warm pool.
+POOL_ROWS = (
+    ("pool launches", "pool_launched", "{:.0f}", False),
+    ("pool starts", "pool_starts", "{:.0f}", False),
+    ("stopped hours", "stopped_hours", "{:.1f}", False),
+    ("stopped $ per day", "stopped_cost_per_day", "{:.2f}", False),
+)
 
 
 def summarize(result: RunResult, pricing: Pricing | None = None) -> list[QueueSummary]:
@@ -98,18 +110,20 @@ def job_waits(result: RunResult, queue: str) -> list[float]:
 
 def trace_days(result: RunResult) -> int:
     """Days the trace covers, from the start to the last arrival: the costs are spread over them."""
-    last = max((sim.job.scheduled_at for sim in result.world.jobs.values()), default=0.0)
-    return max(1, math.ceil(last / 86400))
+    return days_covered(max((sim.job.scheduled_at for sim in result.world.jobs.values()), default=0.0))
 
 
 def usage(result: RunResult, queue: str) -> QueueUsage:
     seconds: dict[str, dict[str, float]] = {ON_DEMAND: {}, SPOT: {}}
+    stopped = 0.0
     for instance in result.world.instances.values():
         if instance.queue == queue:
             market = seconds[instance.market]
             market[instance.instance_type] = market.get(instance.instance_type, 0.0) + lifetime(instance, result.end)
+            stopped += instance.volume_only_seconds(result.end)
     total = sum(sum(market.values()) for market in seconds.values())
-    return QueueUsage(queue, seconds[ON_DEMAND], total * result.scenario.root_volume_gib, spot_seconds=seconds[SPOT])
+    gib = result.scenario.root_volume_gib
+    return QueueUsage(queue, seconds[ON_DEMAND], total * gib, stopped * gib, spot_seconds=seconds[SPOT])
 
 
 def _queue_summary(result: RunResult, queue: str, pricing: Pricing) -> QueueSummary:
@@ -120,7 +134,11 @@ def _queue_summary(result: RunResult, queue: str, pricing: Pricing) -> QueueSumm
     for instance in instances:
         if instance.live:
             instance.account(result.end)
-    cost = queue_cost(usage(result, queue), pricing.prices, trace_days(result), pricing.days_per_month)
+    used = usage(result, queue)
+    cost = queue_cost(used, pricing.prices, trace_days(result), pricing.days_per_month)
+    stopped = queue_cost(
+        QueueUsage(queue, {}, 0.0, used.stopped_gib_seconds), pricing.prices, trace_days(result), pricing.days_per_month
+    )
     return QueueSummary(
         queue=queue,
         jobs=len(jobs),
@@ -139,6 +157,10 @@ def _queue_summary(result: RunResult, queue: str, pricing: Pricing) -> QueueSumm
         interruptions=sum(instance.interrupted_at is not None for instance in instances),
         retried_jobs=sum(sim.retries for sim in jobs),
         lost_job_minutes=sum(sim.lost_seconds for sim in jobs) / MINUTE,
+        pool_launched=sum(instance.role == ROLE_POOL for instance in instances),
+        pool_starts=sum(instance.starts for instance in instances),
+        stopped_hours=sum(instance.volume_only_seconds(result.end) for instance in instances) / HOUR,
+        stopped_cost_per_day=stopped.per_day,
     )
 
 
@@ -160,7 +182,8 @@ def fixed_cost(result: RunResult, deployed: Deployment) -> StackCost:
 
 
 def lifetime(instance: SimInstance, end: float) -> float:
-    return (end if instance.ended_at is None else instance.ended_at) - instance.launched_at
+    """Its running time: billed as an instance (a stopped pool instance bills its volume only)."""
+    return instance.running_seconds(end)
 
 
 def percentile(sorted_values: list[float], pct: float) -> float:
@@ -187,18 +210,19 @@ class Spread:
 def spreads(runs: list[list[QueueSummary]]) -> list[dict[str, Spread]]:
     """Per queue, each figure's median and range over the runs."""
     per_queue = zip(*runs, strict=True)
+    keys = [key for _, key, _, _ in ROWS + SPOT_ROWS + POOL_ROWS]
     return [
-        {key: Spread.of([float(asdict(summary)[key]) for summary in summaries]) for _, key, _, _ in ROWS + SPOT_ROWS}
+        {key: Spread.of([float(asdict(summary)[key]) for summary in summaries]) for key in keys}
         for summaries in per_queue
     ]
 
 
-def table(runs: dict[str, list[list[QueueSummary]]], all_ranges: bool, spot: bool = False) -> str:
+def table(runs: dict[str, list[list[QueueSummary]]], all_ranges: bool, spot: bool = False, pool: bool = False) -> str:
     """One block per queue; one column per named setting, each figure a median (and range) over seeds;
-    with `spot`, the spot market's figures too."""
+    with `spot`, the spot market's figures too; with `pool`, the warm pool's."""
     stats = {label: spreads(summaries) for label, summaries in runs.items()}
     queues = [summary.queue for summary in next(iter(runs.values()))[0]]
-    rows = ROWS + (SPOT_ROWS if spot else ())
+    rows = ROWS + (SPOT_ROWS if spot else ()) + (POOL_ROWS if pool else ())
     cells = [
         [
             [_cell(per_label[index][key], fmt, tail or all_ranges) for per_label in stats.values()]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from typing import Any
 from autoscaler import reaper, scaler
 from autoscaler.config import (
     DEFAULT_BAKED_BOOTSTRAP_TIMEOUT,
+    DEFAULT_POOL_MAX_AGE,
     QueueConfig,
     ReaperSettings,
     ScalerSettings,
@@ -58,6 +60,13 @@ class Scenario:
     drain_hours: float = 12.0  # a run stops this long after the last job arrives
     log_level: str = "INFO"  # the Lambdas' log level: what the stack's log volume is made of
     root_volume_gib: int = 100
+    root_mode: str = "ebs"  # ROOT_MODE: with overlayroot a pool instance may go back to its pool
+    pool_max_age_seconds: int = DEFAULT_POOL_MAX_AGE
+
+    @property
+    def whole_days(self) -> bool:
+        """A warm pool or a schedule acts around the clock: such a run covers whole days."""
+        return any(queue.has_pool or queue.schedules for queue in self.queues)
 
 
 def default_scenario(template: Path = TEMPLATE) -> Scenario:
@@ -74,6 +83,8 @@ def default_scenario(template: Path = TEMPLATE) -> Scenario:
         reaper_period=deployed.reaper_period,
         log_level=deployed.env.get("POWERTOOLS_LOG_LEVEL", "INFO"),
         root_volume_gib=deployed.root_volume_gib,
+        root_mode=deployed.env.get("ROOT_MODE") or "ebs",
+        pool_max_age_seconds=env_int(deployed.env, "POOL_MAX_AGE_SECONDS"),
     )
 
 
@@ -86,6 +97,10 @@ class Decision:
     launch_floor: int
     launch_burst: int
     stuck: int
+    live: int = 0  # instances in use, as the plan counts them
+    started: tuple[str, ...] = ()  # pool instances the scaler started
+    pool_ready: int = 0  # stopped pool instances it could start
+    schedule: str = ""  # the schedule in force, "" for none
 
 
 @dataclass
@@ -126,7 +141,17 @@ class _RecordingScaler(Scaler):
         for name, queue in result.queues.items():
             plan = queue.plan
             self._decisions.append(
-                Decision(self._clock_seconds(), name, plan.launch_floor, plan.launch_burst, plan.stuck)
+                Decision(
+                    self._clock_seconds(),
+                    name,
+                    plan.launch_floor,
+                    plan.launch_burst,
+                    plan.stuck,
+                    plan.live,
+                    tuple(queue.started),
+                    queue.pool.ready if queue.pool else 0,
+                    queue.schedule,
+                )
             )
         return result
 
@@ -144,6 +169,9 @@ def simulate(
 
     Without `until`, a run ends when every job is done and only floor instances
     are left, or `drain_hours` after the last arrival: the result's warnings say so.
+    A scenario with a warm pool or a schedule runs at least to the end of the
+    trace's last day (24 h from the start per day), so its night is counted: the
+    stopped pool's volumes, the reaper trimming the pool, the floor ending.
     With `telemetry`, the Lambdas' logs and metrics of the first
     `TELEMETRY_HOURS` are counted for the cost model (they double the time a
     simulated hour takes); without, they are silenced.
@@ -234,9 +262,10 @@ def _simulate(
     _schedule_reaper(world, fleet, scenario, clock, sink)
 
     last_arrival = max((job.scheduled_at for job in trace), default=0.0)
-    stop = last_arrival + scenario.drain_hours * 3600 if until is None else until
+    days_end = days_covered(last_arrival) * 86400.0 if scenario.whole_days else 0.0
+    stop = max(last_arrival + scenario.drain_hours * 3600, days_end) if until is None else until
     invocation, busy, invocations = 0.0, 0.0, 0
-    while invocation < stop and not (until is None and _settled(world, invocation, last_arrival)):
+    while invocation < stop and not (until is None and _settled(world, invocation, max(last_arrival, days_end))):
         world.advance_to(invocation)
         deadline = invocation + scenario.scaler_timeout
         poller = _RecordingScaler(
@@ -259,9 +288,14 @@ def _simulate(
     return RunResult(scenario, world, world.now, source.samples, decisions, start, busy, invocations, sink)
 
 
-def _settled(world: World, now: float, last_arrival: float) -> bool:
+def days_covered(last_arrival: float) -> int:
+    """Days a trace covers, from its start to its last arrival: costs are spread over them."""
+    return max(1, math.ceil(last_arrival / 86400))
+
+
+def _settled(world: World, now: float, not_before: float) -> bool:
     """All jobs done and only floor instances left: nothing more can happen."""
-    if now <= last_arrival or world.unfinished_jobs():
+    if now <= not_before or world.unfinished_jobs():
         return False
     return all(instance.role == "floor" for instance in world.instances.values() if instance.live)
 
@@ -306,11 +340,14 @@ def run_warnings(trace: list[Job], result: RunResult) -> list[str]:
 def _schedule_reaper(
     world: World, fleet: MemoryFleet, scenario: Scenario, clock: _SimClock, sink: TelemetrySink
 ) -> None:
+    # With the queues, as the template deploys the reaper: it retires stopped pool instances.
     settings = ReaperSettings(
         FLEET,
         scenario.bootstrap_timeout_seconds,
         scenario.reap_cap,
         dry_run=False,
+        queues=scenario.queues,
+        pool_max_age_seconds=scenario.pool_max_age_seconds,
         baked_bootstrap_timeout_seconds=scenario.baked_bootstrap_timeout_seconds,
     )
 
@@ -335,6 +372,7 @@ def scaler_settings(scenario: Scenario) -> ScalerSettings:
         cache_bucket="sim-nix-cache",
         cache_region="us-east-1",
         cache_public_key="sim-cache-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        root_mode=scenario.root_mode,
     )
     return ScalerSettings(
         fleet_name=FLEET,

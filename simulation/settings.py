@@ -12,7 +12,8 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from autoscaler.config import ConfigError, check_int, check_range, env_int, parse_queues
+from autoscaler.config import ROOT_MODES, ConfigError, QueueConfig, check_int, check_range, env_int, parse_queues
+from autoscaler.schedules import MINUTES_PER_DAY, WEEKDAYS, Schedule
 from simulation.runner import Scenario
 from simulation.world import BOOT_PATHS
 
@@ -25,6 +26,9 @@ QUEUE_KEYS = (
     "include_waiting",
     "capacity_type",
     "on_demand_fallback",
+    "warm_pool_size",
+    "max_pool_instances",
+    "schedules",  # a JSON list, as in QUEUES
 )
 # Simulation settings that are the Lambdas' environment variables.
 DEPLOYED_KEYS = {
@@ -32,6 +36,7 @@ DEPLOYED_KEYS = {
     "ready_grace_seconds": "READY_GRACE_SECONDS",
     "reap_cap": "REAPER_MAX_TERMINATIONS",
     "baked_bootstrap_timeout_seconds": "BAKED_BOOTSTRAP_TIMEOUT_SECONDS",
+    "pool_max_age_seconds": "POOL_MAX_AGE_SECONDS",
 }
 
 
@@ -48,6 +53,9 @@ WORLD_RULES = {
     "connect_delay": Rule(float, 0),
     "failure_share": Rule(float, 0, 1),
     "seed": Rule(int, 0),
+    "pool_start_seconds": Rule(float, 1),
+    "pool_warm_seconds": Rule(float, 0),
+    "stop_seconds": Rule(float, 0),
 }
 # Per queue like QUEUE_KEYS, but the simulated market's, not the deployment's: `spot_<field of SpotMarket>`.
 SPOT_RULES = {
@@ -60,7 +68,7 @@ SCENARIO_RULES = {
     "reaper_period": Rule(float, 60),
     "drain_hours": Rule(float, 1),
 }
-KNOWN = (*QUEUE_KEYS, *SPOT_RULES, *DEPLOYED_KEYS, *WORLD_RULES, *SCENARIO_RULES, "boot_path")
+KNOWN = (*QUEUE_KEYS, *SPOT_RULES, *DEPLOYED_KEYS, *WORLD_RULES, *SCENARIO_RULES, "boot_path", "root_mode")
 
 
 def with_overrides(scenario: Scenario, overrides: dict[str, str]) -> Scenario:
@@ -86,6 +94,11 @@ def _apply(scenario: Scenario, key: str, text: str) -> Scenario:
         raise ConfigError(f"{name!r} is not a queue setting (one of {', '.join((*QUEUE_KEYS, *SPOT_RULES))})")
     if name in DEPLOYED_KEYS:
         return replace(scenario, **{name: env_int({DEPLOYED_KEYS[name]: text}, DEPLOYED_KEYS[name])})
+    if name == "root_mode":
+        # ROOT_MODE, as the Lambdas check it.
+        if text not in ROOT_MODES:
+            raise ConfigError(f"ROOT_MODE must be one of {', '.join(ROOT_MODES)} (got {text!r})")
+        return replace(scenario, root_mode=text)
     if name == "boot_path":
         if text not in BOOT_PATHS:
             raise ConfigError(f"boot_path must be one of {', '.join(BOOT_PATHS)} (got {text!r})")
@@ -121,7 +134,7 @@ def _override_queues(scenario: Scenario, queue_name: str, name: str, text: str) 
         value = json.loads(text)
     except json.JSONDecodeError:
         value = text  # parse_queues names it: "must be an integer (got 'lots')"
-    raw = [asdict(queue) for queue in scenario.queues]
+    raw = [queue_json(queue) for queue in scenario.queues]
     for queue in raw:
         if queue_name in ("", queue["name"]):
             queue[name] = value
@@ -139,3 +152,28 @@ def _number(name: str, text: str, rule: Rule) -> Any:
     if rule.kind is int:
         return check_int(name, int(value) if value.is_integer() else text, int(rule.minimum))
     return check_range(name, value, rule.minimum, rule.maximum)
+
+
+def queue_json(queue: QueueConfig) -> dict[str, Any]:
+    """The queue as a QUEUES entry: what `parse_queues` reads back to the same queue."""
+    raw = asdict(queue)
+    raw["schedules"] = [_schedule_json(schedule) for schedule in queue.schedules]
+    return raw
+
+
+def _schedule_json(schedule: Schedule) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "name": schedule.name,
+        "days": [WEEKDAYS[day] for day in schedule.days],
+        "start": _clock(schedule.start_minute),
+        "end": _clock(schedule.end_minute),
+        "time_zone": schedule.time_zone,
+    }
+    for key in ("min_instances", "warm_pool_size"):
+        if getattr(schedule, key) is not None:
+            raw[key] = getattr(schedule, key)
+    return raw
+
+
+def _clock(minute: int) -> str:
+    return "24:00" if minute == MINUTES_PER_DAY else f"{minute // 60:02d}:{minute % 60:02d}"

@@ -7,6 +7,14 @@ complete (or hang, or tag failed and power off), and power off when their
 agents exit for idleness or uptime. Agents only exit when idle, except on a
 spot instance AWS reclaims: there the running jobs are cancelled before the
 termination and retried, as the pipeline rule of docs/spot.md retries them.
+
+Warm-pool instances (`role=pool`) live as the user-data makes them too: their
+first boot ends in `park` (the volume read once, `bootstrap=pooled`, stopped);
+a start runs the per-boot path only, for `pool_start_seconds`; and when their
+agents exit, `release` decides from the same inputs as on the instance (its
+role and root mode from the user-data, the scaler's `on-exit` tag) whether the
+instance stops back into the pool or powers off. A stopped instance bills its
+volume only.
 """
 
 from __future__ import annotations
@@ -24,6 +32,10 @@ from autoscaler.lifecycle import (
     BOOTSTRAP_COMPLETE,
     BOOTSTRAP_FAILED,
     BOOTSTRAP_PENDING,
+    BOOTSTRAP_POOLED,
+    BOOTSTRAP_WARMING,
+    ON_EXIT_STOP,
+    ROLE_POOL,
     STOCK_IMAGE,
 )
 from simulation.trace import Job
@@ -64,6 +76,24 @@ SPOT_CANCEL_SECONDS = SPOT_NOTICE_SECONDS - 30.0
 # The pipeline rule of docs/spot.md: `retry: automatic` on `signal_reason: agent_stop`, limit 2.
 RETRY_LIMIT = 2
 
+# Warm pool timings. Assumptions, not measurements of this fleet (`--set` replaces them).
+# A start runs the per-boot path only on a volume already read: EC2's start from
+# stopped and the kernel (RunsOn quotes "under 15 s" from its pool of stopped
+# instances against "under 25 s" cold; Depot 5 s against 40 s), the bootstrap's
+# SSM reads and agent config (~5 s), and the agent checked for AGENT_CHECK_SECONDS:
+# 40 s, against 60 s for a baked cold boot and 420 s for a stock one.
+POOL_START_SECONDS = 40.0
+# A pool instance's first boot, after the boot path's own time: `warm_volume` reads
+# every file of the root volume once (lazily loaded snapshot blocks; a few GiB of
+# Ubuntu, Nix and the agent), then it tags itself pooled and calls StopInstances.
+POOL_WARM_SECONDS = 120.0
+# StopInstances to `stopped`: the OS shuts down. Billed as a volume only meanwhile.
+STOP_SECONDS = 30.0
+
+RUNNING = "running"
+STOPPING = "stopping"
+STOPPED = "stopped"
+
 
 @dataclass(frozen=True)
 class SpotMarket:
@@ -97,6 +127,9 @@ class WorldSettings:
     seed: int = 7
     boot_path: str = "stock"  # which image the instances boot: its tag decides the bootstrap timeout
     spot: Mapping[str, SpotMarket] = field(default_factory=dict)  # per queue; SpotMarket() when absent
+    pool_start_seconds: float = POOL_START_SECONDS
+    pool_warm_seconds: float = POOL_WARM_SECONDS
+    stop_seconds: float = STOP_SECONDS
 
     def spot_market(self, queue: str) -> SpotMarket:
         return self.spot.get(queue, SpotMarket())
@@ -142,6 +175,15 @@ class SimInstance:
     market: str = ON_DEMAND
     image: str = ""  # IMAGE_TAG as the scaler set it
     bootstrap: str = BOOTSTRAP_PENDING
+    root_mode: str = "ebs"  # BK_ROOT_MODE of its user-data: whether `release` may stop it
+    state: str = RUNNING  # or STOPPING, STOPPED; ended_at says terminated
+    on_exit: str = ""  # the scaler's on-exit tag
+    started_at: float = 0.0  # its launch, or its last start from the pool
+    starts: int = 0  # starts from the pool
+    cycle: int = 0  # one per launch or start: a timer of an earlier cycle finds it changed
+    run_seconds: float = 0.0  # running time of the cycles before this one
+    stopped_since: float = 0.0
+    stopped_seconds: float = 0.0  # stopped (or stopping) time of earlier stops
     interrupted_at: float | None = None  # when the spot interruption notice came
     dropped: int = 0  # jobs it was running when the reaper terminated it
     ready_at: float | None = None
@@ -156,7 +198,20 @@ class SimInstance:
 
     @property
     def live(self) -> bool:
+        """Running: billed as an instance (a stopped pool instance is not)."""
+        return self.ended_at is None and self.state == RUNNING
+
+    @property
+    def exists(self) -> bool:
         return self.ended_at is None
+
+    def running_seconds(self, end: float) -> float:
+        return self.run_seconds + (end - self.started_at if self.live else 0.0)
+
+    def volume_only_seconds(self, end: float) -> float:
+        """Stopping or stopped: only its volume is billed."""
+        current = end - self.stopped_since if self.exists and self.state != RUNNING else 0.0
+        return self.stopped_seconds + current
 
     @property
     def connected(self) -> bool:
@@ -214,7 +269,7 @@ class World:
         heapq.heappush(self._events, (when, next(self._sequence), action))
 
     def on_change(self, listener: CloudListener) -> None:
-        """Tell `listener(what, instance)` when an instance tags itself or ends."""
+        """Tell `listener(what, instance)` when an instance tags itself, stops or ends."""
         self._listeners.append(listener)
 
     def _notify(self, what: str, instance: SimInstance) -> None:
@@ -274,12 +329,12 @@ class World:
         max_uptime: float | None,
         market: str = ON_DEMAND,
         image: str = "",
+        root_mode: str = "ebs",
     ) -> SimInstance:
         settings = self.settings
         # Drawn in launch order, so two runs making the same decisions get the same fates.
         rng = self._rng(queue)
-        roll = rng.random()
-        fate = "ok" if roll >= settings.failure_share else ("hang" if roll < settings.failure_share / 2 else "fail")
+        fate = _fate(rng.random(), settings.failure_share)
         boot = settings.boot_seconds * rng.uniform(1 - settings.boot_jitter, 1 + settings.boot_jitter)
         instance = SimInstance(
             instance_id,
@@ -294,28 +349,55 @@ class World:
             boot,
             market,
             image,
+            # As Ec2Fleet tags a launch: a pool instance's first boot is no capacity.
+            bootstrap=BOOTSTRAP_WARMING if role == ROLE_POOL else BOOTSTRAP_PENDING,
+            root_mode=root_mode,
+            started_at=self.now,
         )
         self.instances[instance_id] = instance
-        self._live.setdefault(queue, {})[instance_id] = instance
         self.launch_count += 1
-        self.peak_live[queue] = max(self.peak_live.get(queue, 0), self.live_count(queue))
-        if fate == "ok":
-            # The bootstrap starts the agent, checks it for AGENT_CHECK_SECONDS, then tags
-            # itself: the agents connect before ready-at, as on a real instance.
-            started = self.now + max(boot - AGENT_CHECK_SECONDS, 0.0)
-            self.schedule(started + settings.connect_delay, lambda: self._connect(instance))
-        if fate != "hang":
-            self.schedule(self.now + boot, lambda: self._boot_done(instance))
+        self._boot(instance)
         rate = settings.spot_market(queue).interruptions_per_hour
         if market == SPOT and rate > 0:
             notice = self.now + self._spot_rng(queue).expovariate(rate / 3600)
-            self.schedule(notice, lambda: self._interrupt(instance))
+            self._at(instance, notice, lambda: self._interrupt(instance))
         return instance
+
+    def start_instance(self, instance_id: str) -> None:
+        """StartInstances on a stopped pool instance (the scaler tagged it pending first).
+
+        It boots the per-boot path only: `pool_start_seconds`, with the boot jitter. Its
+        fate and time are drawn from the queue's own pool stream, so starts leave the
+        launches' draws alone.
+        """
+        instance = self.instances[instance_id]
+        if instance.state != STOPPED or not instance.exists:
+            raise ValueError(f"{instance_id} is {instance.state if instance.exists else 'terminated'}, not stopped")
+        settings = self.settings
+        rng = self._rngs.setdefault(f"{instance.queue}/pool", random.Random(f"{settings.seed}/{instance.queue}/pool"))
+        instance.fate = _fate(rng.random(), settings.failure_share)
+        jitter = rng.uniform(1 - settings.boot_jitter, 1 + settings.boot_jitter)
+        instance.boot_seconds = settings.pool_start_seconds * jitter
+        instance.stopped_seconds += self.now - instance.stopped_since
+        instance.state = RUNNING
+        instance.started_at = self.now
+        instance.starts += 1
+        instance.exiting = False
+        instance.connected_at = None
+        self._boot(instance)
 
     def terminate(self, instance_id: str) -> None:
         """The reaper's TerminateInstances."""
         instance = self.instances[instance_id]
+        if not instance.exists:
+            return
         if not instance.live:
+            # A stopped (or stopping) pool instance: no agent, nothing to lose.
+            instance.stopped_seconds += self.now - instance.stopped_since
+            instance.state = STOPPED
+            instance.reaped = True
+            instance.ended_at = self.now
+            self._notify("ended", instance)
             return
         # The reaper only terminates instances whose bootstrap never completed; their
         # agents connect AGENT_CHECK_SECONDS before, so a timeout inside that window can
@@ -327,53 +409,95 @@ class World:
 
     # -- instance life --------------------------------------------------------
 
+    def _at(self, instance: SimInstance, when: float, action: Callable[[], None]) -> None:
+        """`action` at `when`, unless the instance stopped, ended or restarted meanwhile."""
+        cycle = instance.cycle
+        self.schedule(when, lambda: action() if instance.live and instance.cycle == cycle else None)
+
+    def _boot(self, instance: SimInstance) -> None:
+        """A launch or a start: the instance runs, and boots for `instance.boot_seconds`."""
+        instance.cycle += 1
+        self._live.setdefault(instance.queue, {})[instance.instance_id] = instance
+        self.peak_live[instance.queue] = max(self.peak_live.get(instance.queue, 0), self.live_count(instance.queue))
+        boot = instance.boot_seconds
+        if instance.fate == "ok" and instance.bootstrap != BOOTSTRAP_WARMING:
+            # The bootstrap starts the agent, checks it for AGENT_CHECK_SECONDS, then tags
+            # itself: the agents connect before ready-at, as on a real instance.
+            started = self.now + max(boot - AGENT_CHECK_SECONDS, 0.0)
+            self._at(instance, started + self.settings.connect_delay, lambda: self._connect(instance))
+        if instance.fate != "hang":
+            self._at(instance, self.now + boot, lambda: self._boot_done(instance))
+
     def _boot_done(self, instance: SimInstance) -> None:
-        if not instance.live:
-            return
         if instance.fate == "fail":
             instance.bootstrap = BOOTSTRAP_FAILED
             self._notify("tagged", instance)
             self._end(instance)  # the user-data powers off after tagging failed
             return
+        if instance.bootstrap == BOOTSTRAP_WARMING:
+            # `park`: read the volume once, tag pooled, stop.
+            self._at(instance, self.now + self.settings.pool_warm_seconds, lambda: self._stop_into_pool(instance))
+            return
         instance.bootstrap = BOOTSTRAP_COMPLETE
         instance.ready_at = self.now
         self._notify("tagged", instance)
 
+    def _stop_into_pool(self, instance: SimInstance) -> None:
+        """`stop_into_pool`: tag pooled, StopInstances; the instance bills its volume only."""
+        instance.account(self.now)
+        instance.bootstrap = BOOTSTRAP_POOLED
+        self._notify("tagged", instance)
+        instance.run_seconds += self.now - instance.started_at
+        instance.state = STOPPING
+        instance.stopped_since = self.now
+        instance.connected_at = None
+        del self._live[instance.queue][instance.instance_id]
+        cycle = instance.cycle
+        self.schedule(self.now + self.settings.stop_seconds, lambda: self._stopped(instance, cycle))
+
+    def _stopped(self, instance: SimInstance, cycle: int) -> None:
+        if instance.exists and instance.cycle == cycle and instance.state == STOPPING:
+            instance.state = STOPPED
+            self._notify("stopped", instance)
+
+    def _agent_exited(self, instance: SimInstance) -> None:
+        """agent-exited.sh: `release` stops a pool instance back into the pool only with an
+        overlayroot root (its next boot is clean) and the scaler's on-exit tag at stop;
+        otherwise the instance powers off and terminates."""
+        if instance.role == ROLE_POOL and instance.root_mode == "overlayroot" and instance.on_exit == ON_EXIT_STOP:
+            self._stop_into_pool(instance)
+        else:
+            self._end(instance)
+
     def _connect(self, instance: SimInstance) -> None:
-        if not instance.live or instance.interrupted_at is not None:
+        if instance.interrupted_at is not None:
             return  # after a notice the watcher stops an agent as soon as it starts
         instance.account(self.now)
         instance.connected_at = self.now
         if instance.max_uptime is not None:
-            self.schedule(self.now + instance.max_uptime, lambda: self._uptime_reached(instance))
+            self._at(instance, self.now + instance.max_uptime, lambda: self._uptime_reached(instance))
         self._became_idle(instance)
         self._dispatch(instance.queue)
 
     def _uptime_reached(self, instance: SimInstance) -> None:
-        if not instance.live:
-            return
         instance.account(self.now)
         instance.exiting = True
         if not instance.busy:
-            self._end(instance)
+            self._agent_exited(instance)
 
     def _interrupt(self, instance: SimInstance) -> None:
         """The two-minute notice: agents take no new job (SIGTERM); running jobs are
         cancelled 30 s before EC2 reclaims the instance, and the instance goes."""
-        if not instance.live:
-            return
         instance.account(self.now)
         instance.interrupted_at = self.now
         instance.exiting = True
         if instance.connected and not instance.busy:
             self._end(instance)  # an idle agent exits at once; its exit powers off
             return
-        self.schedule(self.now + SPOT_CANCEL_SECONDS, lambda: self._cancel_and_end(instance))
-        self.schedule(self.now + SPOT_NOTICE_SECONDS, lambda: self._end(instance))
+        self._at(instance, self.now + SPOT_CANCEL_SECONDS, lambda: self._cancel_and_end(instance))
+        self._at(instance, self.now + SPOT_NOTICE_SECONDS, lambda: self._end(instance))
 
     def _cancel_and_end(self, instance: SimInstance) -> None:
-        if not instance.live:
-            return
         self._cancel_jobs(instance)
         if instance.connected:
             self._end(instance)  # the agent exits after the cancel; its exit powers off
@@ -401,12 +525,12 @@ class World:
         if instance.idle_timeout is None:
             return
         epoch = instance.idle_epoch
-        self.schedule(self.now + instance.idle_timeout, lambda: self._idle_check(instance, epoch))
+        self._at(instance, self.now + instance.idle_timeout, lambda: self._idle_check(instance, epoch))
 
     def _idle_check(self, instance: SimInstance, epoch: int) -> None:
         # With spawn=N the agent process exits once all N have idled this long.
-        if instance.live and not instance.busy and instance.idle_epoch == epoch:
-            self._end(instance)
+        if not instance.busy and instance.idle_epoch == epoch:
+            self._agent_exited(instance)
 
     def _end(self, instance: SimInstance) -> None:
         # The agent service stopped for good, a failed bootstrap powered off,
@@ -415,6 +539,7 @@ class World:
         if not instance.live:
             return
         instance.account(self.now)
+        instance.run_seconds += self.now - instance.started_at
         instance.ended_at = self.now
         del self._live[instance.queue][instance.instance_id]
         self._notify("ended", instance)
@@ -466,8 +591,13 @@ class World:
             if dependent.state == "waiting" and self._runnable(dependent):
                 self._make_ready(dependent)
         if instance.exiting and not instance.busy:
-            self._end(instance)
+            self._agent_exited(instance)
             return
         if not instance.busy:
             self._became_idle(instance)
         self._dispatch(instance.queue)
+
+
+def _fate(roll: float, failure_share: float) -> str:
+    """ok, or of the failures half hang and half report failed."""
+    return "ok" if roll >= failure_share else ("hang" if roll < failure_share / 2 else "fail")
