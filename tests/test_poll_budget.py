@@ -50,7 +50,15 @@ def make_scaler(stack: Stack, demand: Demand, queues: list[dict[str, Any]]) -> S
         bootstrap_timeout_seconds=1200,
         ready_grace_seconds=60,
         dry_run=False,
-        user_data=UserDataSettings(REGION, "/bk/token", "/bk/ssh", "/bk/nix", "cache", REGION, "c-1:k="),
+        user_data=UserDataSettings(
+            REGION,
+            "cache",
+            REGION,
+            "c-1:k=",
+            agent_token_parameter="/bk/token",
+            ssh_key_parameter="/bk/ssh",
+            signing_key_parameter="/bk/nix",
+        ),
     )
     # The product's adapter with the product's client settings; moto answers the calls.
     return Scaler(settings, demand, Ec2Fleet.connect(FLEET), lambda queue, role: b"#cloud-config\n")
@@ -105,8 +113,12 @@ def test_a_throttled_call_is_retried_within_the_same_budget(stack: Stack) -> Non
     with pytest.raises(ec2.exceptions.ClientError, match="RequestLimitExceeded"):
         ec2.describe_instances()
     assert len(attempts) == EC2_ATTEMPTS
-    # botocore's throttling backoff before the retry: at most 2**0 s, within the budget's share.
-    assert time.monotonic() - started <= EC2_CALL_SECONDS - EC2_ATTEMPTS * ATTEMPT_SECONDS
+    # botocore's throttling backoff before the retry: at most 2**0 s, the budget's share for it
+    # (what the call's worst case leaves after its attempts), give or take a loaded machine's
+    # scheduling; measured between the attempts, so the client's own setup does not count.
+    backoff_share = EC2_CALL_SECONDS - EC2_ATTEMPTS * ATTEMPT_SECONDS
+    assert attempts[-1] - attempts[0] <= backoff_share + 0.25
+    assert time.monotonic() - started < EC2_CALL_SECONDS
 
 
 class _Raw:

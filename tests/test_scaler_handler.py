@@ -220,10 +220,15 @@ def test_a_failed_metrics_call_launches_nothing_counts_an_error_and_leaks_no_tok
 def test_the_invocation_succeeds_when_a_later_poll_works_and_honours_retry_after(
     stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    good = Reply(body=metrics_body({X86: {"scheduled": 5}}), headers={"Buildkite-Agent-Metrics-Poll-Duration": "1"})
-    buildkite.answer(good, Reply(status=429, headers={"Retry-After": "2"}, body={}), good)
+    def good(poll_seconds: int) -> Reply:
+        headers = {"Buildkite-Agent-Metrics-Poll-Duration": str(poll_seconds)}
+        return Reply(body=metrics_body({X86: {"scheduled": 5}}), headers=headers)
 
-    summary = invoke(monkeypatch, buildkite, [stack.queue(X86)], budget=19)
+    # The last answer asks for a poll later than the budget allows: three polls, with seconds
+    # to spare for a slow first poll (its launch) on a loaded machine.
+    buildkite.answer(good(1), Reply(status=429, headers={"Retry-After": "2"}, body={}), good(8))
+
+    summary = invoke(monkeypatch, buildkite, [stack.queue(X86)], budget=22)
 
     assert (summary["polls"], summary["failed_polls"]) == (3, 1)
     first, limited, retried = (request["time"] for request in buildkite.requests)

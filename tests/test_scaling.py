@@ -30,7 +30,15 @@ SETTINGS = ScalerSettings(
     bootstrap_timeout_seconds=1200,
     ready_grace_seconds=60,
     dry_run=False,
-    user_data=UserDataSettings("us-east-1", "/bk/token", "/bk/ssh", "/bk/nix", "cache", "us-east-1", "c-1:k="),
+    user_data=UserDataSettings(
+        "us-east-1",
+        "cache",
+        "us-east-1",
+        "c-1:k=",
+        agent_token_parameter="/bk/token",
+        ssh_key_parameter="/bk/ssh",
+        signing_key_parameter="/bk/nix",
+    ),
 )
 
 

@@ -290,7 +290,8 @@ def test_renderer_finds_userdata_in_the_lambda_artifact_layout(tmp_path: Path) -
         f"import sys; sys.path.insert(0, {str(artifact)!r})\n"
         "from autoscaler.config import QueueConfig, UserDataSettings\n"
         "from autoscaler.userdata import render_user_data\n"
-        f"settings = UserDataSettings('us-west-2', '/a', '/b', '/c', 'bucket', 'us-west-2', {PUBLIC_KEY!r})\n"
+        "settings = UserDataSettings('us-west-2', 'bucket', 'us-west-2', "
+        f"{PUBLIC_KEY!r}, agent_token_parameter='/a', ssh_key_parameter='/b', signing_key_parameter='/c')\n"
         "queue = QueueConfig('q', 'x86_64', 'lt', ('m7i.large',), ('subnet',), 1)\n"
         "print(len(render_user_data(settings, queue, 'burst', 'fleet')))\n"
     )

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autoscaler.config import DEFAULT_NIX_INSTALLER_VERSION, ROOT_MODES
+from autoscaler.config import DEFAULT_NIX_INSTALLER_VERSION, ROOT_MODES, InstallSettings
 from autoscaler.userdata import TEMPLATE, install_values, instance_file, settings_env, userdata_dir
 
 SETTINGS_PATH = "etc/buildkite-bootstrap/settings.env"
@@ -85,20 +85,11 @@ class ImageFile:
     source: str  # file name in userdata/
 
 
-@dataclass(frozen=True)
-class BakeSettings:
+@dataclass(frozen=True, kw_only=True)
+class BakeSettings(InstallSettings):
     """The ImageBuildSettings parameter: install-time values, no names of secrets."""
 
     fleet: str
-    region: str
-    cache_bucket: str
-    cache_region: str
-    cache_public_key: str
-    root_mode: str = "ebs"
-    nix_determinate: bool = True
-    agent_version: str = ""
-    nix_installer_version: str = DEFAULT_NIX_INSTALLER_VERSION
-    nix_trust_jobs: bool = False
     warm_nix_paths: tuple[str, ...] = ()
 
     @classmethod

@@ -89,16 +89,11 @@ class QueueConfig:
 
 
 @dataclass(frozen=True)
-class UserDataSettings:
-    """Deployment-wide values rendered into every instance's user-data.
-
-    Only names of secrets live here, never their values.
-    """
+class InstallSettings:
+    """What the install step needs, at a stock boot and in an image bake alike:
+    no secret and nothing of one instance."""
 
     region: str
-    agent_token_parameter: str
-    ssh_key_parameter: str
-    signing_key_parameter: str
     cache_bucket: str
     cache_region: str
     cache_public_key: str
@@ -106,10 +101,22 @@ class UserDataSettings:
     root_mode: str = "ebs"
     nix_determinate: bool = True
     agent_version: str = ""
-    root_tmpfs_size: str = DEFAULT_ROOT_TMPFS_SIZE
     nix_installer_version: str = DEFAULT_NIX_INSTALLER_VERSION
     # Opt-in: jobs become trusted Nix users, which lets them run commands as root.
     nix_trust_jobs: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class UserDataSettings(InstallSettings):
+    """Deployment-wide values rendered into every instance's user-data.
+
+    Only names of secrets live here, never their values.
+    """
+
+    agent_token_parameter: str
+    ssh_key_parameter: str
+    signing_key_parameter: str
+    root_tmpfs_size: str = DEFAULT_ROOT_TMPFS_SIZE
     min_free_space_gib: int = DEFAULT_MIN_FREE_SPACE_GIB
 
 

@@ -183,16 +183,7 @@ class Scaler:
         result = QueueResult(plan, pool=pool_plan, schedule=scheduled.schedule)
         refilled = pool_plan.refill
         if not dry_run:
-            # Starting a stopped pool instance beats launching one; what did not start is launched.
-            burst = pool_plan.launch_burst + self._start(queue, result, pool_plan.start, now, time_left)
-            prices = self._prices(queue, now, time_left) if plan.launch_floor + burst else {}
-            refilled = 0
-            for role, count in (("floor", plan.launch_floor), ("burst", burst), (ROLE_POOL, pool_plan.refill)):
-                if count:
-                    user_data = self._user_data_for(scheduled, role, now)
-                    outcome = self._launch(queue, role, count, now, prices, time_left, image, user_data)
-                    self._record(result, outcome)
-                    refilled += len(outcome.instance_ids) if role == ROLE_POOL else 0
+            refilled = self._act(scheduled, result, pool_plan, image, now, time_left)
         on_exit = pool.on_exit(pool_plan, instances, refilled)
         if not dry_run:
             self._set_on_exit(on_exit)
@@ -239,6 +230,29 @@ class Scaler:
             },
         )
         return result
+
+    def _act(
+        self,
+        scheduled: schedules.Scheduled,
+        result: QueueResult,
+        pool_plan: PoolPlan,
+        image: CurrentImage | None,
+        now: datetime,
+        time_left: TimeLeft,
+    ) -> int:
+        """Start, launch and refill as planned; returns how many pool instances were refilled."""
+        queue, plan = scheduled.queue, result.plan
+        # Starting a stopped pool instance beats launching one; what did not start is launched.
+        burst = pool_plan.launch_burst + self._start(queue, result, pool_plan.start, now, time_left)
+        prices = self._prices(queue, now, time_left) if plan.launch_floor + burst else {}
+        refilled = 0
+        for role, count in (("floor", plan.launch_floor), ("burst", burst), (ROLE_POOL, pool_plan.refill)):
+            if count:
+                user_data = self._user_data_for(scheduled, role, now)
+                outcome = self._launch(queue, role, count, now, prices, time_left, image, user_data)
+                self._record(result, outcome)
+                refilled += len(outcome.instance_ids) if role == ROLE_POOL else 0
+        return refilled
 
     def _start(
         self, queue: QueueConfig, result: QueueResult, instance_ids: tuple[str, ...], now: datetime, time_left: TimeLeft

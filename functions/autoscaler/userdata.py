@@ -18,9 +18,8 @@ import json
 import re
 import shlex
 from pathlib import Path
-from typing import Protocol
 
-from autoscaler.config import ARCHITECTURES, ROLES, ROOT_MODES, QueueConfig, UserDataSettings
+from autoscaler.config import ARCHITECTURES, ROLES, ROOT_MODES, InstallSettings, QueueConfig, UserDataSettings
 from autoscaler.lifecycle import (
     AGENT_VERSION_TAG,
     BOOTSTRAP_COMPLETE,
@@ -51,29 +50,6 @@ _AGENT_VERSION = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+([.+~-][A-Za-z0-9.+~-]{1,40}
 # tmpfs size= : a share of RAM (1-100%) or an absolute size (k, m, g suffix).
 _TMPFS_SIZE = re.compile(r"([1-9][0-9]?|100)%|[1-9][0-9]{0,6}[kmgKMG]")
 _INSTALLER_VERSION = re.compile(r"v[0-9]+\.[0-9]+\.[0-9]+")
-
-
-class InstallSettings(Protocol):
-    """The install-time part of UserDataSettings, which an image bake has too."""
-
-    @property
-    def region(self) -> str: ...
-    @property
-    def cache_bucket(self) -> str: ...
-    @property
-    def cache_region(self) -> str: ...
-    @property
-    def cache_public_key(self) -> str: ...
-    @property
-    def root_mode(self) -> str: ...
-    @property
-    def nix_determinate(self) -> bool: ...
-    @property
-    def agent_version(self) -> str: ...
-    @property
-    def nix_installer_version(self) -> str: ...
-    @property
-    def nix_trust_jobs(self) -> bool: ...
 
 
 class UserDataError(ValueError):
