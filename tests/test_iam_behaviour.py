@@ -197,20 +197,41 @@ def launch_template(resolver: Resolver, logical_id: str = "X86LaunchTemplate") -
     return f"{EC2}:launch-template/{resolver.ref(logical_id)}"
 
 
-def run_instances(resolver: Resolver, tags: Mapping[str, str], template_arn: str = "") -> dict[str, Request]:
-    """One RunInstances call as IAM sees it: one request per resource it uses or creates."""
+def instance_settings(resolver: Resolver, **overrides: Any) -> dict[str, Any]:
+    """What EC2 puts in a RunInstances request's instance resource from the launch template
+    (and any override): its instance profile and metadata options."""
+    return {
+        "ec2:InstanceProfile": resolver.attribute("AgentInstanceProfile", "Arn"),
+        "ec2:MetadataHttpTokens": "required",
+        "ec2:MetadataHttpPutResponseHopLimit": "1",
+        **overrides,
+    }
+
+
+def run_instances(
+    resolver: Resolver, tags: Mapping[str, str], template_arn: str = "", **instance_overrides: Any
+) -> dict[str, Request]:
+    """One RunInstances call as IAM sees it: one request per resource it uses or creates.
+    A spot launch adds its spot instance request, which carries only the request's tags."""
     via = {"ec2:LaunchTemplate": template_arn or launch_template(resolver)}
     tagged = {**via, **request_tags(tags)}
+    volume_tags = {key: value for key, value in tags.items() if key != BOOTSTRAP_TAG}
     group = resolver.ref("AgentSecurityGroup")
     return {
         "launch-template": Request("ec2:RunInstances", via["ec2:LaunchTemplate"], via),
         "image": Request("ec2:RunInstances", image(), {**via, **BAKED_IMAGE}),
         "stock image": Request("ec2:RunInstances", image(), {**via, "ec2:Owner": CANONICAL}),
+        "stock image by its owner alias": Request("ec2:RunInstances", image(), {**via, "ec2:Owner": "amazon"}),
         "subnet": Request("ec2:RunInstances", f"{EC2}:subnet/subnet-0aaa1111", via),
         "network-interface": Request("ec2:RunInstances", f"{EC2}:network-interface/*", via),
         "security-group": Request("ec2:RunInstances", f"{EC2}:security-group/{group}", via),
-        "instance": Request("ec2:RunInstances", instance("*"), tagged),
-        "volume": Request("ec2:RunInstances", f"{EC2}:volume/*", tagged),
+        "instance": Request(
+            "ec2:RunInstances", instance("*"), {**tagged, **instance_settings(resolver, **instance_overrides)}
+        ),
+        "volume": Request(
+            "ec2:RunInstances", f"{EC2}:volume/*", {**via, **request_tags(volume_tags), "ec2:Encrypted": "true"}
+        ),
+        "spot request": Request("ec2:RunInstances", f"{EC2}:spot-instances-request/*", request_tags(volume_tags)),
     }
 
 
@@ -229,29 +250,80 @@ def tag_at_launch(resource: str, tags: Mapping[str, str], create_action: str = "
     return Request("ec2:CreateTags", resource, context)
 
 
+# What the scaler tags an instance with at launch (fleet.py): a burst or floor instance
+# boots pending, a warm pool instance warming.
+PENDING_LAUNCH = {**LAUNCH_TAGS, BOOTSTRAP_TAG: "pending"}
+POOL_LAUNCH = {**LAUNCH_TAGS, ROLE_TAG: "pool", BOOTSTRAP_TAG: "warming"}
+
+
 def scaler_cases(resolver: Resolver) -> dict[str, tuple[Request, str]]:
     token = secret("/buildkite/agent-token")
     cases: dict[str, tuple[Request, str]] = {
-        f"launch: {kind}": (request, ALLOWED) for kind, request in run_instances(resolver, LAUNCH_TAGS).items()
+        f"launch: {kind}": (request, ALLOWED) for kind, request in run_instances(resolver, PENDING_LAUNCH).items()
+    }
+    cases |= {
+        f"launch into the pool: {kind}": (request, ALLOWED)
+        for kind, request in run_instances(resolver, POOL_LAUNCH).items()
+    }
+    done = {**LAUNCH_TAGS, BOOTSTRAP_TAG: "complete"}
+    cases |= {
+        "launch an instance already complete": (run_instances(resolver, done)["instance"], DENIED),
+        "launch an instance already failed": (
+            run_instances(resolver, {**LAUNCH_TAGS, BOOTSTRAP_TAG: "failed"})["instance"],
+            DENIED,
+        ),
+        "launch an instance with no bootstrap tag": (run_instances(resolver, LAUNCH_TAGS)["instance"], DENIED),
+        "tag an instance complete at launch": (tag_at_launch(instance("*"), done), DENIED),
+        "launch with another instance profile": (
+            run_instances(
+                resolver, PENDING_LAUNCH, **{"ec2:InstanceProfile": f"arn:aws:iam::{ACCOUNT}:instance-profile/admin"}
+            )["instance"],
+            DENIED,
+        ),
+        "launch with IMDSv1": (
+            run_instances(resolver, PENDING_LAUNCH, **{"ec2:MetadataHttpTokens": "optional"})["instance"],
+            DENIED,
+        ),
+        "launch with the metadata reachable from containers": (
+            run_instances(resolver, PENDING_LAUNCH, **{"ec2:MetadataHttpPutResponseHopLimit": "2"})["instance"],
+            DENIED,
+        ),
+        "launch an unencrypted volume": (
+            Request(
+                "ec2:RunInstances",
+                f"{EC2}:volume/*",
+                {"ec2:LaunchTemplate": launch_template(resolver), **request_tags(LAUNCH_TAGS), "ec2:Encrypted": "false"},
+            ),
+            DENIED,
+        ),
+        "a spot request without the fleet tag": (
+            Request("ec2:RunInstances", f"{EC2}:spot-instances-request/*", request_tags({QUEUE_TAG: "q"})),
+            DENIED,
+        ),
+        "tag the spot request at launch": (tag_at_launch(f"{EC2}:spot-instances-request/*", LAUNCH_TAGS), ALLOWED),
     }
     cases |= {
         f"launch from the arm template: {kind}": (request, ALLOWED)
         for kind, request in run_instances(
-            resolver, LAUNCH_TAGS, launch_template(resolver, "ArmLaunchTemplate")
+            resolver, PENDING_LAUNCH, launch_template(resolver, "ArmLaunchTemplate")
         ).items()
+        if kind != "spot request"
     }
-    untagged = {key: value for key, value in LAUNCH_TAGS.items() if key != FLEET_TAG}
+    untagged = {key: value for key, value in PENDING_LAUNCH.items() if key != FLEET_TAG}
     foreign = f"{EC2}:launch-template/lt-0foreign000000000"
     cases |= {
         "launch without the fleet tag: instance": (run_instances(resolver, untagged)["instance"], DENIED),
         "launch without the fleet tag: volume": (run_instances(resolver, untagged)["volume"], DENIED),
-        "launch into another fleet": (run_instances(resolver, {**LAUNCH_TAGS, FLEET_TAG: "x"})["instance"], DENIED),
+        "launch into another fleet": (run_instances(resolver, {**PENDING_LAUNCH, FLEET_TAG: "x"})["instance"], DENIED),
         "launch from a foreign template: template": (
-            run_instances(resolver, LAUNCH_TAGS, foreign)["launch-template"],
+            run_instances(resolver, PENDING_LAUNCH, foreign)["launch-template"],
             DENIED,
         ),
-        "launch from a foreign template: instance": (run_instances(resolver, LAUNCH_TAGS, foreign)["instance"], DENIED),
-        "launch from a foreign template: image": (run_instances(resolver, LAUNCH_TAGS, foreign)["image"], DENIED),
+        "launch from a foreign template: instance": (
+            run_instances(resolver, PENDING_LAUNCH, foreign)["instance"],
+            DENIED,
+        ),
+        "launch from a foreign template: image": (run_instances(resolver, PENDING_LAUNCH, foreign)["image"], DENIED),
         "launch another account's image": (
             Request("ec2:RunInstances", image(), {"ec2:LaunchTemplate": launch_template(resolver), "ec2:Owner": "1"}),
             DENIED,
@@ -321,6 +393,51 @@ def scaler_cases(resolver: Resolver) -> dict[str, tuple[Request, str]]:
 
 def test_scaler_role_launches_only_tagged_instances_from_the_stacks_templates(resolver: Resolver) -> None:
     check(resolver, "ScalerRole", "scaler", scaler_cases(resolver))
+
+
+# ----------------------------------------------------------------- image build instance
+
+# The parameter reads of the AWS managed policy AmazonSSMManagedInstanceCore (v2, as the AWS
+# Managed Policy Reference prints it), which the build role carries so Image Builder can run
+# the component through SSM: on every parameter of the account.
+SSM_MANAGED_INSTANCE_CORE_READS = {
+    "Effect": "Allow",
+    "Action": ["ssm:GetParameter", "ssm:GetParameters"],
+    "Resource": "*",
+}
+
+
+def build_instance_cases(resolver: Resolver) -> dict[str, tuple[Request, str]]:
+    own = {"ec2:SourceInstanceARN": instance(SELF)}
+    cases: dict[str, tuple[Request, str]] = {
+        f"read the {name}": (Request(action, secret(resolver.parameters[parameter])), EXPLICITLY_DENIED)
+        for name, parameter in (
+            ("agent token", "AgentTokenParameter"),
+            ("deploy key", "SshKeyParameter"),
+            ("signing key", "NixSigningKeyParameter"),
+        )
+        for action in ("ssm:GetParameter", "ssm:GetParameters")
+    }
+    return cases | {
+        "read the secrets by path": (Request("ssm:GetParametersByPath", secret("/buildkite")), EXPLICITLY_DENIED),
+        "read the bake settings": (Request("ssm:GetParameter", secret(resolver.ref("ImageBuildSettings"))), ALLOWED),
+        "read its own tags": (Request("ec2:DescribeTags", "*", own), ALLOWED),
+        "read tags with its credentials off the instance": (Request("ec2:DescribeTags", "*"), DENIED),
+        "fetch the scaler's code": (
+            Request("lambda:GetFunction", resolver.attribute("ScalerFunction", "Arn")),
+            ALLOWED,
+        ),
+        "read the cache": (Request("s3:GetObject", "arn:aws:s3:::test-nix-cache/nix-cache-info"), ALLOWED),
+        "write the cache": (Request("s3:PutObject", "arn:aws:s3:::test-nix-cache/abc.narinfo"), DENIED),
+    }
+
+
+def test_image_build_instance_reads_no_secret_even_with_the_ssm_managed_policy(resolver: Resolver) -> None:
+    policy = policy_of(resolver, "ImageBuildRole")
+    policy["Statement"].append(SSM_MANAGED_INSTANCE_CORE_READS)
+    cases = build_instance_cases(resolver)
+    verdicts = evaluate(policy, principal_of("ImageBuildRole", SELF), [request for request, _ in cases.values()])
+    assert dict(zip(cases, verdicts, strict=True)) == {name: expected for name, (_, expected) in cases.items()}
 
 
 def test_the_evaluator_tells_allowed_from_denied() -> None:
