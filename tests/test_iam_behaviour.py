@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.test_template import ACCOUNT, FLEET, REGION, STACK, Resolver, parameter_values, statements
+from tests.test_template import ACCOUNT, FLEET, REGION, STACK, Resolver, parameter_values, resolve_role, statements
 from tools.invoke import load_template
 
 from autoscaler.lifecycle import (
@@ -438,6 +438,41 @@ def test_image_build_instance_reads_no_secret_even_with_the_ssm_managed_policy(r
     cases = build_instance_cases(resolver)
     verdicts = evaluate(policy, principal_of("ImageBuildRole", SELF), [request for request, _ in cases.values()])
     assert dict(zip(cases, verdicts, strict=True)) == {name: expected for name, (_, expected) in cases.items()}
+
+
+# ----------------------------------------------------------------- image pipelines
+
+
+def distribution_writes(resolver: Resolver, pipeline: str) -> tuple[str, list[str]]:
+    """The role a pipeline distributes as and the parameters its distribution writes, followed
+    through the template as Image Builder follows them (no role would mean its service-linked
+    role, which may write only /imagebuilder/ parameters)."""
+    properties = resolver.template["Resources"][pipeline]["Properties"]
+    role = resolve_role(properties["ExecutionRole"])
+    distribution = resolver.template["Resources"][properties["DistributionConfigurationArn"]["Fn::GetAtt"][0]]
+    names = [
+        resolver.resolve(parameter["ParameterName"])
+        for target in distribution["Properties"]["Distributions"]
+        for parameter in target["SsmParameterConfigurations"]
+    ]
+    return role, names
+
+
+@pytest.mark.parametrize("pipeline", ["X86ImagePipeline", "ArmImagePipeline"])
+def test_each_pipeline_distributes_as_a_role_that_may_write_its_image_parameter(
+    resolver: Resolver, pipeline: str
+) -> None:
+    role, names = distribution_writes(resolver, pipeline)
+    assert names == [resolver.ref(pipeline.replace("Pipeline", "Parameter"))]
+    other_fleet = secret(names[0].replace(f"/{FLEET}/", "/other-fleet/"))
+    cases = {
+        "write the image id": (Request("ssm:PutParameter", secret(names[0])), ALLOWED),
+        "check the image": (Request("ec2:DescribeImages", "*"), ALLOWED),
+        "write another fleet's image parameter": (Request("ssm:PutParameter", other_fleet), DENIED),
+        "overwrite the agent token": (Request("ssm:PutParameter", secret("/buildkite/agent-token")), DENIED),
+        "read the agent token": (Request("ssm:GetParameter", secret("/buildkite/agent-token")), DENIED),
+    }
+    check(resolver, role, "imagebuilder", cases)
 
 
 def test_the_evaluator_tells_allowed_from_denied() -> None:
