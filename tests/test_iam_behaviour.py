@@ -292,7 +292,11 @@ def scaler_cases(resolver: Resolver) -> dict[str, tuple[Request, str]]:
             Request(
                 "ec2:RunInstances",
                 f"{EC2}:volume/*",
-                {"ec2:LaunchTemplate": launch_template(resolver), **request_tags(LAUNCH_TAGS), "ec2:Encrypted": "false"},
+                {
+                    "ec2:LaunchTemplate": launch_template(resolver),
+                    **request_tags(LAUNCH_TAGS),
+                    "ec2:Encrypted": "false",
+                },
             ),
             DENIED,
         ),
