@@ -67,7 +67,7 @@ build: $(SAM_VENV)/bin/.stamp
 # (SAM does not share the build between functions); every target makes the same artifact:
 # the pinned dependencies, the package and userdata/. Bytecode is compiled when this
 # Python is the runtime's 3.13, since Lambda cannot write it at cold start.
-build-ScalerFunction build-ReaperFunction build-QueueCheckFunction:
+build-ScalerFunction build-ReaperFunction build-QueueCheckFunction build-ImageParameterFunction:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-compile $(LAMBDA_WHEELS) \
 		--target "$(ARTIFACTS_DIR)" -r functions/requirements.txt
 	cp -R functions/autoscaler userdata "$(ARTIFACTS_DIR)/"

@@ -13,6 +13,7 @@ from aws_lambda_powertools.utilities import parameters
 from emulators import aws
 from emulators.buildkite import FakeBuildkite
 from moto import mock_aws
+from tests.custom_resource import ResponseBucket
 
 from autoscaler.telemetry import logger
 
@@ -110,3 +111,11 @@ def scaler_env(endpoint: str, queues: list[dict[str, Any]], **extra: str) -> dic
         "NIX_CACHE_PUBLIC_KEY": "test-cache-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
         **extra,
     }
+
+
+@pytest.fixture
+def bucket() -> Iterator[ResponseBucket]:
+    """A custom resource's ResponseURL, on loopback."""
+    server = ResponseBucket()
+    yield server
+    server.stop()

@@ -479,6 +479,23 @@ def test_each_pipeline_distributes_as_a_role_that_may_write_its_image_parameter(
     check(resolver, role, "imagebuilder", cases)
 
 
+def test_the_image_parameter_resource_writes_only_the_two_image_parameters(resolver: Resolver) -> None:
+    x86, arm = (secret(resolver.ref(name)) for name in ("X86ImageParameter", "ArmImageParameter"))
+    cases = {
+        "create the x86_64 parameter": (Request("ssm:PutParameter", x86), ALLOWED),
+        "tag the arm64 parameter": (Request("ssm:AddTagsToResource", arm), ALLOWED),
+        "delete the arm64 parameter": (Request("ssm:DeleteParameter", arm), ALLOWED),
+        "check the image": (Request("ec2:DescribeImages", "*"), ALLOWED),
+        "overwrite the agent token": (Request("ssm:PutParameter", secret("/buildkite/agent-token")), DENIED),
+        "read the agent token": (Request("ssm:GetParameter", secret("/buildkite/agent-token")), DENIED),
+        "delete the bake settings": (
+            Request("ssm:DeleteParameter", secret(resolver.ref("ImageBuildSettings"))),
+            DENIED,
+        ),
+    }
+    check(resolver, "ImageParameterRole", "image-parameter", cases)
+
+
 def test_the_evaluator_tells_allowed_from_denied() -> None:
     # The evaluator itself, on a policy small enough to judge by eye: were it to
     # allow everything or nothing, the tests above would mean nothing.

@@ -7,12 +7,11 @@ the answer CloudFormation would get.
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+import requests
+from tests.custom_resource import ResponseBucket
 from tests.lambda_context import LambdaContext
 
 from autoscaler import queue_check
@@ -23,51 +22,6 @@ TEAM = [
     {"name": "nixos-x86-aws", "architecture": "x86_64", "instance_types": ["c7i.2xlarge"], "max_instances": 10},
     {"name": "nixos-arm-aws", "architecture": "arm64", "instance_types": ["c7g.2xlarge"], "max_instances": 4},
 ]
-
-
-class ResponseBucket:
-    """Stands in for the pre-signed S3 URL: records each PUT's headers and JSON body."""
-
-    def __init__(self, status: int = 200) -> None:
-        self.status = status
-        self.puts: list[dict[str, Any]] = []
-        bucket = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_PUT(self) -> None:
-                length = int(self.headers["Content-Length"])
-                bucket.puts.append(
-                    {"path": self.path, "headers": dict(self.headers), "body": json.loads(self.rfile.read(length))}
-                )
-                self.send_response(bucket.status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/cfn-response/bk?X-Amz-Signature=abc"
-
-    def answer(self) -> dict[str, Any]:
-        (put,) = self.puts
-        return put["body"]
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
-@pytest.fixture
-def bucket() -> Iterator[ResponseBucket]:
-    server = ResponseBucket()
-    yield server
-    server.stop()
 
 
 def event(url: str, queues: Any, request: str = "Create", **changes: Any) -> dict[str, Any]:
@@ -166,7 +120,7 @@ def test_a_crash_still_answers_so_the_deploy_fails_at_once(bucket: ResponseBucke
 def test_a_refused_answer_fails_the_invocation_so_it_is_logged_and_retried() -> None:
     refusing = ResponseBucket(status=403)
     try:
-        with pytest.raises(queue_check.requests.HTTPError, match="403"):
+        with pytest.raises(requests.HTTPError, match="403"):
             queue_check.handler(event(refusing.url, TEAM), LambdaContext())
     finally:
         refusing.stop()

@@ -147,7 +147,7 @@ class Resolver:
         prefixes = {"AWS::EC2::LaunchTemplate": "lt-0", "AWS::EC2::SecurityGroup": "sg-0"}
         if kind == "AWS::Logs::LogGroup":
             return self.resolve(self.template["Resources"][logical_id]["Properties"]["LogGroupName"])
-        if kind == "AWS::SSM::Parameter":
+        if kind in ("AWS::SSM::Parameter", "Custom::ImageParameter"):
             return self.resolve(self.template["Resources"][logical_id]["Properties"]["Name"])
         if kind == "AWS::SNS::Topic":
             return f"arn:aws:sns:{REGION}:{ACCOUNT}:{STACK}-{logical_id}"
@@ -786,11 +786,11 @@ def test_launch_templates_resolve_the_pipelines_parameter_which_starts_as_the_st
     assert data["ImageId"] == f"resolve:ssm:{name}"
     parameter = resolver.resolve(template["Resources"][f"{prefix}ImageParameter"]["Properties"])
     assert parameter["Name"] == name
-    assert parameter["DataType"] == "aws:ec2:image"
-    # The fallback: the stock AMI, through a dynamic reference that CloudFormation resolves
-    # when it creates the parameter and never again while the reference is unchanged.
+    # The fallback: the stock AMI, which the custom resource writes only where the parameter
+    # is missing (tests/test_image_parameter.py: a later deploy keeps the baked image).
     stock = template["Parameters"][f"{prefix}ImageId"]["Default"]
-    assert parameter["Value"] == "{{resolve:ssm:" + stock + "}}"
+    assert parameter["StockImageId"] == "{{resolve:ssm:" + stock + "}}"
+    assert parameter["ServiceToken"] == resolver.attribute("ImageParameterFunction", "Arn")
     # The pipeline's distribution overwrites the same parameter with each new image.
     distribution = resolver.resolve(template["Resources"][f"{prefix}ImageDistribution"]["Properties"])
     (target,) = distribution["Distributions"]

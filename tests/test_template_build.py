@@ -33,8 +33,8 @@ from autoscaler.config import ScalerSettings
 from autoscaler.userdata import instance_file
 
 ROOT = Path(__file__).resolve().parent.parent
-FUNCTIONS = ("ScalerFunction", "ReaperFunction", "QueueCheckFunction")
-HANDLERS = ("autoscaler.scaler", "autoscaler.reaper", "autoscaler.queue_check")
+FUNCTIONS = ("ScalerFunction", "ReaperFunction", "QueueCheckFunction", "ImageParameterFunction")
+HANDLERS = ("autoscaler.scaler", "autoscaler.reaper", "autoscaler.queue_check", "autoscaler.image_parameter")
 
 
 def sam() -> str:

@@ -16,13 +16,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import requests
-
+from autoscaler.cfn_response import respond
 from autoscaler.config import ConfigError, launch_templates_from_env, queue_where, queues_from_env
-
-RESPONSE_TIMEOUT_SECONDS = 10
-# CloudFormation shows the reason in the stack's events; the whole response must stay under 4 KB.
-REASON_LIMIT = 1000
 
 log = logging.getLogger(__name__)
 log.setLevel(logging.INFO)
@@ -53,24 +48,4 @@ def handler(event: dict[str, Any], context: Any) -> None:
             log.exception("queue check crashed")
             status, reason = "FAILED", f"queue check crashed: {type(error).__name__}: {error}"
     log.info(json.dumps({"request": event.get("RequestType"), "status": status, "reason": reason}))
-    respond(event, status, reason[:REASON_LIMIT])
-
-
-def respond(event: Mapping[str, Any], status: str, reason: str) -> None:
-    body = {
-        "Status": status,
-        "Reason": reason or status,
-        "PhysicalResourceId": event.get("PhysicalResourceId") or event["LogicalResourceId"],
-        "StackId": event["StackId"],
-        "RequestId": event["RequestId"],
-        "LogicalResourceId": event["LogicalResourceId"],
-        "Data": {},
-    }
-    # The URL is pre-signed for a PUT without a content type: any other would break the signature.
-    response = requests.put(
-        event["ResponseURL"],
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": ""},
-        timeout=RESPONSE_TIMEOUT_SECONDS,
-    )
-    response.raise_for_status()
+    respond(event, status, reason)
