@@ -130,6 +130,8 @@ def test_spot_without_capacity_anywhere_falls_back_to_on_demand_in_the_same_poll
     assert summary["queues"][X86]["fallbacks"] == [reason]
     output = capsys.readouterr().out
     assert queue_metric(output, "SpotShortfall") == 2
+    # The fleet-wide count the "no spot" alarm watches.
+    assert sum(r.get("SpotShortfall", 0) for r in emf_records(output) if "queue" not in r) == 2
     assert queue_metric(output, "OnDemandInstancesLaunched") == 2
     assert queue_metric(output, "SpotInstancesLaunched") == 0
 

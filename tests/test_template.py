@@ -846,6 +846,8 @@ def test_alarms_cover_function_launch_and_metrics_api_errors(template: dict[str,
         ("AWS/Lambda", "Errors", resolver.ref("ReaperFunction")),
         ("BuildkiteAutoscaler", "LaunchShortfall", FLEET),
         ("BuildkiteAutoscaler", "MetricsApiErrors", FLEET),
+        ("BuildkiteAutoscaler", "SpotShortfall", FLEET),
+        ("AWS/SQS", "ApproximateNumberOfMessagesVisible", resolver.attribute("ImageBakeFailures", "QueueName")),
     }
     # Fallbacks and partial launches that were then completed are no alarm (tests/test_poll_budget.py).
     assert ("BuildkiteAutoscaler", "LaunchErrors", FLEET) not in watched

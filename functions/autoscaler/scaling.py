@@ -154,6 +154,8 @@ class Scaler:
                 "InstancesLaunched": sum(len(queue.instance_ids) for queue in queues),
                 "LaunchErrors": sum(len(queue.failures) for queue in queues),
                 "LaunchShortfall": sum(queue.shortfall for queue in queues),
+                # Fleet-wide for the alarm (one metric, however many queues): spot refused for a while.
+                "SpotShortfall": sum(queue.spot_shortfall for queue in queues),
             },
         )
         return result
