@@ -49,6 +49,8 @@ class Request:
     action: str
     resource: str
     context: Mapping[str, Any] = field(default_factory=dict)
+    # The resource's own policy where the service requires one (a KMS key's).
+    resource_policy: Mapping[str, Any] | None = None
 
 
 def instance(instance_id: str) -> str:
@@ -91,6 +93,7 @@ def evaluate(policy: Mapping[str, Any], principal: str, requests: list[Request])
                 "account": ACCOUNT,
                 "principal": principal,
                 "context": dict(r.context),
+                **({"resourcePolicy": r.resource_policy} if r.resource_policy else {}),
             }
             for r in requests
         ],
@@ -387,10 +390,7 @@ def scaler_cases(resolver: Resolver) -> dict[str, tuple[Request, str]]:
         # Decrypting through SSM with the parameter's encryption context is checked by form
         # (test_template.py): the evaluator's action data does not list the
         # kms:EncryptionContext:<key> keys for kms:Decrypt and would drop them.
-        "decrypt directly": (
-            Request("kms:Decrypt", f"arn:aws:kms:{REGION}:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"),
-            DENIED,
-        ),
+        "decrypt directly": (kms("kms:Decrypt", f"arn:aws:kms:{REGION}:{ACCOUNT}:key/1234abcd-12ab-34cd"), DENIED),
     }
     return cases
 
@@ -494,6 +494,64 @@ def test_the_image_parameter_resource_writes_only_the_two_image_parameters(resol
         ),
     }
     check(resolver, "ImageParameterRole", "image-parameter", cases)
+
+
+EBS_KEY = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/0a1b2c3d-1111-2222-3333-444455556666"
+OTHER_KEY = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/9f8e7d6c-1111-2222-3333-444455556666"
+THROUGH_EC2 = {"kms:ViaService": f"ec2.{REGION}.amazonaws.com"}
+# KMS requires the key policy to allow too: the default key policy, which lets the account's
+# IAM policies grant the key (what docs/deploy.md asks of a customer-managed EBS key).
+DEFAULT_KEY_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Sid": "Enable IAM User Permissions",
+            "Effect": "Allow",
+            "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
+            "Action": "kms:*",
+            "Resource": "*",
+        }
+    ],
+}
+
+
+def kms(action: str, key: str, context: Mapping[str, Any] | None = None) -> Request:
+    return Request(action, key, context or {}, DEFAULT_KEY_POLICY)
+
+
+def ebs_key_cases(granted: str) -> dict[str, tuple[Request, str]]:
+    """What EC2 does with the caller's permissions when it launches or starts an instance (or
+    builds an image) with volumes encrypted by a customer-managed key."""
+    for_ec2 = {**THROUGH_EC2, "kms:GrantIsForAWSResource": "true"}
+    return {
+        "grant the key to EC2's volumes": (kms("kms:CreateGrant", EBS_KEY, for_ec2), granted),
+        "make a volume's data key": (kms("kms:GenerateDataKeyWithoutPlaintext", EBS_KEY, THROUGH_EC2), granted),
+        "decrypt a volume's data key": (kms("kms:Decrypt", EBS_KEY, THROUGH_EC2), granted),
+        "describe the key": (kms("kms:DescribeKey", EBS_KEY, THROUGH_EC2), granted),
+        "grant the key to anyone": (
+            kms("kms:CreateGrant", EBS_KEY, {**THROUGH_EC2, "kms:GrantIsForAWSResource": "false"}),
+            DENIED,
+        ),
+        "decrypt with the key directly": (kms("kms:Decrypt", EBS_KEY), DENIED),
+        "decrypt with the key through S3": (
+            kms("kms:Decrypt", EBS_KEY, {"kms:ViaService": f"s3.{REGION}.amazonaws.com"}),
+            DENIED,
+        ),
+        "grant another key": (kms("kms:CreateGrant", OTHER_KEY, for_ec2), DENIED),
+    }
+
+
+@pytest.mark.parametrize(("role", "session"), [("ScalerRole", "scaler"), ("ImageExecutionRole", "imagebuilder")])
+@pytest.mark.parametrize(("key", "granted"), [(EBS_KEY, ALLOWED), ("", DENIED)])
+def test_a_customer_managed_ebs_key_is_usable_through_ec2_only_when_given(
+    role: str, session: str, key: str, granted: str
+) -> None:
+    template = load_template()
+    resolver = Resolver(template, parameter_values(template, EbsKmsKeyArn=key))
+    check(resolver, role, session, ebs_key_cases(granted))
+    launch_template = resolver.resolve(template["Resources"]["X86LaunchTemplate"]["Properties"])
+    (volume,) = launch_template["LaunchTemplateData"]["BlockDeviceMappings"]
+    assert volume["Ebs"].get("KmsKeyId") == (key or None)
 
 
 def test_the_evaluator_tells_allowed_from_denied() -> None:

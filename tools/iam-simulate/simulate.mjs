@@ -1,5 +1,7 @@
 // Evaluates identity policies against requests with @cloud-copilot/iam-simulate.
-// stdin:  {"policies": [<policy document>, ...], "requests": [{"action", "resource", "principal", "context"}, ...]}
+// stdin:  {"policies": [<policy document>, ...],
+//          "requests": [{"action", "resource", "principal", "context", "resourcePolicy"?}, ...]}
+// A request's resource policy (a KMS key policy, which KMS requires) is evaluated with the identity policies.
 // stdout: one entry per request, in order: {"result": "Allowed" | "ImplicitlyDenied" | "ExplicitlyDenied" | <error>}
 import { readFileSync } from 'node:fs'
 import { runSimulation } from '@cloud-copilot/iam-simulate'
@@ -13,6 +15,7 @@ for (const request of input.requests) {
       identityPolicies,
       serviceControlPolicies: [],
       resourceControlPolicies: [],
+      resourcePolicy: request.resourcePolicy,
       request: {
         action: request.action,
         principal: request.principal,
