@@ -554,6 +554,37 @@ def test_a_customer_managed_ebs_key_is_usable_through_ec2_only_when_given(
     assert volume["Ebs"].get("KmsKeyId") == (key or None)
 
 
+# The image statement of the AWS managed policy EC2ImageBuilderLifecycleExecutionPolicy (v1, as
+# the AWS Managed Policy Reference prints it): every Image Builder AMI of the account.
+LIFECYCLE_MANAGED_IMAGES = {
+    "Effect": "Allow",
+    "Action": ["ec2:EnableImage", "ec2:DeregisterImage", "ec2:EnableImageDeprecation", "ec2:DisableImage"],
+    "Resource": "arn:aws:ec2:*::image/*",
+    "Condition": {"StringEquals": {"aws:ResourceTag/CreatedBy": "EC2 Image Builder"}},
+}
+
+
+def test_the_lifecycle_role_retires_only_this_fleets_images(resolver: Resolver) -> None:
+    policy = policy_of(resolver, "ImageLifecycleRole")
+    policy["Statement"].append(LIFECYCLE_MANAGED_IMAGES)
+    built = {"aws:ResourceTag/CreatedBy": "EC2 Image Builder"}
+    ours = {**built, f"aws:ResourceTag/{FLEET_TAG}": FLEET}
+    cases = {
+        "deregister this fleet's old image": (Request("ec2:DeregisterImage", image(), ours), ALLOWED),
+        "deprecate this fleet's old image": (Request("ec2:EnableImageDeprecation", image(), ours), ALLOWED),
+        "deregister another team's Image Builder image": (
+            Request("ec2:DeregisterImage", image(), built),
+            EXPLICITLY_DENIED,
+        ),
+        "disable another fleet's image": (
+            Request("ec2:DisableImage", image(), {**built, f"aws:ResourceTag/{FLEET_TAG}": "other"}),
+            EXPLICITLY_DENIED,
+        ),
+    }
+    verdicts = evaluate(policy, principal_of("ImageLifecycleRole", "lifecycle"), [r for r, _ in cases.values()])
+    assert dict(zip(cases, verdicts, strict=True)) == {name: expected for name, (_, expected) in cases.items()}
+
+
 def test_the_evaluator_tells_allowed_from_denied() -> None:
     # The evaluator itself, on a policy small enough to judge by eye: were it to
     # allow everything or nothing, the tests above would mean nothing.
