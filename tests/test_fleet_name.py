@@ -50,12 +50,18 @@ def limits(resolver: Resolver) -> Iterator[tuple[str, str, bool]]:
         yield f"{name}.Description", description, bool(IAM_DESCRIPTION.fullmatch(description))
     group = resolver.resolve(resources["AgentSecurityGroup"]["Properties"]["GroupDescription"])
     yield "GroupDescription", group, bool(GROUP_DESCRIPTION.fullmatch(group))
-    for name, spec in of_type(TEMPLATE, "AWS::SSM::Parameter").items():
+    for name, spec in {
+        **of_type(TEMPLATE, "AWS::SSM::Parameter"),
+        **of_type(TEMPLATE, "Custom::ImageParameter"),
+    }.items():
         parameter = resolver.resolve(spec["Properties"]["Name"])
         yield f"{name}.Name", parameter, bool(SSM_PARAMETER_NAME.fullmatch(parameter))
     for name, spec in of_type(TEMPLATE, "AWS::CloudWatch::Alarm").items():
         description = resolver.resolve(spec["Properties"]["AlarmDescription"])
         yield f"{name}.AlarmDescription", description, len(description) <= 1024
+    for name, spec in of_type(TEMPLATE, "AWS::Events::Rule").items():
+        description = resolver.resolve(spec["Properties"]["Description"])
+        yield f"{name}.Description", description, len(description) <= 512
     for name, spec in of_type(TEMPLATE, "AWS::Serverless::Function").items():
         for event in spec["Properties"].get("Events", {}).values():
             description = resolver.resolve(event["Properties"]["Description"])

@@ -233,10 +233,10 @@ def test_the_stack_fixed_cost_is_the_documented_figure() -> None:
     assert cost.lambda_compute == pytest.approx(8.05, abs=0.01)
     assert cost.lambda_requests == pytest.approx(0.0105, abs=1e-4)
     assert cost.metrics == pytest.approx(9.00)
-    assert cost.alarms == pytest.approx(0.40)
+    assert cost.alarms == pytest.approx(0.60)
     assert cost.dashboard == pytest.approx(3.00)
     assert cost.logs == pytest.approx(0.0276, abs=1e-3)
-    assert cost.per_month == pytest.approx(20.49, abs=0.01)
+    assert cost.per_month == pytest.approx(20.69, abs=0.01)
 
 
 def test_an_instance_type_without_a_price_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
