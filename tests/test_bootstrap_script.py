@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import os
 import re
 import shutil
 import subprocess
@@ -1104,14 +1105,23 @@ def test_uploader_drains_the_queue_when_power_off_stops_it(instance: Path, stubs
     # This one waits for real between passes.
     bin_dir = instance / "bin-real-sleep"
     bin_dir.mkdir()
+    waiting = instance / "uploader-waiting"
     for entry in stubs.iterdir():
-        (bin_dir / entry.name).symlink_to(shutil.which("sleep") if entry.name == "sleep" else entry)
+        if entry.name != "sleep":
+            (bin_dir / entry.name).symlink_to(entry)
+    # The real sleep, announcing that the loop has begun its wait between passes.
+    (bin_dir / "sleep").write_text(f'#!/bin/sh\ntouch "{waiting}"\nexec {shutil.which("sleep")} "$@"\n')
+    (bin_dir / "sleep").chmod(0o755)
     uploader = instance / "usr/local/lib/buildkite-bootstrap/cache-uploader.sh"
     env = stub_env(bin_dir, instance, instance / "upload.log")
     service = subprocess.Popen(
         ["/bin/bash", str(uploader), "serve", "60", "5"], env=env, stderr=subprocess.PIPE, text=True
     )
-    time.sleep(0.5)  # the first pass found nothing; the loop waits 5 s
+    # The first pass found nothing; wait (on the event, not a fixed time) until the loop sleeps.
+    deadline = time.monotonic() + 10
+    while not waiting.exists() and time.monotonic() < deadline:
+        os.sched_yield()
+    assert waiting.exists()
     queue_build(instance, stubs, "/nix/store/ccc-last-job")
     started = time.monotonic()
     service.terminate()
