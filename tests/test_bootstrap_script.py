@@ -152,6 +152,16 @@ aws)
     fi
     ;;
 apt-cache) printf '%s\n' "$STUB_MADISON" ;;
+# How the agent's last run ended (STUB_AGENT_EXIT "code status"; never ran by default).
+systemctl)
+    if [[ "$1" == show ]]; then
+        read -r main_code main_status <<<"${STUB_AGENT_EXIT:-0 0}"
+        case "$2" in
+        *ExecMainCode) echo "$main_code" ;;
+        *ExecMainStatus) echo "$main_status" ;;
+        esac
+    fi
+    ;;
 apt-get)
     echo "NEEDRESTART_SUSPEND=${NEEDRESTART_SUSPEND-} NEEDRESTART_MODE=${NEEDRESTART_MODE-}" >>"$STUB_LOG.apt-env"
     ;;
@@ -548,6 +558,66 @@ def test_refused_tag_permission_is_named_and_no_job_is_ever_taken(tmp_path: Path
     assert not [call for call in run.calls if call[:2] == ["systemctl", "start"]]
     assert not [call for call in run.calls if call[:2] == ["aws", "ssm"]]
     assert run.calls[-1] == ["systemctl", "--no-block", "poweroff"]
+
+
+def test_the_failure_line_says_why_and_is_the_last_before_the_power_off(tmp_path: Path, stubs: Path) -> None:
+    refused = "An error occurred (UnauthorizedOperation) when calling the CreateTags operation"
+    run = boot(tmp_path, stubs, fail={"aws ec2 create-tags": (254, 9, refused)})
+
+    *_, failure, power_off = run.console.rstrip("\n").split("\n")
+    assert failure.startswith("buildkite-bootstrap: FAILED step=check_tag_permission exit=1: REFUSED: ec2:CreateTags")
+    assert power_off == "buildkite-bootstrap: powering off"
+
+
+NO_ENDPOINT = 'Could not connect to the endpoint URL: "https://ec2.us-west-2.amazonaws.com/"'
+
+
+def test_ec2_out_of_reach_is_retried_and_fails_as_itself_not_as_a_refusal(tmp_path: Path, stubs: Path) -> None:
+    run = boot(tmp_path, stubs, fail={"aws ec2 create-tags --dry-run": (255, 9, NO_ENDPOINT)})
+
+    assert run.returncode == 1
+    assert "REFUSED" not in run.console
+    assert f"FAILED step=check_tag_permission exit=1: could not check ec2:CreateTags on {INSTANCE_ID}: " in run.console
+    assert NO_ENDPOINT in run.console.split("FAILED")[1]
+    assert len([call for call in run.aws_calls() if "--dry-run" in call]) == 3
+    assert run.calls[-1] == ["systemctl", "--no-block", "poweroff"]
+
+
+def test_ec2_back_within_the_retries_lets_the_boot_complete(tmp_path: Path, stubs: Path) -> None:
+    run = boot(tmp_path, stubs, fail={"aws ec2 create-tags --dry-run": (255, 2, NO_ENDPOINT)})
+
+    assert run.returncode == 0, run.console
+    assert "FAILED" not in run.console
+    assert run.aws_calls()[-1][8] == "Key=buildkite-autoscaler:bootstrap,Value=complete"
+
+
+def test_an_agent_that_retires_during_its_start_checks_is_no_failure(tmp_path: Path, stubs: Path) -> None:
+    # The build-space hook drained it on its first job: it exited 0, and agent-exited.sh powers off.
+    run = boot(tmp_path, stubs, fail={"systemctl is-active": 3}, STUB_AGENT_EXIT="1 0")
+
+    assert run.returncode == 0, run.console
+    assert "FAILED" not in run.console
+    assert "buildkite-agent exited 0 during step start_agent: it retired" in run.console
+    assert not [call for call in run.aws_calls() if "Value=failed" in call]
+    assert ["systemctl", "--no-block", "poweroff"] not in run.calls
+    assert not (run.root / "var/lib/buildkite-bootstrap-complete").exists()
+
+
+def test_the_power_off_of_a_retired_agent_stopping_the_bootstrap_is_no_failure(tmp_path: Path, stubs: Path) -> None:
+    # agent-exited.sh's power-off stops the bootstrap service (SIGTERM) in the middle of its checks.
+    run = boot(tmp_path, stubs, term_from="sleep", STUB_AGENT_EXIT="1 0")
+
+    assert run.returncode == 0, run.console
+    assert "FAILED" not in run.console
+    assert not [call for call in run.aws_calls() if "Value=failed" in call]
+
+
+def test_an_agent_that_crashes_during_its_start_checks_fails_the_bootstrap(tmp_path: Path, stubs: Path) -> None:
+    run = boot(tmp_path, stubs, fail={"systemctl is-active": 3}, STUB_AGENT_EXIT="1 1")
+
+    assert run.returncode == 1
+    assert "FAILED step=start_agent exit=1: buildkite-agent is not running (check 1 of 4)" in run.console
+    assert run.aws_calls()[-1][-1] == "Key=buildkite-autoscaler:bootstrap,Value=failed"
 
 
 def test_bootstrap_stopped_by_its_timeout_reports_the_step_and_powers_off(tmp_path: Path, stubs: Path) -> None:

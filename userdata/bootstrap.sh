@@ -69,6 +69,8 @@ PACKAGES=(curl ca-certificates gpg dbus jq yq git git-lfs git-filter-repo pciuti
 # (see apt_get), and apt-daily may hold them on a fresh instance.
 APT_GET=(apt-get -q -y -o DPkg::Lock::Timeout=600)
 APT_LOCK_RETRIES=60
+# The CLI retries each call itself; these are for an outage longer than its retries.
+TAG_CHECK_ATTEMPTS=3
 INSTALL_SETTINGS=(BK_ROOT_MODE BK_NIX_INSTALLER_VERSION BK_NIX_DETERMINATE BK_CACHE_BUCKET
     BK_CACHE_REGION BK_CACHE_PUBLIC_KEY)
 BOOT_SETTINGS=(BK_QUEUE BK_ARCH BK_FLEET BK_ROLE BK_REGION BK_AGENT_TOKEN_PARAMETER
@@ -82,6 +84,10 @@ export NEEDRESTART_SUSPEND=1 NEEDRESTART_MODE=l
 umask 022
 
 STEP="start"
+# The last die message: the failure line repeats it, last on the console.
+REASON=""
+# Set once start_agent has started the agent: from then on its exit may be a retirement.
+AGENT_STARTED=false
 INSTANCE_ID=""
 POWER_OFF_ON_FAILURE=false
 # A warm-pool instance's first boot: it parks in the pool instead of booting on.
@@ -93,6 +99,7 @@ log() {
 
 die() {
     log "$*"
+    REASON="$*"
     return 1
 }
 
@@ -114,25 +121,40 @@ tag_instance() {
 
 # ERR trap: report the failing step, tag the instance failed, power off.
 on_failure() {
-    local rc=$1
+    local rc=$1 reason=$REASON
     # A failure inside $(...) is reported once, by the shell that waits for it.
     if ((BASH_SUBSHELL > 0)); then
         exit "$rc"
     fi
     trap - ERR TERM
     set +eu
-    log "FAILED step=$STEP exit=$rc"
     if [[ "$POWER_OFF_ON_FAILURE" != true ]]; then
+        log "FAILED step=$STEP exit=$rc${reason:+: $reason}"
         exit "$rc"
+    fi
+    if [[ "$AGENT_STARTED" == true ]] && agent_retired; then
+        log "buildkite-agent exited 0 during step $STEP: it retired (a drain, the idle timeout or max uptime), which is no failure; it powers the instance off"
+        exit 0
     fi
     if [[ -n "$INSTANCE_ID" && -n "${BK_REGION:-}" ]] && command -v aws >/dev/null; then
         tag_instance "$BK_BOOTSTRAP_FAILED" || log "could not tag $INSTANCE_ID as failed"
     fi
+    # Last before the power-off, whose own lines follow: the reaper's console
+    # tail leads with this line when they push it out.
+    log "FAILED step=$STEP exit=$rc${reason:+: $reason}"
     # Power-off stops buildkite-agent gracefully (SIGTERM): a job it took
     # finishes, and it takes no more.
     log "powering off"
     systemctl --no-block poweroff
     exit "$rc"
+}
+
+# True when the agent's last run ended with exit status 0, agent-exited.sh's
+# own test of a retirement: it then powers off (or returns to the pool) itself.
+agent_retired() {
+    # ExecMainCode 1 is CLD_EXITED (not killed, not dumped); 0 means it never ran.
+    [[ "$(systemctl show --property=ExecMainCode --value buildkite-agent.service)" == 1 &&
+        "$(systemctl show --property=ExecMainStatus --value buildkite-agent.service)" == 0 ]]
 }
 
 trap 'on_failure $?' ERR
@@ -456,21 +478,32 @@ apply_build_space() {
 }
 
 # Proves, before the agent takes a job, that the role lets this instance tag
-# itself: otherwise it would run jobs until the reaper ends it as stuck.
+# itself: otherwise it would run jobs until the reaper ends it as stuck. Only
+# EC2's own refusal is a refusal; a network error or a throttle is retried,
+# then fails as what it is.
 check_tag_permission() {
-    local errors="$WORK/create-tags-dry-run"
+    local errors="$WORK/create-tags-dry-run" attempt
     mkdir -p "$WORK"
-    if aws ec2 create-tags --dry-run --region "$BK_REGION" --resources "$INSTANCE_ID" \
-        --tags "Key=$BK_BOOTSTRAP_TAG,Value=$BK_BOOTSTRAP_COMPLETE" "Key=$BK_READY_AT_TAG,Value=0" \
-        "Key=$BK_AGENT_VERSION_TAG,Value=0" "Key=$BK_NIX_VERSION_TAG,Value=0" 2>"$errors"; then
-        return 0
-    fi
-    # A permitted dry run "fails" with DryRunOperation.
-    if grep -q DryRunOperation "$errors"; then
-        return 0
-    fi
-    cat "$errors" >&2
-    die "REFUSED: ec2:CreateTags on $INSTANCE_ID ($BK_BOOTSTRAP_TAG, $BK_READY_AT_TAG, $BK_AGENT_VERSION_TAG, $BK_NIX_VERSION_TAG): the instance could never report complete"
+    for ((attempt = 1; attempt <= TAG_CHECK_ATTEMPTS; attempt++)); do
+        if aws ec2 create-tags --dry-run --region "$BK_REGION" --resources "$INSTANCE_ID" \
+            --tags "Key=$BK_BOOTSTRAP_TAG,Value=$BK_BOOTSTRAP_COMPLETE" "Key=$BK_READY_AT_TAG,Value=0" \
+            "Key=$BK_AGENT_VERSION_TAG,Value=0" "Key=$BK_NIX_VERSION_TAG,Value=0" 2>"$errors"; then
+            return 0
+        fi
+        # A permitted dry run "fails" with DryRunOperation.
+        if grep -q DryRunOperation "$errors"; then
+            return 0
+        fi
+        cat "$errors" >&2
+        if grep -qE 'UnauthorizedOperation|AccessDenied' "$errors"; then
+            die "REFUSED: ec2:CreateTags on $INSTANCE_ID ($BK_BOOTSTRAP_TAG, $BK_READY_AT_TAG, $BK_AGENT_VERSION_TAG, $BK_NIX_VERSION_TAG): the instance could never report complete"
+        fi
+        if ((attempt < TAG_CHECK_ATTEMPTS)); then
+            log "could not check ec2:CreateTags (attempt $attempt of $TAG_CHECK_ATTEMPTS), retrying in 10 s"
+            sleep 10
+        fi
+    done
+    die "could not check ec2:CreateTags on $INSTANCE_ID: $(awk 'NF { last = $0 } END { print last }' "$errors")"
 }
 
 # read_secret PARAMETER FILE: the value goes from the AWS CLI straight into a
@@ -536,6 +569,7 @@ start_agent() {
     systemctl start buildkite-cache-upload.service
     # Exits at once on an on-demand instance; on spot it drains the agent.
     systemctl start --no-block spot-interruption-watch.service
+    AGENT_STARTED=true
     systemctl start buildkite-agent.service
     local check
     for check in 1 2 3 4; do
