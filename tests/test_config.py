@@ -107,7 +107,12 @@ def test_any_number_of_queues() -> None:
         ),
         (
             [{**QUEUE, "idle_timeout_seconds": 0}],
-            r"QUEUES\[0\]\(nixos-x86-aws\)\.idle_timeout_seconds must be >= 1 \(got 0\)",
+            r"QUEUES\[0\]\(nixos-x86-aws\)\.idle_timeout_seconds must be >= 120 \(got 0\)",
+        ),
+        (
+            # An agent idling out this soon would exit in the middle of its bootstrap.
+            [{**QUEUE, "idle_timeout_seconds": 30}],
+            r"QUEUES\[0\]\(nixos-x86-aws\)\.idle_timeout_seconds must be >= 120 \(got 30\)",
         ),
         (
             [{**QUEUE, "include_waiting": "yes"}],

@@ -319,3 +319,10 @@ def test_a_script_without_its_comments_is_the_same_program(name: str) -> None:
 def test_comments_are_what_keeps_the_user_data_under_ec2s_limit() -> None:
     # Every variant stays under the limit with room to grow; with the comments it would not.
     assert max(len(render(queue, role)) for queue in QUEUES for role in ("floor", "burst", "pool")) < 14_000
+
+
+def test_an_idle_timeout_the_bootstrap_could_outlast_is_refused_naming_field_and_value() -> None:
+    queue = dataclasses.replace(QUEUES["x86"], idle_timeout_seconds=30)
+
+    with pytest.raises(UserDataError, match=r"queue\.idle_timeout_seconds must be an integer >= 120 \(got 30\)"):
+        render_user_data(SETTINGS, queue, "burst", "ci-fleet")

@@ -26,6 +26,10 @@ DEFAULT_POOL_MAX_AGE = 7 * 24 * 3600
 DEFAULT_NIX_INSTALLER_VERSION = "v3.21.2"
 DEFAULT_ROOT_TMPFS_SIZE = "75%"
 DEFAULT_MIN_FREE_SPACE_GIB = 5
+# The agent's idle clock starts with the agent, before the bootstrap's ~20 s of
+# checks and its CreateTags (a VM needed ~33 s for both, up to ~19 s an AWS call
+# on a busy host). Shorter than this, an agent could idle out mid-bootstrap.
+MIN_IDLE_TIMEOUT_SECONDS = 120
 ROOT_MODES = ("overlayroot", "ebs")
 ROLES = ("floor", "burst", "pool")
 ON_DEMAND = "on-demand"
@@ -323,7 +327,9 @@ def _queue(index: int, raw: Any, stack: _StackDefaults) -> QueueConfig:
         include_waiting=_bool(where, raw, "include_waiting", defaults.include_waiting),
         # An idle timeout of 0 means "never idle out": burst instances would
         # then run forever, so it is refused rather than defaulted.
-        idle_timeout_seconds=_int(where, raw, "idle_timeout_seconds", defaults.idle_timeout_seconds, 1),
+        idle_timeout_seconds=_int(
+            where, raw, "idle_timeout_seconds", defaults.idle_timeout_seconds, MIN_IDLE_TIMEOUT_SECONDS
+        ),
         max_uptime_seconds=_int(where, raw, "max_uptime_seconds", defaults.max_uptime_seconds, 0),
         warm_pool_size=_int(where, raw, "warm_pool_size", defaults.warm_pool_size, 0),
         # null or absent: the largest pool size of the queue and its schedules.

@@ -19,7 +19,15 @@ import re
 import shlex
 from pathlib import Path
 
-from autoscaler.config import ARCHITECTURES, ROLES, ROOT_MODES, InstallSettings, QueueConfig, UserDataSettings
+from autoscaler.config import (
+    ARCHITECTURES,
+    MIN_IDLE_TIMEOUT_SECONDS,
+    ROLES,
+    ROOT_MODES,
+    InstallSettings,
+    QueueConfig,
+    UserDataSettings,
+)
 from autoscaler.lifecycle import (
     AGENT_VERSION_TAG,
     BOOTSTRAP_COMPLETE,
@@ -79,7 +87,7 @@ def _settings_values(settings: UserDataSettings, queue: QueueConfig, role: str, 
     # the bootstrap instead of joining (the configuration matched it to the instance types).
     _check("queue.architecture", queue.architecture, queue.architecture in ARCHITECTURES, " or ".join(ARCHITECTURES))
     _check_count("queue.agents_per_instance", queue.agents_per_instance, 1)
-    _check_count("queue.idle_timeout_seconds", queue.idle_timeout_seconds, 1)
+    _check_count("queue.idle_timeout_seconds", queue.idle_timeout_seconds, MIN_IDLE_TIMEOUT_SECONDS)
     _check_count("queue.max_uptime_seconds", queue.max_uptime_seconds, 0)
     for field in ("agent_token_parameter", "ssh_key_parameter", "signing_key_parameter"):
         _check_pattern(field, getattr(settings, field), _PARAMETER, "an SSM parameter name")
