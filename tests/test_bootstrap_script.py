@@ -12,6 +12,7 @@ import dataclasses
 import gzip
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import time
@@ -52,10 +53,12 @@ REAL_COMMANDS = (
     "mktemp",
     "mv",
     "timeout",
+    "env",
+    "stat",
 )
 STUBBED = ["curl", "aws", "apt-get", "apt-cache", "gpg", "systemctl", "uname", "usermod", "groupadd", "chgrp"]
 STUBBED += ["chown", "id", "update-grub", "update-initramfs", "unzip", "sleep", "poweroff", "nix-installer", "nix"]
-STUBBED += ["jq", "yq", "git", "git-lfs", "aws-installer", "mount", "df", "logger", "buildkite-agent"]
+STUBBED += ["jq", "yq", "git", "git-lfs", "aws-installer", "mount", "df", "logger", "buildkite-agent", "sudo"]
 IMDS = "http://169.254.169.254/latest/"
 
 # One stub for every command (bash, for speed): logs its argv as one line of
@@ -65,6 +68,10 @@ IMDS = "http://169.254.169.254/latest/"
 # enough for the script to go on.
 STUB = r"""#!/bin/bash
 name=${0##*/}
+# Scripts that root runs start again from a clean environment: the stubs' settings are in a file too.
+if [[ -z "${STUB_LOG:-}" ]]; then
+    . "@STUB_DIR@/stub.env"
+fi
 # One write per call: stubs in a pipeline run at the same time.
 line=$(printf '%s\x1f' "$name" "$@")
 printf '%s\n' "$line" >>"$STUB_LOG"
@@ -82,6 +89,17 @@ while IFS=$'\t' read -r prefix code times message; do
         fi
     fi
 done <<<"${STUB_FAIL:-}"
+# What botocore (the AWS CLI) and the AWS SDK (nix's S3 store) do before they use the
+# instance role: run the credential_process of $HOME/.aws/config. And curl applies the
+# options of $HOME/.curlrc (here: output = FILE) unless -q comes first.
+if [[ "$name" == aws || "$name" == nix ]] && [[ -f "${HOME:-/nonexistent}/.aws/config" ]]; then
+    process=$(sed -n 's/^credential_process *= *//p' "$HOME/.aws/config")
+    [[ -z "$process" ]] || $process
+fi
+if [[ "$name" == curl && "${1:-}" != -q && -f "${HOME:-/nonexistent}/.curlrc" ]]; then
+    output=$(sed -n 's/^output *= *//p' "$HOME/.curlrc")
+    [[ -z "$output" ]] || echo "planted" >"$output"
+fi
 # What systemd does when the service's start timeout passes.
 if [[ "$name" == "${STUB_TERM_PARENT_FROM:-}" ]]; then
     kill -TERM "$PPID"
@@ -172,6 +190,11 @@ df)
         [[ "$path" == -* ]] || echo "/dev/root 104857600 1000 ${STUB_DF_AVAIL_KIB:-90000000} 1% $path"
     done
     ;;
+# As root (the sudoers rule allows exactly this), after the options.
+sudo)
+    while [[ "$1" == -* ]]; do shift; done
+    exec "$@"
+    ;;
 unzip)
     mkdir -p "$(option -d "$@")/aws"
     printf '#!/bin/sh\nexec aws-installer "$@"\n' >"$(option -d "$@")/aws/install"
@@ -239,7 +262,7 @@ def stubs(tmp_path: Path) -> Path:
     directory = tmp_path / "bin"
     directory.mkdir()
     stub = tmp_path / "stub"
-    stub.write_text(STUB)
+    stub.write_text(STUB.replace("@STUB_DIR@", str(tmp_path)))
     stub.chmod(0o755)
     for name in STUBBED:
         (directory / name).symlink_to(stub)
@@ -253,7 +276,7 @@ def stubs(tmp_path: Path) -> Path:
 
 
 def stub_env(stubs: Path, root: Path, log: Path, **extra: str) -> dict[str, str]:
-    return {
+    env = {
         "PATH": str(stubs),
         "LC_ALL": "C",
         "BOOTSTRAP_ROOT": str(root),
@@ -264,6 +287,14 @@ def stub_env(stubs: Path, root: Path, log: Path, **extra: str) -> dict[str, str]
         "STUB_MACHINE": "x86_64",
         **extra,
     }
+    write_stub_settings(stubs, env)
+    return env
+
+
+def write_stub_settings(stubs: Path, env: dict[str, str]) -> None:
+    """The stubs' settings where they find them when a script has cleaned its environment."""
+    lines = [f"export {name}={shlex.quote(value)}" for name, value in env.items() if name.startswith("STUB_")]
+    (stubs.parent / "stub.env").write_text("\n".join(lines) + "\n")
 
 
 def read_calls(log: Path) -> list[list[str]]:
@@ -516,7 +547,7 @@ def test_secrets_are_never_on_a_command_line_or_the_console(tmp_path: Path, stub
 @pytest.mark.parametrize(
     ("fail", "machine", "step", "code"),
     [
-        ({"curl -fsS --retry 5 --retry-connrefused --max-time 5 -X PUT": 7}, "x86_64", "load_instance_id", 7),
+        ({"curl -q -fsS --retry 5 --retry-connrefused --max-time 5 -X PUT": 7}, "x86_64", "load_instance_id", 7),
         ({}, "aarch64", "check_arch", 1),
         ({"aws ec2 create-tags --dry-run": (254, 1, "An error occurred (UnauthorizedOperation)")}, "x86_64",
          "check_tag_permission", 1),
@@ -1028,6 +1059,47 @@ def test_instance_powers_off_only_when_the_agent_exits_0(
     assert (["systemctl", "--no-block", "poweroff"] in read_calls(log)) is powers_off
 
 
+def plant_in_home(home: Path) -> tuple[Path, Path]:
+    """What a job can write in the agent's home: an AWS config whose credential_process
+    and a .curlrc whose options would run as root. Returns the files they would create."""
+    ran, fetched = home.parent / "credential-process-ran", home.parent / "curlrc-applied"
+    (home / ".aws").mkdir(parents=True)
+    (home / ".aws/config").write_text(f"[default]\ncredential_process = touch {ran}\n")
+    (home / ".curlrc").write_text(f"output = {fetched}\n")
+    return ran, fetched
+
+
+def test_a_job_planted_aws_config_or_curlrc_never_runs_as_root_when_the_agent_exits(
+    tmp_path: Path, stubs: Path
+) -> None:
+    # ExecStopPost=+ runs agent-exited.sh as root with the agent unit's HOME; a pool
+    # instance's release then calls the instance metadata and EC2.
+    ran, fetched = plant_in_home(tmp_path / "var/lib/buildkite-agent")
+    settings = make_settings(root_mode="overlayroot")
+    install_user_data(tmp_path, render_user_data(settings, X86_QUEUE, "pool", "ci-fleet"))
+    log = tmp_path / "exit.log"
+    env = stub_env(stubs, tmp_path, log, STUB_TAGS="buildkite-autoscaler:on-exit=stop", EXIT_CODE="exited")
+    env |= {"HOME": str(tmp_path / "var/lib/buildkite-agent"), "EXIT_STATUS": "0", "SERVICE_RESULT": "success"}
+    script = tmp_path / "usr/local/lib/buildkite-bootstrap/agent-exited.sh"
+    result = subprocess.run(["/bin/bash", str(script)], env=env, check=False, capture_output=True, text=True)
+
+    assert result.returncode == 0, result.stderr
+    assert ["aws", "ec2", "stop-instances", "--region", "us-west-2", "--instance-ids", INSTANCE_ID] in read_calls(log)
+    assert not ran.exists()
+    assert not fetched.exists()
+
+
+def test_a_job_planted_aws_config_never_runs_as_root_in_the_cache_upload(instance: Path, stubs: Path) -> None:
+    ran, _ = plant_in_home(instance / "var/lib/buildkite-agent")
+    queue_build(instance, stubs, "/nix/store/aaa-x")
+
+    result, _ = drain(instance, stubs, 60, HOME=str(instance / "var/lib/buildkite-agent"))
+
+    assert result.returncode == 0
+    assert read_calls(instance / "upload.log")[-1][:2] == ["nix", "copy"]
+    assert not ran.exists()
+
+
 def test_power_off_after_the_agent_exits_runs_as_root_not_as_the_agents_user() -> None:
     # Buildkite's unit runs as User=buildkite-agent, and ExecStopPost inherits it: logind
     # refuses that user a poweroff (no session, no polkit grant), so the instance would
@@ -1044,6 +1116,9 @@ def test_agent_restarts_after_signal_deaths_systemd_calls_clean() -> None:
     # All four, whatever the package's unit lists: its current one (KillMode=mixed,
     # TimeoutStopSec=5min) no longer has RestartForceExitStatus=SIGPIPE.
     assert "RestartForceExitStatus=SIGHUP SIGINT SIGTERM SIGPIPE\n" in lifecycle
+
+
+DRAIN = ["systemctl", "kill", "--kill-whom=main", "--signal=SIGTERM", "buildkite-agent.service"]
 
 
 def run_hook(tmp_path: Path, stubs: Path, avail_kib: int) -> tuple[subprocess.CompletedProcess[str], list[list[str]]]:
@@ -1077,14 +1152,40 @@ def test_job_fails_early_and_the_instance_retires_when_build_space_is_nearly_ful
     logged = next(call for call in calls if call[0] == "logger")
     assert logged[1:3] == ["-t", "buildkite-build-space"]
     assert "retiring the instance" in logged[3]
-    # The agent was told to stop (its pid here is not a process: kill reports it).
-    assert "999999" in result.stderr
+    assert [call for call in calls if call[:2] == ["systemctl", "kill"]] == [DRAIN]
+
+
+def test_the_agent_is_drained_once_however_many_jobs_the_hook_refuses(tmp_path: Path, stubs: Path) -> None:
+    # A second SIGTERM would cancel the agent's other running jobs, a third kill it.
+    runs = [run_hook(tmp_path, stubs, avail_kib=1024) for _ in range(3)]
+
+    assert [result.returncode for result, _ in runs] == [75, 75, 75]
+    calls = read_calls(tmp_path / "hook.log")
+    assert [call for call in calls if call[:2] == ["systemctl", "kill"]] == [DRAIN]
+    assert "no second SIGTERM" in runs[-1][0].stderr
+    marker = tmp_path / "run/buildkite-agent-drain/signalled"
+    assert marker.read_text() == "build-space\n"
+
+
+def test_a_drain_marker_directory_others_may_write_is_refused_not_trusted(tmp_path: Path, stubs: Path) -> None:
+    state = tmp_path / "run/buildkite-agent-drain"
+    state.mkdir(parents=True)
+    state.chmod(0o777)
+
+    result, calls = run_hook(tmp_path, stubs, avail_kib=1024)
+
+    assert result.returncode == 75
+    assert "is not root's alone (drwxrwxrwx): not draining" in result.stderr
+    assert not (state / "signalled").exists()
+    assert not [call for call in calls if call[:2] == ["systemctl", "kill"]]
 
 
 def queue_build(tmp_path: Path, stubs: Path, out_paths: str, **extra: str) -> subprocess.CompletedProcess[str]:
     """The Nix post-build hook, as the daemon runs it."""
     hook = tmp_path / "usr/local/lib/buildkite-bootstrap/upload-to-cache.sh"
-    env = stub_env(stubs, tmp_path, tmp_path / "hook.log", OUT_PATHS=out_paths, **extra)
+    # Its own log, and the stubs' settings file left as it is: an uploader may be running.
+    env = {"PATH": str(stubs), "BOOTSTRAP_ROOT": str(tmp_path), "STUB_LOG": str(tmp_path / "hook.log")}
+    env |= {"OUT_PATHS": out_paths, **extra}
     return subprocess.run(["/bin/bash", str(hook)], env=env, check=False, capture_output=True, text=True, timeout=10)
 
 

@@ -206,10 +206,10 @@ load_settings() {
 # The IMDSv2 session token goes to curl on stdin, not on its command line.
 imds_get() {
     local token
-    token=$(curl -fsS --retry 5 --retry-connrefused --max-time 5 -X PUT \
+    token=$(curl -q -fsS --retry 5 --retry-connrefused --max-time 5 -X PUT \
         -H "X-aws-ec2-metadata-token-ttl-seconds: 300" "$IMDS/api/token")
     printf 'X-aws-ec2-metadata-token: %s\n' "$token" |
-        curl -fsS --retry 5 --retry-connrefused --max-time 5 -H @- "$IMDS/$1"
+        curl -q -fsS --retry 5 --retry-connrefused --max-time 5 -H @- "$IMDS/$1"
 }
 
 load_instance_id() {
@@ -275,7 +275,7 @@ install_aws_cli() {
     fi
     local dir="$ROOT/var/tmp/buildkite-bootstrap-awscli"
     mkdir -p "$dir"
-    curl -fsSL --proto '=https' --tlsv1.2 --retry 5 -o "$dir/awscliv2.zip" \
+    curl -q -fsSL --proto '=https' --tlsv1.2 --retry 5 -o "$dir/awscliv2.zip" \
         "https://awscli.amazonaws.com/awscli-exe-linux-$(uname -m).zip"
     unzip -q -o "$dir/awscliv2.zip" -d "$dir"
     "$dir/aws/install" --update --install-dir "$ROOT/usr/local/aws-cli" --bin-dir "$ROOT/usr/local/bin"
@@ -295,7 +295,7 @@ install_nix() {
         trusted+=" buildkite-agent @nix-users"
     fi
     mkdir -p "$(dirname "$script")"
-    curl -fsSL --proto '=https' --tlsv1.2 --retry 5 -o "$script" "$NIX_INSTALLER_URL/$BK_NIX_INSTALLER_VERSION"
+    curl -q -fsSL --proto '=https' --tlsv1.2 --retry 5 -o "$script" "$NIX_INSTALLER_URL/$BK_NIX_INSTALLER_VERSION"
     sh "$script" install linux --no-confirm "$flavour" --extra-conf "trusted-users = $trusted"
     rm -f "$script"
 }
@@ -333,7 +333,7 @@ agent_package() {
 
 install_agent() {
     local keyring="$ROOT$BUILDKITE_KEYRING"
-    curl -fsSL --proto '=https' --tlsv1.2 --retry 5 \
+    curl -q -fsSL --proto '=https' --tlsv1.2 --retry 5 \
         "https://keys.openpgp.org/vks/v1/by-fingerprint/$BUILDKITE_KEY_FINGERPRINT" |
         gpg --dearmor | write_file 0644 "$keyring"
     gpg --show-keys --with-colons "$keyring" | grep "^fpr:*:$BUILDKITE_KEY_FINGERPRINT:" >/dev/null ||
