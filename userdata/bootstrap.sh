@@ -64,7 +64,8 @@ BUILDKITE_KEY_FINGERPRINT="32A37959C2FA5C3C99EFBC32A79206696452D198"
 BUILDKITE_KEYRING="/usr/share/keyrings/buildkite-agent-archive-keyring.gpg"
 NIXOS_CACHE_KEY="cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="
 DEFAULT_USER="ubuntu"
-PACKAGES=(curl ca-certificates gpg dbus jq yq git git-lfs git-filter-repo pciutils openssl unzip)
+# sudo: the build-space hook drains the agent through it (drain-agent.sh).
+PACKAGES=(curl ca-certificates gpg dbus jq yq git git-lfs git-filter-repo pciutils openssl unzip sudo)
 # The dpkg frontend lock is waited for; the lists and archives locks are not
 # (see apt_get), and apt-daily may hold them on a fresh instance.
 APT_GET=(apt-get -q -y -o DPkg::Lock::Timeout=600)
