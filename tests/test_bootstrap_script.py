@@ -333,7 +333,7 @@ def run_script(
     machine: str = "x86_64",
     fail: dict[str, Fail] | None = None,
     root_type: str = "ext4",
-    madison: str = "",
+    madison: str = MADISON,
     term_from: str = "",
     **extra: str,
 ) -> Run:
@@ -768,6 +768,31 @@ def test_stock_boot_installs_the_packages_itself_and_the_pinned_agent(tmp_path: 
     assert (run.root / "etc/buildkite-agent/hooks/environment").stat().st_mode & 0o111
 
 
+def test_by_default_the_stock_boot_installs_the_newest_agent_of_major_3_not_4(tmp_path: Path, stubs: Path) -> None:
+    madison = "\n".join(
+        f" buildkite-agent | {version} | https://apt.buildkite.com/buildkite-agent stable/main amd64 Packages"
+        for version in ("4.0.2-7001", "4.0.0-6990", "3.138.0-6100", "3.137.1-6050", "33.0.0-1")
+    )
+    run = boot(tmp_path, stubs, mode="prepare", madison=madison)
+
+    assert run.returncode == 0, run.console
+    installs = [call for call in run.calls if call[0] == "apt-get" and "install" in call]
+    assert installs[-1][-1] == "buildkite-agent=3.138.0-6100"
+
+
+V3_OPTIONS = REPO / "tests/data/buildkite-agent-v3-start-options.txt"
+
+
+@pytest.mark.parametrize("role", ["burst", "floor", "pool"])
+def test_the_agent_config_holds_only_keys_agent_3_documents(tmp_path: Path, stubs: Path, role: str) -> None:
+    documented = {line for line in V3_OPTIONS.read_text().splitlines() if line and not line.startswith("#")}
+    run = boot(tmp_path, stubs, role=role, STUB_TAGS="buildkite-autoscaler:started-at=2026-12-05T05:00:00Z")
+
+    assert run.returncode == 0, run.console
+    assert set(agent_config(run)) <= documented
+    assert {"token", "spawn", "tags", "disconnect-after-uptime"} <= set(agent_config(run))
+
+
 @pytest.mark.parametrize("mode", ["prepare", "install"])
 def test_apt_never_waits_for_needrestart_nor_lets_it_restart_services(tmp_path: Path, stubs: Path, mode: str) -> None:
     # Ubuntu 24.04's needrestart hook runs after each apt-get; DEBIAN_FRONTEND does not cover it.
@@ -1113,8 +1138,7 @@ def test_power_off_after_the_agent_exits_runs_as_root_not_as_the_agents_user() -
 def test_agent_restarts_after_signal_deaths_systemd_calls_clean() -> None:
     lifecycle = (REPO / "userdata/agent-lifecycle.conf").read_text()
 
-    # All four, whatever the package's unit lists: its current one (KillMode=mixed,
-    # TimeoutStopSec=5min) no longer has RestartForceExitStatus=SIGPIPE.
+    # All four: the package's unit (TimeoutStopSec=0, KillMode=process) lists SIGPIPE only.
     assert "RestartForceExitStatus=SIGHUP SIGINT SIGTERM SIGPIPE\n" in lifecycle
 
 

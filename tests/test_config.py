@@ -46,6 +46,8 @@ def test_defaults() -> None:
     assert (loaded.user_data.root_mode, loaded.user_data.nix_determinate) == ("ebs", True)
     assert (loaded.user_data.nix_installer_version, loaded.user_data.nix_trust_jobs) == ("v3.21.2", False)
     assert (loaded.user_data.root_tmpfs_size, loaded.user_data.min_free_space_gib) == ("75%", 5)
+    # The newest release of the major the product is written for, never a new major unasked.
+    assert loaded.user_data.agent_version == "3"
 
 
 def test_instance_settings_from_the_environment() -> None:

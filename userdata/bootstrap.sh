@@ -23,8 +23,8 @@
 # Image bake interface (the Image Builder component):
 #   1. write the files where the cloud-config's write_files puts them;
 #   2. write /etc/buildkite-bootstrap/settings.env with the install settings
-#      (INSTALL_SETTINGS below, plus BK_NIX_TRUST_JOBS and BK_AGENT_VERSION,
-#      which should be pinned);
+#      (INSTALL_SETTINGS below, BK_AGENT_VERSION a major version or an exact
+#      release, plus BK_NIX_TRUST_JOBS);
 #   3. run `buildkite-bootstrap install`. It fails if it finds a secret or a
 #      completed bootstrap on the disk; it exits non-zero and never powers
 #      off or tags (only `prepare` and `run` do);
@@ -72,7 +72,7 @@ APT_GET=(apt-get -q -y -o DPkg::Lock::Timeout=600)
 APT_LOCK_RETRIES=60
 # The CLI retries each call itself; these are for an outage longer than its retries.
 TAG_CHECK_ATTEMPTS=3
-INSTALL_SETTINGS=(BK_ROOT_MODE BK_NIX_INSTALLER_VERSION BK_NIX_DETERMINATE BK_CACHE_BUCKET
+INSTALL_SETTINGS=(BK_ROOT_MODE BK_NIX_INSTALLER_VERSION BK_NIX_DETERMINATE BK_AGENT_VERSION BK_CACHE_BUCKET
     BK_CACHE_REGION BK_CACHE_PUBLIC_KEY)
 BOOT_SETTINGS=(BK_QUEUE BK_ARCH BK_FLEET BK_ROLE BK_REGION BK_AGENT_TOKEN_PARAMETER
     BK_SSH_KEY_PARAMETER BK_SIGNING_KEY_PARAMETER BK_AGENTS_PER_INSTANCE BK_BOOTSTRAP_TAG
@@ -317,17 +317,18 @@ configure_nix_cache() {
     systemctl restart nix-daemon.service
 }
 
-# With a pinned version, pick the repository's build of it (3.87.0 -> 3.87.0-5805).
+# The repository's newest build of the pinned major version (3 -> 3.138.0-6100;
+# madison lists the newest first) or of an exact version (3.87.0 -> 3.87.0-5805):
+# a new major never reaches an instance unasked.
 agent_package() {
-    if [[ -z "${BK_AGENT_VERSION:-}" ]]; then
-        printf 'buildkite-agent\n'
-        return 0
+    local version major=""
+    if [[ "$BK_AGENT_VERSION" =~ ^[0-9]+$ ]]; then
+        major=1
     fi
-    local version
     # awk reads all its input: exiting early would fail apt-cache with SIGPIPE.
     version=$(apt-cache madison buildkite-agent |
-        awk -F' *[|] *' -v want="$BK_AGENT_VERSION" \
-            '!found && ($2 == want || index($2, want "-") == 1) { print $2; found = 1 }')
+        awk -F' *[|] *' -v want="$BK_AGENT_VERSION" -v major="$major" \
+            '!found && ($2 == want || index($2, want (major ? "." : "-")) == 1) { print $2; found = 1 }')
     [[ -n "$version" ]] || die "buildkite-agent $BK_AGENT_VERSION is not in apt.buildkite.com"
     printf 'buildkite-agent=%s\n' "$version"
 }

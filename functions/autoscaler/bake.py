@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autoscaler.config import DEFAULT_NIX_INSTALLER_VERSION, ROOT_MODES, InstallSettings
+from autoscaler.config import AGENT_MAJOR_VERSION, DEFAULT_NIX_INSTALLER_VERSION, ROOT_MODES, InstallSettings
 from autoscaler.userdata import TEMPLATE, install_values, instance_file, settings_env, userdata_dir
 
 SETTINGS_PATH = "etc/buildkite-bootstrap/settings.env"
@@ -116,7 +116,7 @@ class BakeSettings(InstallSettings):
             cache_public_key=_string(raw, "cache_public_key"),
             root_mode=root_mode,
             nix_determinate=determinate,
-            agent_version=str(raw.get("agent_version", "")),
+            agent_version=str(raw.get("agent_version") or AGENT_MAJOR_VERSION),
             nix_installer_version=str(raw.get("nix_installer_version") or DEFAULT_NIX_INSTALLER_VERSION),
             nix_trust_jobs=trust_jobs,
             warm_nix_paths=warm,
