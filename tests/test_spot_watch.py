@@ -237,6 +237,9 @@ def test_after_the_build_space_hook_drained_the_agent_a_spot_notice_sends_no_sec
 
     assert instance.wait(8) == 0
     assert [call for _, call in instance.signals()] == [QUIT]
+    assert instance.process is not None
+    output = instance.process.communicate()[0]
+    assert output.count("the agent is draining already (build-space): no second SIGTERM") == 1
 
 
 def test_a_rebalance_recommendation_stops_new_jobs_once_and_is_counted(instance: Instance) -> None:

@@ -64,6 +64,15 @@ once() {
     touch "$STATE/$1"
 }
 
+# drain_once REASON: drain-agent.sh until it has drained the agent (now, or
+# the build-space hook before); asked once more every round, it would say
+# so on the console every 5 s.
+drain_once() {
+    [[ ! -e "$STATE/drained" ]] || return 0
+    "$DRAIN" "$1" || return 0
+    touch "$STATE/drained"
+}
+
 # cancel_once: SIGQUIT to the agent's main process, once; false (try again
 # next round) while the agent is not running.
 cancel_once() {
@@ -79,7 +88,7 @@ on_rebalance() {
         log "rebalance recommendation: draining the agent"
         count RebalanceRecommendations
     fi
-    "$DRAIN" spot-rebalance || true
+    drain_once spot-rebalance
 }
 
 # on_notice TIME: the instance is terminated at TIME (ISO 8601, UTC).
@@ -97,7 +106,7 @@ on_notice() {
         touch "$STATE/reclaimed"
         count InterruptionNotices
     fi
-    "$DRAIN" spot-interruption || true
+    drain_once spot-interruption
     if (($(date -u +%s) >= deadline)) && cancel_once; then
         exit 0
     fi
