@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from threading import Thread
+from threading import Condition, Thread
 
 import pytest
 from tests.test_bootstrap_script import X86_QUEUE, install_user_data, make_settings
@@ -59,7 +59,13 @@ class FakeImds:
     rebalance: dict[str, str] | None = None
     action: dict[str, str] | None = None
     polls: list[str] = field(default_factory=list)
+    polled: Condition = field(default_factory=Condition)
     headers: list[str] = field(default_factory=list)
+
+    def wait_for_polls(self, path: str, count: int, seconds: float = 20) -> bool:
+        """Until `path` was asked `count` times: an event, however loaded the machine."""
+        with self.polled:
+            return self.polled.wait_for(lambda: self.polls.count(path) >= count, timeout=seconds)
 
     def document(self, path: str) -> str | None:
         return {
@@ -80,7 +86,9 @@ def serve(imds: FakeImds) -> ThreadingHTTPServer:
             if self.headers.get("X-aws-ec2-metadata-token") != "session-token":
                 self.reply(401, "")
                 return
-            imds.polls.append(self.path)
+            with imds.polled:
+                imds.polls.append(self.path)
+                imds.polled.notify_all()
             document = imds.document(self.path)
             self.reply(404 if document is None else 200, document or "")
 
@@ -191,20 +199,19 @@ def notice_in(seconds: int) -> tuple[float, dict[str, str]]:
 def test_no_notice_sends_nothing(instance: Instance) -> None:
     instance.start()
 
-    assert instance.wait(1.5) is None
+    assert instance.imds.wait_for_polls("/latest/meta-data/spot/instance-action", 3)
+    assert instance.wait(0) is None
     assert instance.calls() == []
-    assert instance.imds.polls.count("/latest/meta-data/spot/instance-action") >= 3
 
 
 def test_the_console_gets_no_line_while_nothing_happens(instance: Instance) -> None:
     # IMDS answers 404 until an event; EC2 keeps only the console's last 64 KiB.
     instance.start()
-    assert instance.wait(1.5) is None
+    assert instance.imds.wait_for_polls("/latest/meta-data/spot/instance-action", 3)
     assert instance.process is not None
     instance.process.terminate()
     output, _ = instance.process.communicate(timeout=5)
 
-    assert instance.imds.polls.count("/latest/meta-data/spot/instance-action") >= 3
     assert output.splitlines() == [
         "spot-interruption-watch: watching for rebalance recommendations and interruption notices"
     ]
