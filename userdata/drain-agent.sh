@@ -10,6 +10,7 @@
 # keep the spot watcher from draining, nor remove it.
 #
 # Exit 0: sent now or before. Exit 1: no agent runs yet (ask again later).
+# Exit 2: the marker's directory is not root's alone (never drains).
 
 # shellcheck source=userdata/root-environment.sh
 . "${BOOTSTRAP_ROOT:-}/usr/local/lib/buildkite-bootstrap/root-environment.sh"

@@ -64,13 +64,16 @@ once() {
     touch "$STATE/$1"
 }
 
-# drain_once REASON: drain-agent.sh until it has drained the agent (now, or
-# the build-space hook before); asked once more every round, it would say
-# so on the console every 5 s.
+# drain_once REASON: drain-agent.sh until it has answered for good (drained
+# now or before, or refused its marker's directory); asked again every round,
+# it would say so on the console every 5 s. It answers 1 while no agent runs.
 drain_once() {
     [[ ! -e "$STATE/drained" ]] || return 0
-    "$DRAIN" "$1" || return 0
-    touch "$STATE/drained"
+    local rc=0
+    "$DRAIN" "$1" || rc=$?
+    if ((rc != 1)); then
+        touch "$STATE/drained"
+    fi
 }
 
 # cancel_once: SIGQUIT to the agent's main process, once; false (try again
