@@ -622,6 +622,17 @@ def test_ec2_back_within_the_retries_lets_the_boot_complete(tmp_path: Path, stub
     assert run.aws_calls()[-1][8] == "Key=buildkite-autoscaler:bootstrap,Value=complete"
 
 
+def test_a_complete_tag_ec2_did_not_take_is_named_as_what_it_was_not_as_a_refusal(tmp_path: Path, stubs: Path) -> None:
+    fail: dict[str, Fail] = {"aws ec2 create-tags --region": (255, 9, NO_ENDPOINT)}
+    run = boot(tmp_path, stubs, fail=fail)
+
+    assert run.returncode == 1
+    assert "REFUSED" not in run.console
+    assert f"FAILED step=mark_complete exit=1: could not tag {INSTANCE_ID} buildkite-autoscaler:bootstrap=complete" in (
+        run.console
+    )
+
+
 def test_an_agent_that_retires_during_its_start_checks_is_no_failure(tmp_path: Path, stubs: Path) -> None:
     # The build-space hook drained it on its first job: it exited 0, and agent-exited.sh powers off.
     run = boot(tmp_path, stubs, fail={"systemctl is-active": 3}, STUB_AGENT_EXIT="1 0")

@@ -110,14 +110,33 @@ run_step() {
     "$STEP"
 }
 
+# refused ERRORS: the AWS CLI's errors in the file ERRORS are EC2's refusal of
+# the call; a network error or a throttle is not one.
+refused() {
+    grep -qE 'UnauthorizedOperation|AccessDenied' "$1"
+}
+
+# last_error ERRORS: the last line of the AWS CLI's errors, for a failure line.
+last_error() {
+    awk 'NF { last = $0 } END { print last }' "$1"
+}
+
 # tag_instance STATE [TAG...]: a refused call is named on the console, so an
 # IAM grant that does not apply is found from the reaper's log.
 tag_instance() {
-    local state=$1
+    local state=$1 errors="$ROOT/var/tmp/buildkite-bootstrap-create-tags.err"
     shift
-    aws ec2 create-tags --region "$BK_REGION" --resources "$INSTANCE_ID" \
-        --tags "Key=$BK_BOOTSTRAP_TAG,Value=$state" "$@" ||
+    mkdir -p "$(dirname "$errors")"
+    if aws ec2 create-tags --region "$BK_REGION" --resources "$INSTANCE_ID" \
+        --tags "Key=$BK_BOOTSTRAP_TAG,Value=$state" "$@" 2>"$errors"; then
+        rm -f "$errors"
+        return 0
+    fi
+    cat "$errors" >&2
+    if refused "$errors"; then
         die "REFUSED: ec2:CreateTags on $INSTANCE_ID ($BK_BOOTSTRAP_TAG=$state): check the agent role's CreateTags grant"
+    fi
+    die "could not tag $INSTANCE_ID $BK_BOOTSTRAP_TAG=$state: $(last_error "$errors")"
 }
 
 # ERR trap: report the failing step, tag the instance failed, power off.
@@ -497,7 +516,7 @@ check_tag_permission() {
             return 0
         fi
         cat "$errors" >&2
-        if grep -qE 'UnauthorizedOperation|AccessDenied' "$errors"; then
+        if refused "$errors"; then
             die "REFUSED: ec2:CreateTags on $INSTANCE_ID ($BK_BOOTSTRAP_TAG, $BK_READY_AT_TAG, $BK_AGENT_VERSION_TAG, $BK_NIX_VERSION_TAG): the instance could never report complete"
         fi
         if ((attempt < TAG_CHECK_ATTEMPTS)); then
@@ -505,7 +524,7 @@ check_tag_permission() {
             sleep 10
         fi
     done
-    die "could not check ec2:CreateTags on $INSTANCE_ID: $(awk 'NF { last = $0 } END { print last }' "$errors")"
+    die "could not check ec2:CreateTags on $INSTANCE_ID: $(last_error "$errors")"
 }
 
 # read_secret PARAMETER FILE: the value goes from the AWS CLI straight into a
