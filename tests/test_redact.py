@@ -164,3 +164,30 @@ def test_a_tail_led_by_a_failure_keeps_to_its_length_in_characters() -> None:
 
     assert len(tail) <= TAIL_CHARS
     assert tail.startswith("buildkite-bootstrap: FAILED step=start_agent exit=1: ")
+
+
+@pytest.mark.parametrize("prefix", ["bkua_", "bkat_", "bkct_", "bkjat_"])
+def test_every_buildkite_token_prefix_is_redacted_with_no_name_before_it(prefix: str) -> None:
+    token = prefix + JOB_TOKEN.removeprefix("bkjat_")
+
+    assert redact(f"registered with {token} at 05:00") == f"registered with {MARK} at 05:00"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        # The session token the agent gets at registration and hands its jobs.
+        f"BUILDKITE_AGENT_ACCESS_TOKEN={HEX_TOKEN}",
+        # An unclustered registration token in the agent's config, and a cluster one.
+        f'token="{HEX_TOKEN}"',
+        f'token="{AGENT_TOKEN}"',
+        f"POST /v3/register Authorization: Token {JOB_TOKEN}",
+    ],
+)
+def test_agent_registration_and_session_tokens_are_redacted(line: str) -> None:
+    redacted = redact(line)
+
+    assert HEX_TOKEN not in redacted
+    assert AGENT_TOKEN not in redacted
+    assert JOB_TOKEN.split(".")[1] not in redacted
+    assert MARK in redacted
