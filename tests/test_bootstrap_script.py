@@ -1200,6 +1200,8 @@ def test_the_agent_is_drained_once_however_many_jobs_the_hook_refuses(tmp_path: 
     assert "no second SIGTERM" in runs[-1][0].stderr
     marker = tmp_path / "run/buildkite-agent-drain/signalled"
     assert marker.read_text() == "build-space\n"
+    # Only its owner (root, on an instance) may write there: no job can create the marker first.
+    assert marker.parent.stat().st_mode & 0o777 == 0o755
 
 
 def test_a_drain_marker_directory_others_may_write_is_refused_not_trusted(tmp_path: Path, stubs: Path) -> None:
