@@ -247,6 +247,20 @@ def test_the_command_line_installs_marks_and_checks_without_third_party_packages
     assert "build settings must be a JSON object" in bad.stderr
 
 
+def test_marking_the_image_empties_the_build_instances_machine_id(tmp_path: Path) -> None:
+    root, stubs = tmp_path / "root", tmp_path / "bin"
+    stub(stubs, "buildkite-agent", "buildkite-agent version 3.87.0, build 5805")
+    stub(stubs, "nix", "nix (Nix) 2.28.3")
+    plant(root, "etc/machine-id", "3f1a9c0e7d2b4a6f8e1c3b5d7a9f0e2c\n")
+
+    marked = bake_cli(root, "mark", "--image-arn", ARN, path=str(stubs))
+
+    assert marked.returncode == 0, marked.stderr
+    machine_id = root / "etc/machine-id"
+    assert machine_id.is_file()
+    assert machine_id.read_bytes() == b""
+
+
 # ----------------------------------------------------------------- the component in the template
 
 

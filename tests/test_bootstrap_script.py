@@ -12,6 +12,7 @@ import dataclasses
 import gzip
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import time
@@ -52,10 +53,12 @@ REAL_COMMANDS = (
     "mktemp",
     "mv",
     "timeout",
+    "env",
+    "stat",
 )
 STUBBED = ["curl", "aws", "apt-get", "apt-cache", "gpg", "systemctl", "uname", "usermod", "groupadd", "chgrp"]
 STUBBED += ["chown", "id", "update-grub", "update-initramfs", "unzip", "sleep", "poweroff", "nix-installer", "nix"]
-STUBBED += ["jq", "yq", "git", "git-lfs", "aws-installer", "mount", "df", "logger", "buildkite-agent"]
+STUBBED += ["jq", "yq", "git", "git-lfs", "aws-installer", "mount", "df", "logger", "buildkite-agent", "sudo"]
 IMDS = "http://169.254.169.254/latest/"
 
 # One stub for every command (bash, for speed): logs its argv as one line of
@@ -65,6 +68,10 @@ IMDS = "http://169.254.169.254/latest/"
 # enough for the script to go on.
 STUB = r"""#!/bin/bash
 name=${0##*/}
+# Scripts that root runs start again from a clean environment: the stubs' settings are in a file too.
+if [[ -z "${STUB_LOG:-}" ]]; then
+    . "@STUB_DIR@/stub.env"
+fi
 # One write per call: stubs in a pipeline run at the same time.
 line=$(printf '%s\x1f' "$name" "$@")
 printf '%s\n' "$line" >>"$STUB_LOG"
@@ -82,6 +89,17 @@ while IFS=$'\t' read -r prefix code times message; do
         fi
     fi
 done <<<"${STUB_FAIL:-}"
+# What botocore (the AWS CLI) and the AWS SDK (nix's S3 store) do before they use the
+# instance role: run the credential_process of $HOME/.aws/config. And curl applies the
+# options of $HOME/.curlrc (here: output = FILE) unless -q comes first.
+if [[ "$name" == aws || "$name" == nix ]] && [[ -f "${HOME:-/nonexistent}/.aws/config" ]]; then
+    process=$(sed -n 's/^credential_process *= *//p' "$HOME/.aws/config")
+    [[ -z "$process" ]] || $process
+fi
+if [[ "$name" == curl && "${1:-}" != -q && -f "${HOME:-/nonexistent}/.curlrc" ]]; then
+    output=$(sed -n 's/^output *= *//p' "$HOME/.curlrc")
+    [[ -z "$output" ]] || echo "planted" >"$output"
+fi
 # What systemd does when the service's start timeout passes.
 if [[ "$name" == "${STUB_TERM_PARENT_FROM:-}" ]]; then
     kill -TERM "$PPID"
@@ -152,6 +170,16 @@ aws)
     fi
     ;;
 apt-cache) printf '%s\n' "$STUB_MADISON" ;;
+# How the agent's last run ended (STUB_AGENT_EXIT "code status"; never ran by default).
+systemctl)
+    if [[ "$1" == show ]]; then
+        read -r main_code main_status <<<"${STUB_AGENT_EXIT:-0 0}"
+        case "$2" in
+        *ExecMainCode) echo "$main_code" ;;
+        *ExecMainStatus) echo "$main_status" ;;
+        esac
+    fi
+    ;;
 apt-get)
     echo "NEEDRESTART_SUSPEND=${NEEDRESTART_SUSPEND-} NEEDRESTART_MODE=${NEEDRESTART_MODE-}" >>"$STUB_LOG.apt-env"
     ;;
@@ -161,6 +189,11 @@ df)
     for path in "$@"; do
         [[ "$path" == -* ]] || echo "/dev/root 104857600 1000 ${STUB_DF_AVAIL_KIB:-90000000} 1% $path"
     done
+    ;;
+# As root (the sudoers rule allows exactly this), after the options.
+sudo)
+    while [[ "$1" == -* ]]; do shift; done
+    exec "$@"
     ;;
 unzip)
     mkdir -p "$(option -d "$@")/aws"
@@ -229,7 +262,7 @@ def stubs(tmp_path: Path) -> Path:
     directory = tmp_path / "bin"
     directory.mkdir()
     stub = tmp_path / "stub"
-    stub.write_text(STUB)
+    stub.write_text(STUB.replace("@STUB_DIR@", str(tmp_path)))
     stub.chmod(0o755)
     for name in STUBBED:
         (directory / name).symlink_to(stub)
@@ -243,7 +276,7 @@ def stubs(tmp_path: Path) -> Path:
 
 
 def stub_env(stubs: Path, root: Path, log: Path, **extra: str) -> dict[str, str]:
-    return {
+    env = {
         "PATH": str(stubs),
         "LC_ALL": "C",
         "BOOTSTRAP_ROOT": str(root),
@@ -254,6 +287,14 @@ def stub_env(stubs: Path, root: Path, log: Path, **extra: str) -> dict[str, str]
         "STUB_MACHINE": "x86_64",
         **extra,
     }
+    write_stub_settings(stubs, env)
+    return env
+
+
+def write_stub_settings(stubs: Path, env: dict[str, str]) -> None:
+    """The stubs' settings where they find them when a script has cleaned its environment."""
+    lines = [f"export {name}={shlex.quote(value)}" for name, value in env.items() if name.startswith("STUB_")]
+    (stubs.parent / "stub.env").write_text("\n".join(lines) + "\n")
 
 
 def read_calls(log: Path) -> list[list[str]]:
@@ -292,7 +333,7 @@ def run_script(
     machine: str = "x86_64",
     fail: dict[str, Fail] | None = None,
     root_type: str = "ext4",
-    madison: str = "",
+    madison: str = MADISON,
     term_from: str = "",
     **extra: str,
 ) -> Run:
@@ -506,7 +547,7 @@ def test_secrets_are_never_on_a_command_line_or_the_console(tmp_path: Path, stub
 @pytest.mark.parametrize(
     ("fail", "machine", "step", "code"),
     [
-        ({"curl -fsS --retry 5 --retry-connrefused --max-time 5 -X PUT": 7}, "x86_64", "load_instance_id", 7),
+        ({"curl -q -fsS --retry 5 --retry-connrefused --max-time 5 -X PUT": 7}, "x86_64", "load_instance_id", 7),
         ({}, "aarch64", "check_arch", 1),
         ({"aws ec2 create-tags --dry-run": (254, 1, "An error occurred (UnauthorizedOperation)")}, "x86_64",
          "check_tag_permission", 1),
@@ -548,6 +589,77 @@ def test_refused_tag_permission_is_named_and_no_job_is_ever_taken(tmp_path: Path
     assert not [call for call in run.calls if call[:2] == ["systemctl", "start"]]
     assert not [call for call in run.calls if call[:2] == ["aws", "ssm"]]
     assert run.calls[-1] == ["systemctl", "--no-block", "poweroff"]
+
+
+def test_the_failure_line_says_why_and_is_the_last_before_the_power_off(tmp_path: Path, stubs: Path) -> None:
+    refused = "An error occurred (UnauthorizedOperation) when calling the CreateTags operation"
+    run = boot(tmp_path, stubs, fail={"aws ec2 create-tags": (254, 9, refused)})
+
+    *_, failure, power_off = run.console.rstrip("\n").split("\n")
+    assert failure.startswith("buildkite-bootstrap: FAILED step=check_tag_permission exit=1: REFUSED: ec2:CreateTags")
+    assert power_off == "buildkite-bootstrap: powering off"
+
+
+NO_ENDPOINT = 'Could not connect to the endpoint URL: "https://ec2.us-west-2.amazonaws.com/"'
+
+
+def test_ec2_out_of_reach_is_retried_and_fails_as_itself_not_as_a_refusal(tmp_path: Path, stubs: Path) -> None:
+    run = boot(tmp_path, stubs, fail={"aws ec2 create-tags --dry-run": (255, 9, NO_ENDPOINT)})
+
+    assert run.returncode == 1
+    assert "REFUSED" not in run.console
+    assert f"FAILED step=check_tag_permission exit=1: could not check ec2:CreateTags on {INSTANCE_ID}: " in run.console
+    assert NO_ENDPOINT in run.console.split("FAILED")[1]
+    assert len([call for call in run.aws_calls() if "--dry-run" in call]) == 3
+    assert run.calls[-1] == ["systemctl", "--no-block", "poweroff"]
+
+
+def test_ec2_back_within_the_retries_lets_the_boot_complete(tmp_path: Path, stubs: Path) -> None:
+    run = boot(tmp_path, stubs, fail={"aws ec2 create-tags --dry-run": (255, 2, NO_ENDPOINT)})
+
+    assert run.returncode == 0, run.console
+    assert "FAILED" not in run.console
+    assert run.aws_calls()[-1][8] == "Key=buildkite-autoscaler:bootstrap,Value=complete"
+
+
+def test_a_complete_tag_ec2_did_not_take_is_named_as_what_it_was_not_as_a_refusal(tmp_path: Path, stubs: Path) -> None:
+    fail: dict[str, Fail] = {"aws ec2 create-tags --region": (255, 9, NO_ENDPOINT)}
+    run = boot(tmp_path, stubs, fail=fail)
+
+    assert run.returncode == 1
+    assert "REFUSED" not in run.console
+    assert f"FAILED step=mark_complete exit=1: could not tag {INSTANCE_ID} buildkite-autoscaler:bootstrap=complete" in (
+        run.console
+    )
+
+
+def test_an_agent_that_retires_during_its_start_checks_is_no_failure(tmp_path: Path, stubs: Path) -> None:
+    # The build-space hook drained it on its first job: it exited 0, and agent-exited.sh powers off.
+    run = boot(tmp_path, stubs, fail={"systemctl is-active": 3}, STUB_AGENT_EXIT="1 0")
+
+    assert run.returncode == 0, run.console
+    assert "FAILED" not in run.console
+    assert "buildkite-agent exited 0 during step start_agent: it retired" in run.console
+    assert not [call for call in run.aws_calls() if "Value=failed" in call]
+    assert ["systemctl", "--no-block", "poweroff"] not in run.calls
+    assert not (run.root / "var/lib/buildkite-bootstrap-complete").exists()
+
+
+def test_the_power_off_of_a_retired_agent_stopping_the_bootstrap_is_no_failure(tmp_path: Path, stubs: Path) -> None:
+    # agent-exited.sh's power-off stops the bootstrap service (SIGTERM) in the middle of its checks.
+    run = boot(tmp_path, stubs, term_from="sleep", STUB_AGENT_EXIT="1 0")
+
+    assert run.returncode == 0, run.console
+    assert "FAILED" not in run.console
+    assert not [call for call in run.aws_calls() if "Value=failed" in call]
+
+
+def test_an_agent_that_crashes_during_its_start_checks_fails_the_bootstrap(tmp_path: Path, stubs: Path) -> None:
+    run = boot(tmp_path, stubs, fail={"systemctl is-active": 3}, STUB_AGENT_EXIT="1 1")
+
+    assert run.returncode == 1
+    assert "FAILED step=start_agent exit=1: buildkite-agent is not running (check 1 of 4)" in run.console
+    assert run.aws_calls()[-1][-1] == "Key=buildkite-autoscaler:bootstrap,Value=failed"
 
 
 def test_bootstrap_stopped_by_its_timeout_reports_the_step_and_powers_off(tmp_path: Path, stubs: Path) -> None:
@@ -652,8 +764,8 @@ def test_stock_boot_installs_the_packages_itself_and_the_pinned_agent(tmp_path: 
 
     assert run.returncode == 0, run.console
     installs = [call for call in run.calls if call[0] == "apt-get" and "install" in call]
-    packages = "curl ca-certificates gpg dbus jq yq git git-lfs git-filter-repo pciutils openssl unzip"
-    assert installs[0][-12:] == packages.split()
+    packages = "curl ca-certificates gpg dbus jq yq git git-lfs git-filter-repo pciutils openssl unzip sudo"
+    assert installs[0][-len(packages.split()) :] == packages.split()
     assert installs[-1][-1] == "buildkite-agent=3.87.0-5805"
     assert ["systemctl", "disable", "--now", "apt-daily.timer", "apt-daily-upgrade.timer"] in run.calls
     # The package's unit must not start the agent before `run` wrote its config.
@@ -665,6 +777,31 @@ def test_stock_boot_installs_the_packages_itself_and_the_pinned_agent(tmp_path: 
     lifecycle = run.read("/etc/systemd/system/buildkite-agent.service.d/lifecycle.conf")
     assert "ExecStopPost=+/usr/local/lib/buildkite-bootstrap/agent-exited.sh" in lifecycle
     assert (run.root / "etc/buildkite-agent/hooks/environment").stat().st_mode & 0o111
+
+
+def test_by_default_the_stock_boot_installs_the_newest_agent_of_major_3_not_4(tmp_path: Path, stubs: Path) -> None:
+    madison = "\n".join(
+        f" buildkite-agent | {version} | https://apt.buildkite.com/buildkite-agent stable/main amd64 Packages"
+        for version in ("4.0.2-7001", "4.0.0-6990", "3.138.0-6100", "3.137.1-6050", "33.0.0-1")
+    )
+    run = boot(tmp_path, stubs, mode="prepare", madison=madison)
+
+    assert run.returncode == 0, run.console
+    installs = [call for call in run.calls if call[0] == "apt-get" and "install" in call]
+    assert installs[-1][-1] == "buildkite-agent=3.138.0-6100"
+
+
+V3_OPTIONS = REPO / "tests/data/buildkite-agent-v3-start-options.txt"
+
+
+@pytest.mark.parametrize("role", ["burst", "floor", "pool"])
+def test_the_agent_config_holds_only_keys_agent_3_documents(tmp_path: Path, stubs: Path, role: str) -> None:
+    documented = {line for line in V3_OPTIONS.read_text().splitlines() if line and not line.startswith("#")}
+    run = boot(tmp_path, stubs, role=role, STUB_TAGS="buildkite-autoscaler:started-at=2026-12-05T05:00:00Z")
+
+    assert run.returncode == 0, run.console
+    assert set(agent_config(run)) <= documented
+    assert {"token", "spawn", "tags", "disconnect-after-uptime"} <= set(agent_config(run))
 
 
 @pytest.mark.parametrize("mode", ["prepare", "install"])
@@ -958,6 +1095,47 @@ def test_instance_powers_off_only_when_the_agent_exits_0(
     assert (["systemctl", "--no-block", "poweroff"] in read_calls(log)) is powers_off
 
 
+def plant_in_home(home: Path) -> tuple[Path, Path]:
+    """What a job can write in the agent's home: an AWS config whose credential_process
+    and a .curlrc whose options would run as root. Returns the files they would create."""
+    ran, fetched = home.parent / "credential-process-ran", home.parent / "curlrc-applied"
+    (home / ".aws").mkdir(parents=True)
+    (home / ".aws/config").write_text(f"[default]\ncredential_process = touch {ran}\n")
+    (home / ".curlrc").write_text(f"output = {fetched}\n")
+    return ran, fetched
+
+
+def test_a_job_planted_aws_config_or_curlrc_never_runs_as_root_when_the_agent_exits(
+    tmp_path: Path, stubs: Path
+) -> None:
+    # ExecStopPost=+ runs agent-exited.sh as root with the agent unit's HOME; a pool
+    # instance's release then calls the instance metadata and EC2.
+    ran, fetched = plant_in_home(tmp_path / "var/lib/buildkite-agent")
+    settings = make_settings(root_mode="overlayroot")
+    install_user_data(tmp_path, render_user_data(settings, X86_QUEUE, "pool", "ci-fleet"))
+    log = tmp_path / "exit.log"
+    env = stub_env(stubs, tmp_path, log, STUB_TAGS="buildkite-autoscaler:on-exit=stop", EXIT_CODE="exited")
+    env |= {"HOME": str(tmp_path / "var/lib/buildkite-agent"), "EXIT_STATUS": "0", "SERVICE_RESULT": "success"}
+    script = tmp_path / "usr/local/lib/buildkite-bootstrap/agent-exited.sh"
+    result = subprocess.run(["/bin/bash", str(script)], env=env, check=False, capture_output=True, text=True)
+
+    assert result.returncode == 0, result.stderr
+    assert ["aws", "ec2", "stop-instances", "--region", "us-west-2", "--instance-ids", INSTANCE_ID] in read_calls(log)
+    assert not ran.exists()
+    assert not fetched.exists()
+
+
+def test_a_job_planted_aws_config_never_runs_as_root_in_the_cache_upload(instance: Path, stubs: Path) -> None:
+    ran, _ = plant_in_home(instance / "var/lib/buildkite-agent")
+    queue_build(instance, stubs, "/nix/store/aaa-x")
+
+    result, _ = drain(instance, stubs, 60, HOME=str(instance / "var/lib/buildkite-agent"))
+
+    assert result.returncode == 0
+    assert read_calls(instance / "upload.log")[-1][:2] == ["nix", "copy"]
+    assert not ran.exists()
+
+
 def test_power_off_after_the_agent_exits_runs_as_root_not_as_the_agents_user() -> None:
     # Buildkite's unit runs as User=buildkite-agent, and ExecStopPost inherits it: logind
     # refuses that user a poweroff (no session, no polkit grant), so the instance would
@@ -971,9 +1149,11 @@ def test_power_off_after_the_agent_exits_runs_as_root_not_as_the_agents_user() -
 def test_agent_restarts_after_signal_deaths_systemd_calls_clean() -> None:
     lifecycle = (REPO / "userdata/agent-lifecycle.conf").read_text()
 
-    # All four, whatever the package's unit lists: its current one (KillMode=mixed,
-    # TimeoutStopSec=5min) no longer has RestartForceExitStatus=SIGPIPE.
+    # All four: the package's unit (TimeoutStopSec=0, KillMode=process) lists SIGPIPE only.
     assert "RestartForceExitStatus=SIGHUP SIGINT SIGTERM SIGPIPE\n" in lifecycle
+
+
+DRAIN = ["systemctl", "kill", "--kill-whom=main", "--signal=SIGTERM", "buildkite-agent.service"]
 
 
 def run_hook(tmp_path: Path, stubs: Path, avail_kib: int) -> tuple[subprocess.CompletedProcess[str], list[list[str]]]:
@@ -1007,14 +1187,42 @@ def test_job_fails_early_and_the_instance_retires_when_build_space_is_nearly_ful
     logged = next(call for call in calls if call[0] == "logger")
     assert logged[1:3] == ["-t", "buildkite-build-space"]
     assert "retiring the instance" in logged[3]
-    # The agent was told to stop (its pid here is not a process: kill reports it).
-    assert "999999" in result.stderr
+    assert [call for call in calls if call[:2] == ["systemctl", "kill"]] == [DRAIN]
+
+
+def test_the_agent_is_drained_once_however_many_jobs_the_hook_refuses(tmp_path: Path, stubs: Path) -> None:
+    # A second SIGTERM would cancel the agent's other running jobs, a third kill it.
+    runs = [run_hook(tmp_path, stubs, avail_kib=1024) for _ in range(3)]
+
+    assert [result.returncode for result, _ in runs] == [75, 75, 75]
+    calls = read_calls(tmp_path / "hook.log")
+    assert [call for call in calls if call[:2] == ["systemctl", "kill"]] == [DRAIN]
+    assert "no second SIGTERM" in runs[-1][0].stderr
+    marker = tmp_path / "run/buildkite-agent-drain/signalled"
+    assert marker.read_text() == "build-space\n"
+    # Only its owner (root, on an instance) may write there: no job can create the marker first.
+    assert marker.parent.stat().st_mode & 0o777 == 0o755
+
+
+def test_a_drain_marker_directory_others_may_write_is_refused_not_trusted(tmp_path: Path, stubs: Path) -> None:
+    state = tmp_path / "run/buildkite-agent-drain"
+    state.mkdir(parents=True)
+    state.chmod(0o777)
+
+    result, calls = run_hook(tmp_path, stubs, avail_kib=1024)
+
+    assert result.returncode == 75
+    assert "is not root's alone (drwxrwxrwx): not draining" in result.stderr
+    assert not (state / "signalled").exists()
+    assert not [call for call in calls if call[:2] == ["systemctl", "kill"]]
 
 
 def queue_build(tmp_path: Path, stubs: Path, out_paths: str, **extra: str) -> subprocess.CompletedProcess[str]:
     """The Nix post-build hook, as the daemon runs it."""
     hook = tmp_path / "usr/local/lib/buildkite-bootstrap/upload-to-cache.sh"
-    env = stub_env(stubs, tmp_path, tmp_path / "hook.log", OUT_PATHS=out_paths, **extra)
+    # Its own log, and the stubs' settings file left as it is: an uploader may be running.
+    env = {"PATH": str(stubs), "BOOTSTRAP_ROOT": str(tmp_path), "STUB_LOG": str(tmp_path / "hook.log")}
+    env |= {"OUT_PATHS": out_paths, **extra}
     return subprocess.run(["/bin/bash", str(hook)], env=env, check=False, capture_output=True, text=True, timeout=10)
 
 

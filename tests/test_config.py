@@ -46,6 +46,8 @@ def test_defaults() -> None:
     assert (loaded.user_data.root_mode, loaded.user_data.nix_determinate) == ("ebs", True)
     assert (loaded.user_data.nix_installer_version, loaded.user_data.nix_trust_jobs) == ("v3.21.2", False)
     assert (loaded.user_data.root_tmpfs_size, loaded.user_data.min_free_space_gib) == ("75%", 5)
+    # The newest release of the major the product is written for, never a new major unasked.
+    assert loaded.user_data.agent_version == "3"
 
 
 def test_instance_settings_from_the_environment() -> None:
@@ -107,7 +109,12 @@ def test_any_number_of_queues() -> None:
         ),
         (
             [{**QUEUE, "idle_timeout_seconds": 0}],
-            r"QUEUES\[0\]\(nixos-x86-aws\)\.idle_timeout_seconds must be >= 1 \(got 0\)",
+            r"QUEUES\[0\]\(nixos-x86-aws\)\.idle_timeout_seconds must be >= 120 \(got 0\)",
+        ),
+        (
+            # An agent idling out this soon would exit in the middle of its bootstrap.
+            [{**QUEUE, "idle_timeout_seconds": 30}],
+            r"QUEUES\[0\]\(nixos-x86-aws\)\.idle_timeout_seconds must be >= 120 \(got 30\)",
         ),
         (
             [{**QUEUE, "include_waiting": "yes"}],

@@ -17,12 +17,22 @@ SESSION_TOKEN = "IQoJb3JpZ2luX2VjEPT//////////wEaCXVzLWVhc3QtMSJGMEQCIBx5"
 NIX_SECRET = "cache.example.org-1:" + "A" * 86 + "=="
 GITHUB_TOKEN = "ghp_" + "x1Y2z3" * 6
 PEM_BODY = "MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gun"
+# A job acquisition token as the Stacks API issues it: bkjat_ and a JWT (header.payload.signature,
+# base64url: "-" and "_" inside, "." between).
+JOB_TOKEN = (
+    "bkjat_eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCJ9"
+    ".eyJqb2JfdXVpZCI6IjAxOTNhZjQ4LTdjNTgtNDk1ZS1iZjE2LTZhZDA0OWY3ZTM1YyIsImV4cCI6MTc2NDkxMjAwMH0"
+    ".MEUCIQDx-3j9_vLq0Zr7Yw2Kf1-Hb_8mPqT4nS6uVcE5dGaXoAIgV_2kL-9pR3sQ7tN1yZ0wB4cD6eF8gH2iJ5kM7nO9pQ"
+)
+AGENT_ACCESS_TOKEN = "bkat_6e4a1f0c9b2d8e7a3c5f1b9d0e2a4c6f8b1d3e5a"
 
 
 @pytest.mark.parametrize(
     ("line", "secret"),
     [
         (f"agent token is {AGENT_TOKEN}", AGENT_TOKEN),
+        (f"agent session {AGENT_ACCESS_TOKEN} registered", AGENT_ACCESS_TOKEN),
+        (f"acquiring with {JOB_TOKEN} now", JOB_TOKEN),
         (f"curl -H 'Authorization: Bearer {API_TOKEN}'", API_TOKEN),
         (f"BUILDKITE_AGENT_TOKEN={HEX_TOKEN}", HEX_TOKEN),
         (f"export TOKEN='{HEX_TOKEN}'", HEX_TOKEN),
@@ -49,6 +59,15 @@ def test_a_secret_on_a_line_is_redacted(line: str, secret: str) -> None:
 
     assert secret not in redacted
     assert MARK in redacted
+
+
+@pytest.mark.parametrize("line", [f"job token {JOB_TOKEN}", f'{{"job_acquisition_token": "{JOB_TOKEN}"}}'])
+def test_no_part_of_a_job_acquisition_token_is_left(line: str) -> None:
+    redacted = redact(line)
+
+    for part in JOB_TOKEN.removeprefix("bkjat_").split("."):
+        assert part not in redacted
+    assert "bkjat_" not in redacted
 
 
 def test_a_private_key_block_is_removed_whole() -> None:
@@ -117,3 +136,58 @@ def test_the_tail_drops_terminal_codes() -> None:
 
 def test_no_output_gives_an_empty_tail() -> None:
     assert redacted_tail("") == ""
+
+
+def test_the_bootstrap_failure_stays_in_the_tail_after_a_screenful_of_power_off_lines() -> None:
+    failure = "buildkite-bootstrap: FAILED step=check_tag_permission exit=1: REFUSED: ec2:CreateTags on i-0abc"
+    power_off = [f"[  OK  ] Stopped unit-{number}.service." for number in range(2 * TAIL_LINES)]
+    text = "\n".join(["cloud-init ran", failure, "buildkite-bootstrap: powering off", *power_off, "reboot: Power down"])
+
+    tail = redacted_tail(text)
+
+    assert tail.split("\n")[0] == failure
+    assert tail.endswith("reboot: Power down")
+    assert len(tail.split("\n")) == TAIL_LINES + 1
+
+
+def test_a_failure_in_the_tail_is_not_repeated() -> None:
+    text = "booting\nbuildkite-bootstrap: FAILED step=read_secrets exit=254\nbuildkite-bootstrap: powering off\n"
+
+    assert redacted_tail(text).count("FAILED") == 1
+
+
+def test_a_tail_led_by_a_failure_keeps_to_its_length_in_characters() -> None:
+    failure = "buildkite-bootstrap: FAILED step=start_agent exit=1: " + "y" * TAIL_CHARS
+    text = "\n".join([failure, *["x" * 200] * (2 * TAIL_LINES)])
+
+    tail = redacted_tail(text)
+
+    assert len(tail) <= TAIL_CHARS
+    assert tail.startswith("buildkite-bootstrap: FAILED step=start_agent exit=1: ")
+
+
+@pytest.mark.parametrize("prefix", ["bkua_", "bkat_", "bkct_", "bkjat_"])
+def test_every_buildkite_token_prefix_is_redacted_with_no_name_before_it(prefix: str) -> None:
+    token = prefix + JOB_TOKEN.removeprefix("bkjat_")
+
+    assert redact(f"registered with {token} at 05:00") == f"registered with {MARK} at 05:00"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        # The session token the agent gets at registration and hands its jobs.
+        f"BUILDKITE_AGENT_ACCESS_TOKEN={HEX_TOKEN}",
+        # An unclustered registration token in the agent's config, and a cluster one.
+        f'token="{HEX_TOKEN}"',
+        f'token="{AGENT_TOKEN}"',
+        f"POST /v3/register Authorization: Token {JOB_TOKEN}",
+    ],
+)
+def test_agent_registration_and_session_tokens_are_redacted(line: str) -> None:
+    redacted = redact(line)
+
+    assert HEX_TOKEN not in redacted
+    assert AGENT_TOKEN not in redacted
+    assert JOB_TOKEN.split(".")[1] not in redacted
+    assert MARK in redacted

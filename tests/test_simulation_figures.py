@@ -182,7 +182,7 @@ def test_a_change_to_one_queue_leaves_the_others_figures_identical() -> None:
     scenario = with_overrides(default_scenario(), {"failure_share": "0.2"})
     before = simulate(trace, scenario)
     after = simulate(
-        trace, with_overrides(scenario, {f"{X86}.max_instances": "3", f"{X86}.idle_timeout_seconds": "60"})
+        trace, with_overrides(scenario, {f"{X86}.max_instances": "3", f"{X86}.idle_timeout_seconds": "120"})
     )
 
     (x86_before, arm_before), (x86_after, arm_after) = summarize(before), summarize(after)

@@ -9,6 +9,7 @@ reached the agent, how often and when.
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 import time
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from threading import Thread
+from threading import Condition, Thread
 
 import pytest
 from tests.test_bootstrap_script import X86_QUEUE, install_user_data, make_settings
@@ -27,9 +28,17 @@ from autoscaler.userdata import render_user_data
 SCRIPT = "usr/local/lib/buildkite-bootstrap/spot-interruption-watch.sh"
 TERM = ["systemctl", "kill", "--kill-whom=main", "--signal=SIGTERM", "buildkite-agent.service"]
 QUIT = ["systemctl", "kill", "--kill-whom=main", "--signal=SIGQUIT", "buildkite-agent.service"]
-REAL_COMMANDS = ("bash", "curl", "date", "sleep", "mkdir", "touch", "sed")
-# Logs "time<US>argv..."; `systemctl is-active` answers from a file the test controls.
+REAL_COMMANDS = ("bash", "curl", "date", "sleep", "mkdir", "touch", "sed", "env", "stat")
+# Logs "time<US>argv..."; `systemctl is-active` answers from a file the test controls. Like
+# botocore, `aws` runs the credential_process of $HOME/.aws/config.
 STUB = r"""#!/bin/bash
+# The watcher starts again from a clean environment: the stub's settings are in a file too.
+if [[ -z "${STUB_LOG:-}" ]]; then
+    . "@STUB_DIR@/stub.env"
+fi
+if [[ "${0##*/}" == aws && -f "${HOME:-/nonexistent}/.aws/config" ]]; then
+    $(sed -n 's/^credential_process *= *//p' "$HOME/.aws/config")
+fi
 # One write per call: the watcher counts in the background, stubs run at the same time.
 line=$(printf '%s\x1f' "$(date +%s.%N)" "${0##*/}" "$@")
 printf '%s\n' "$line" >>"$STUB_LOG"
@@ -50,6 +59,13 @@ class FakeImds:
     rebalance: dict[str, str] | None = None
     action: dict[str, str] | None = None
     polls: list[str] = field(default_factory=list)
+    polled: Condition = field(default_factory=Condition)
+    headers: list[str] = field(default_factory=list)
+
+    def wait_for_polls(self, path: str, count: int, seconds: float = 20) -> bool:
+        """Until `path` was asked `count` times: an event, however loaded the machine."""
+        with self.polled:
+            return self.polled.wait_for(lambda: self.polls.count(path) >= count, timeout=seconds)
 
     def document(self, path: str) -> str | None:
         return {
@@ -66,10 +82,13 @@ def serve(imds: FakeImds) -> ThreadingHTTPServer:
             self.reply(200 if ok else 400, "session-token")
 
         def do_GET(self) -> None:
+            imds.headers.extend(self.headers.keys())
             if self.headers.get("X-aws-ec2-metadata-token") != "session-token":
                 self.reply(401, "")
                 return
-            imds.polls.append(self.path)
+            with imds.polled:
+                imds.polls.append(self.path)
+                imds.polled.notify_all()
             document = imds.document(self.path)
             self.reply(404 if document is None else 200, document or "")
 
@@ -94,7 +113,15 @@ class Instance:
     env: dict[str, str]
     process: subprocess.Popen[str] | None = None
 
+    def write_stub_settings(self) -> None:
+        """The stubs' settings where they find them once a script has cleaned its environment."""
+        settings = [
+            f"export {name}={shlex.quote(value)}" for name, value in self.env.items() if name.startswith("STUB_")
+        ]
+        (Path(self.env["STUB_LOG"]).parent / "stub.env").write_text("\n".join(settings) + "\n")
+
     def start(self) -> None:
+        self.write_stub_settings()
         script = self.root / SCRIPT
         self.process = subprocess.Popen(
             ["/bin/bash", str(script)], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -136,7 +163,7 @@ def instance(tmp_path: Path) -> Iterator[Instance]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     stub = tmp_path / "stub"
-    stub.write_text(STUB)
+    stub.write_text(STUB.replace("@STUB_DIR@", str(tmp_path)))
     stub.chmod(0o755)
     for name in ("systemctl", "aws"):
         (bin_dir / name).symlink_to(stub)
@@ -155,6 +182,7 @@ def instance(tmp_path: Path) -> Iterator[Instance]:
         "SPOT_WATCH_CANCEL_MARGIN": "2",
     }
     running = Instance(root, imds, env)
+    running.write_stub_settings()
     running.agent_running(True)
     yield running
     if running.process and running.process.poll() is None:
@@ -171,9 +199,54 @@ def notice_in(seconds: int) -> tuple[float, dict[str, str]]:
 def test_no_notice_sends_nothing(instance: Instance) -> None:
     instance.start()
 
-    assert instance.wait(1.5) is None
+    assert instance.imds.wait_for_polls("/latest/meta-data/spot/instance-action", 3)
+    assert instance.wait(0) is None
     assert instance.calls() == []
-    assert instance.imds.polls.count("/latest/meta-data/spot/instance-action") >= 3
+
+
+def test_the_console_gets_no_line_while_nothing_happens(instance: Instance) -> None:
+    # IMDS answers 404 until an event; EC2 keeps only the console's last 64 KiB.
+    instance.start()
+    assert instance.imds.wait_for_polls("/latest/meta-data/spot/instance-action", 3)
+    assert instance.process is not None
+    instance.process.terminate()
+    output, _ = instance.process.communicate(timeout=5)
+
+    assert output.splitlines() == [
+        "spot-interruption-watch: watching for rebalance recommendations and interruption notices"
+    ]
+
+
+def test_a_job_planted_aws_config_or_curlrc_never_runs_as_root(instance: Instance, tmp_path: Path) -> None:
+    home = tmp_path / "agent-home"
+    (home / ".aws").mkdir(parents=True)
+    (home / ".aws/config").write_text(f"[default]\ncredential_process = touch {tmp_path / 'ran'}\n")
+    (home / ".curlrc").write_text('header = "X-Planted: by-a-job"\n')
+    instance.env["HOME"] = str(home)
+    instance.imds.rebalance = {"noticeTime": "2026-11-26T07:00:00Z"}
+    instance.start()
+
+    assert instance.wait(1.5) is None
+    assert instance.counted() == ["RebalanceRecommendations"]
+    assert instance.imds.polls
+    assert "X-Planted" not in instance.imds.headers
+    assert not (tmp_path / "ran").exists()
+
+
+def test_after_the_build_space_hook_drained_the_agent_a_spot_notice_sends_no_second_sigterm(
+    instance: Instance,
+) -> None:
+    hook_marker = instance.root / "run/buildkite-agent-drain/signalled"
+    hook_marker.parent.mkdir(parents=True)
+    hook_marker.write_text("build-space\n")
+    instance.imds.action = notice_in(3)[1]
+    instance.start()
+
+    assert instance.wait(8) == 0
+    assert [call for _, call in instance.signals()] == [QUIT]
+    assert instance.process is not None
+    output = instance.process.communicate()[0]
+    assert output.count("the agent is draining already (build-space): no second SIGTERM") == 1
 
 
 def test_a_rebalance_recommendation_stops_new_jobs_once_and_is_counted(instance: Instance) -> None:

@@ -319,3 +319,26 @@ def test_a_script_without_its_comments_is_the_same_program(name: str) -> None:
 def test_comments_are_what_keeps_the_user_data_under_ec2s_limit() -> None:
     # Every variant stays under the limit with room to grow; with the comments it would not.
     assert max(len(render(queue, role)) for queue in QUEUES for role in ("floor", "burst", "pool")) < 14_000
+
+
+def test_an_idle_timeout_the_bootstrap_could_outlast_is_refused_naming_field_and_value() -> None:
+    queue = dataclasses.replace(QUEUES["x86"], idle_timeout_seconds=30)
+
+    with pytest.raises(UserDataError, match=r"queue\.idle_timeout_seconds must be an integer >= 120 \(got 30\)"):
+        render_user_data(SETTINGS, queue, "burst", "ci-fleet")
+
+
+@pytest.mark.parametrize("version", ["3", "3.87.0", "3.138.0"])
+def test_the_agent_is_the_newest_of_major_3_or_an_exact_3x_release(version: str, tmp_path: Path) -> None:
+    assert sourced(settings_of(render(agent_version=version)), tmp_path, "BK_AGENT_VERSION") == [version]
+
+
+@pytest.mark.parametrize("version", ["", "4", "4.0.1", "2.6.10", "33.1.0", "latest"])
+def test_an_agent_version_of_another_major_is_refused_pointing_at_the_move(version: str) -> None:
+    with pytest.raises(UserDataError) as error:
+        render(agent_version=version)
+
+    assert "agent_version" in str(error.value)
+    if version:
+        assert repr(version) in str(error.value)
+        assert "docs/instance-boot.md, 'Agent versions'" in str(error.value)

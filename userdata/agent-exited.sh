@@ -7,6 +7,9 @@
 # SIGHUP, SIGINT, SIGTERM, SIGPIPE): only EXIT_CODE=exited with EXIT_STATUS=0
 # is the end. Anything else is restarted (Restart=, RestartForceExitStatus=),
 # and the instance stays.
+# shellcheck source=userdata/root-environment.sh
+. "${BOOTSTRAP_ROOT:-}/usr/local/lib/buildkite-bootstrap/root-environment.sh"
+clean_environment SERVICE_RESULT EXIT_CODE EXIT_STATUS -- "$0"
 set -euo pipefail
 
 # Left by spot-interruption-watch.sh on an interruption notice.

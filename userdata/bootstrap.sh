@@ -23,8 +23,8 @@
 # Image bake interface (the Image Builder component):
 #   1. write the files where the cloud-config's write_files puts them;
 #   2. write /etc/buildkite-bootstrap/settings.env with the install settings
-#      (INSTALL_SETTINGS below, plus BK_NIX_TRUST_JOBS and BK_AGENT_VERSION,
-#      which should be pinned);
+#      (INSTALL_SETTINGS below, BK_AGENT_VERSION a major version or an exact
+#      release, plus BK_NIX_TRUST_JOBS);
 #   3. run `buildkite-bootstrap install`. It fails if it finds a secret or a
 #      completed bootstrap on the disk; it exits non-zero and never powers
 #      off or tags (only `prepare` and `run` do);
@@ -64,12 +64,15 @@ BUILDKITE_KEY_FINGERPRINT="32A37959C2FA5C3C99EFBC32A79206696452D198"
 BUILDKITE_KEYRING="/usr/share/keyrings/buildkite-agent-archive-keyring.gpg"
 NIXOS_CACHE_KEY="cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="
 DEFAULT_USER="ubuntu"
-PACKAGES=(curl ca-certificates gpg dbus jq yq git git-lfs git-filter-repo pciutils openssl unzip)
+# sudo: the build-space hook drains the agent through it (drain-agent.sh).
+PACKAGES=(curl ca-certificates gpg dbus jq yq git git-lfs git-filter-repo pciutils openssl unzip sudo)
 # The dpkg frontend lock is waited for; the lists and archives locks are not
 # (see apt_get), and apt-daily may hold them on a fresh instance.
 APT_GET=(apt-get -q -y -o DPkg::Lock::Timeout=600)
 APT_LOCK_RETRIES=60
-INSTALL_SETTINGS=(BK_ROOT_MODE BK_NIX_INSTALLER_VERSION BK_NIX_DETERMINATE BK_CACHE_BUCKET
+# The CLI retries each call itself; these are for an outage longer than its retries.
+TAG_CHECK_ATTEMPTS=3
+INSTALL_SETTINGS=(BK_ROOT_MODE BK_NIX_INSTALLER_VERSION BK_NIX_DETERMINATE BK_AGENT_VERSION BK_CACHE_BUCKET
     BK_CACHE_REGION BK_CACHE_PUBLIC_KEY)
 BOOT_SETTINGS=(BK_QUEUE BK_ARCH BK_FLEET BK_ROLE BK_REGION BK_AGENT_TOKEN_PARAMETER
     BK_SSH_KEY_PARAMETER BK_SIGNING_KEY_PARAMETER BK_AGENTS_PER_INSTANCE BK_BOOTSTRAP_TAG
@@ -82,6 +85,10 @@ export NEEDRESTART_SUSPEND=1 NEEDRESTART_MODE=l
 umask 022
 
 STEP="start"
+# The last die message: the failure line repeats it, last on the console.
+REASON=""
+# Set once start_agent has started the agent: from then on its exit may be a retirement.
+AGENT_STARTED=false
 INSTANCE_ID=""
 POWER_OFF_ON_FAILURE=false
 # A warm-pool instance's first boot: it parks in the pool instead of booting on.
@@ -93,6 +100,7 @@ log() {
 
 die() {
     log "$*"
+    REASON="$*"
     return 1
 }
 
@@ -102,37 +110,71 @@ run_step() {
     "$STEP"
 }
 
+# refused ERRORS: the AWS CLI's errors in the file ERRORS are EC2's refusal of
+# the call; a network error or a throttle is not one.
+refused() {
+    grep -qE 'UnauthorizedOperation|AccessDenied' "$1"
+}
+
+# last_error ERRORS: the last line of the AWS CLI's errors, for a failure line.
+last_error() {
+    awk 'NF { last = $0 } END { print last }' "$1"
+}
+
 # tag_instance STATE [TAG...]: a refused call is named on the console, so an
 # IAM grant that does not apply is found from the reaper's log.
 tag_instance() {
-    local state=$1
+    local state=$1 errors="$ROOT/var/tmp/buildkite-bootstrap-create-tags.err"
     shift
-    aws ec2 create-tags --region "$BK_REGION" --resources "$INSTANCE_ID" \
-        --tags "Key=$BK_BOOTSTRAP_TAG,Value=$state" "$@" ||
+    mkdir -p "$(dirname "$errors")"
+    if aws ec2 create-tags --region "$BK_REGION" --resources "$INSTANCE_ID" \
+        --tags "Key=$BK_BOOTSTRAP_TAG,Value=$state" "$@" 2>"$errors"; then
+        rm -f "$errors"
+        return 0
+    fi
+    cat "$errors" >&2
+    if refused "$errors"; then
         die "REFUSED: ec2:CreateTags on $INSTANCE_ID ($BK_BOOTSTRAP_TAG=$state): check the agent role's CreateTags grant"
+    fi
+    die "could not tag $INSTANCE_ID $BK_BOOTSTRAP_TAG=$state: $(last_error "$errors")"
 }
 
 # ERR trap: report the failing step, tag the instance failed, power off.
 on_failure() {
-    local rc=$1
+    local rc=$1 reason=$REASON
     # A failure inside $(...) is reported once, by the shell that waits for it.
     if ((BASH_SUBSHELL > 0)); then
         exit "$rc"
     fi
     trap - ERR TERM
     set +eu
-    log "FAILED step=$STEP exit=$rc"
     if [[ "$POWER_OFF_ON_FAILURE" != true ]]; then
+        log "FAILED step=$STEP exit=$rc${reason:+: $reason}"
         exit "$rc"
+    fi
+    if [[ "$AGENT_STARTED" == true ]] && agent_retired; then
+        log "buildkite-agent exited 0 during step $STEP: it retired (a drain, the idle timeout or max uptime), which is no failure; it powers the instance off"
+        exit 0
     fi
     if [[ -n "$INSTANCE_ID" && -n "${BK_REGION:-}" ]] && command -v aws >/dev/null; then
         tag_instance "$BK_BOOTSTRAP_FAILED" || log "could not tag $INSTANCE_ID as failed"
     fi
+    # Last before the power-off, whose own lines follow: the reaper's console
+    # tail leads with this line when they push it out.
+    log "FAILED step=$STEP exit=$rc${reason:+: $reason}"
     # Power-off stops buildkite-agent gracefully (SIGTERM): a job it took
     # finishes, and it takes no more.
     log "powering off"
     systemctl --no-block poweroff
     exit "$rc"
+}
+
+# True when the agent's last run ended with exit status 0, agent-exited.sh's
+# own test of a retirement: it then powers off (or returns to the pool) itself.
+agent_retired() {
+    # ExecMainCode 1 is CLD_EXITED (not killed, not dumped); 0 means it never ran.
+    [[ "$(systemctl show --property=ExecMainCode --value buildkite-agent.service)" == 1 &&
+        "$(systemctl show --property=ExecMainStatus --value buildkite-agent.service)" == 0 ]]
 }
 
 trap 'on_failure $?' ERR
@@ -184,10 +226,10 @@ load_settings() {
 # The IMDSv2 session token goes to curl on stdin, not on its command line.
 imds_get() {
     local token
-    token=$(curl -fsS --retry 5 --retry-connrefused --max-time 5 -X PUT \
+    token=$(curl -q -fsS --retry 5 --retry-connrefused --max-time 5 -X PUT \
         -H "X-aws-ec2-metadata-token-ttl-seconds: 300" "$IMDS/api/token")
     printf 'X-aws-ec2-metadata-token: %s\n' "$token" |
-        curl -fsS --retry 5 --retry-connrefused --max-time 5 -H @- "$IMDS/$1"
+        curl -q -fsS --retry 5 --retry-connrefused --max-time 5 -H @- "$IMDS/$1"
 }
 
 load_instance_id() {
@@ -253,7 +295,7 @@ install_aws_cli() {
     fi
     local dir="$ROOT/var/tmp/buildkite-bootstrap-awscli"
     mkdir -p "$dir"
-    curl -fsSL --proto '=https' --tlsv1.2 --retry 5 -o "$dir/awscliv2.zip" \
+    curl -q -fsSL --proto '=https' --tlsv1.2 --retry 5 -o "$dir/awscliv2.zip" \
         "https://awscli.amazonaws.com/awscli-exe-linux-$(uname -m).zip"
     unzip -q -o "$dir/awscliv2.zip" -d "$dir"
     "$dir/aws/install" --update --install-dir "$ROOT/usr/local/aws-cli" --bin-dir "$ROOT/usr/local/bin"
@@ -273,7 +315,7 @@ install_nix() {
         trusted+=" buildkite-agent @nix-users"
     fi
     mkdir -p "$(dirname "$script")"
-    curl -fsSL --proto '=https' --tlsv1.2 --retry 5 -o "$script" "$NIX_INSTALLER_URL/$BK_NIX_INSTALLER_VERSION"
+    curl -q -fsSL --proto '=https' --tlsv1.2 --retry 5 -o "$script" "$NIX_INSTALLER_URL/$BK_NIX_INSTALLER_VERSION"
     sh "$script" install linux --no-confirm "$flavour" --extra-conf "trusted-users = $trusted"
     rm -f "$script"
 }
@@ -294,24 +336,25 @@ configure_nix_cache() {
     systemctl restart nix-daemon.service
 }
 
-# With a pinned version, pick the repository's build of it (3.87.0 -> 3.87.0-5805).
+# The repository's newest build of the pinned major version (3 -> 3.138.0-6100;
+# madison lists the newest first) or of an exact version (3.87.0 -> 3.87.0-5805):
+# a new major never reaches an instance unasked.
 agent_package() {
-    if [[ -z "${BK_AGENT_VERSION:-}" ]]; then
-        printf 'buildkite-agent\n'
-        return 0
+    local version major=""
+    if [[ "$BK_AGENT_VERSION" =~ ^[0-9]+$ ]]; then
+        major=1
     fi
-    local version
     # awk reads all its input: exiting early would fail apt-cache with SIGPIPE.
     version=$(apt-cache madison buildkite-agent |
-        awk -F' *[|] *' -v want="$BK_AGENT_VERSION" \
-            '!found && ($2 == want || index($2, want "-") == 1) { print $2; found = 1 }')
+        awk -F' *[|] *' -v want="$BK_AGENT_VERSION" -v major="$major" \
+            '!found && ($2 == want || index($2, want (major ? "." : "-")) == 1) { print $2; found = 1 }')
     [[ -n "$version" ]] || die "buildkite-agent $BK_AGENT_VERSION is not in apt.buildkite.com"
     printf 'buildkite-agent=%s\n' "$version"
 }
 
 install_agent() {
     local keyring="$ROOT$BUILDKITE_KEYRING"
-    curl -fsSL --proto '=https' --tlsv1.2 --retry 5 \
+    curl -q -fsSL --proto '=https' --tlsv1.2 --retry 5 \
         "https://keys.openpgp.org/vks/v1/by-fingerprint/$BUILDKITE_KEY_FINGERPRINT" |
         gpg --dearmor | write_file 0644 "$keyring"
     gpg --show-keys --with-colons "$keyring" | grep "^fpr:*:$BUILDKITE_KEY_FINGERPRINT:" >/dev/null ||
@@ -456,21 +499,32 @@ apply_build_space() {
 }
 
 # Proves, before the agent takes a job, that the role lets this instance tag
-# itself: otherwise it would run jobs until the reaper ends it as stuck.
+# itself: otherwise it would run jobs until the reaper ends it as stuck. Only
+# EC2's own refusal is a refusal; a network error or a throttle is retried,
+# then fails as what it is.
 check_tag_permission() {
-    local errors="$WORK/create-tags-dry-run"
+    local errors="$WORK/create-tags-dry-run" attempt
     mkdir -p "$WORK"
-    if aws ec2 create-tags --dry-run --region "$BK_REGION" --resources "$INSTANCE_ID" \
-        --tags "Key=$BK_BOOTSTRAP_TAG,Value=$BK_BOOTSTRAP_COMPLETE" "Key=$BK_READY_AT_TAG,Value=0" \
-        "Key=$BK_AGENT_VERSION_TAG,Value=0" "Key=$BK_NIX_VERSION_TAG,Value=0" 2>"$errors"; then
-        return 0
-    fi
-    # A permitted dry run "fails" with DryRunOperation.
-    if grep -q DryRunOperation "$errors"; then
-        return 0
-    fi
-    cat "$errors" >&2
-    die "REFUSED: ec2:CreateTags on $INSTANCE_ID ($BK_BOOTSTRAP_TAG, $BK_READY_AT_TAG, $BK_AGENT_VERSION_TAG, $BK_NIX_VERSION_TAG): the instance could never report complete"
+    for ((attempt = 1; attempt <= TAG_CHECK_ATTEMPTS; attempt++)); do
+        if aws ec2 create-tags --dry-run --region "$BK_REGION" --resources "$INSTANCE_ID" \
+            --tags "Key=$BK_BOOTSTRAP_TAG,Value=$BK_BOOTSTRAP_COMPLETE" "Key=$BK_READY_AT_TAG,Value=0" \
+            "Key=$BK_AGENT_VERSION_TAG,Value=0" "Key=$BK_NIX_VERSION_TAG,Value=0" 2>"$errors"; then
+            return 0
+        fi
+        # A permitted dry run "fails" with DryRunOperation.
+        if grep -q DryRunOperation "$errors"; then
+            return 0
+        fi
+        cat "$errors" >&2
+        if refused "$errors"; then
+            die "REFUSED: ec2:CreateTags on $INSTANCE_ID ($BK_BOOTSTRAP_TAG, $BK_READY_AT_TAG, $BK_AGENT_VERSION_TAG, $BK_NIX_VERSION_TAG): the instance could never report complete"
+        fi
+        if ((attempt < TAG_CHECK_ATTEMPTS)); then
+            log "could not check ec2:CreateTags (attempt $attempt of $TAG_CHECK_ATTEMPTS), retrying in 10 s"
+            sleep 10
+        fi
+    done
+    die "could not check ec2:CreateTags on $INSTANCE_ID: $(last_error "$errors")"
 }
 
 # read_secret PARAMETER FILE: the value goes from the AWS CLI straight into a
@@ -536,6 +590,7 @@ start_agent() {
     systemctl start buildkite-cache-upload.service
     # Exits at once on an on-demand instance; on spot it drains the agent.
     systemctl start --no-block spot-interruption-watch.service
+    AGENT_STARTED=true
     systemctl start buildkite-agent.service
     local check
     for check in 1 2 3 4; do

@@ -18,8 +18,10 @@ buildkite_check_build_space() {
     printf '+++ :warning: %s\n' "$message"
     printf 'The job did not start (exit status 75: retry it, it will run on another instance). This instance takes no more jobs and retires.\n'
     logger -t buildkite-build-space "$message: job ${BUILDKITE_JOB_ID:-?} refused, retiring the instance"
-    # SIGTERM is the agent's graceful stop: running jobs finish, then it exits 0.
-    kill -TERM "$BUILDKITE_AGENT_PID"
+    # One SIGTERM per boot, however many jobs this refuses: a second would
+    # cancel the running jobs. sudo, because the once-marker is root's.
+    sudo -n "$root/usr/local/lib/buildkite-bootstrap/drain-agent.sh" build-space ||
+        printf 'Could not drain the agent (drain-agent.sh failed): it keeps refusing jobs until it retires.\n'
     return 75
 }
 

@@ -11,6 +11,9 @@
 #       buildkite-agent), one last pass bounded by DRAIN_SECONDS.
 #   cache-uploader.sh drain SECONDS
 #       one pass over the queue, bounded by SECONDS.
+# shellcheck source=userdata/root-environment.sh
+. "${BOOTSTRAP_ROOT:-}/usr/local/lib/buildkite-bootstrap/root-environment.sh"
+clean_environment -- "$0" "$@"
 set -u
 
 ROOT=${BOOTSTRAP_ROOT:-}

@@ -11,13 +11,21 @@
 #                             signal_reason agent_stop, which pipelines retry
 #
 # Each signal is sent at most once: a second SIGTERM is an immediate cancel
-# in the agent. A signal waits until the agent is running (during the
-# bootstrap there is none to drain). Both events are counted in CloudWatch.
+# in the agent, so the drain's SIGTERM goes through drain-agent.sh, whose
+# once-per-boot marker the build-space hook shares. A signal waits until the
+# agent is running (during the bootstrap there is none to drain). Both events
+# are counted in CloudWatch. The console gets events only: no poll, failed or
+# not, prints anything (EC2 keeps only the console's last 64 KiB).
+
+# shellcheck source=userdata/root-environment.sh
+. "${BOOTSTRAP_ROOT:-}/usr/local/lib/buildkite-bootstrap/root-environment.sh"
+clean_environment SPOT_WATCH_IMDS SPOT_WATCH_INTERVAL SPOT_WATCH_CANCEL_MARGIN -- "$0"
 set -euo pipefail
 
 ROOT=${BOOTSTRAP_ROOT:-}
 SETTINGS="$ROOT/etc/buildkite-bootstrap/settings.env"
 STATE="$ROOT/run/buildkite-spot-watch"
+DRAIN="$ROOT/usr/local/lib/buildkite-bootstrap/drain-agent.sh"
 IMDS=${SPOT_WATCH_IMDS:-http://169.254.169.254}/latest
 INTERVAL=${SPOT_WATCH_INTERVAL:-5}
 # The agent's cancel-grace-period is 10 s; the rest is for Buildkite to
@@ -30,13 +38,14 @@ log() {
     printf 'spot-interruption-watch: %s\n' "$*" >&2
 }
 
-# imds_get PATH: the document, or a failure when there is none (404) or
-# the service did not answer. The IMDSv2 token goes to curl on stdin.
+# imds_get PATH: the document, or a failure when there is none (404, the
+# answer until an event) or the service did not answer; silent either way.
+# The IMDSv2 token goes to curl on stdin.
 imds_get() {
     local token
-    token=$(curl -fsS --max-time 2 -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 60" "$IMDS/api/token") ||
+    token=$(curl -q -fs --max-time 2 -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 60" "$IMDS/api/token") ||
         return 1
-    printf 'X-aws-ec2-metadata-token: %s\n' "$token" | curl -fsS --max-time 2 -H @- "$IMDS/$1"
+    printf 'X-aws-ec2-metadata-token: %s\n' "$token" | curl -q -fs --max-time 2 -H @- "$IMDS/$1"
 }
 
 # count METRIC: one data point, best effort, in the background: a slow
@@ -55,14 +64,26 @@ once() {
     touch "$STATE/$1"
 }
 
-# signal_agent_once NAME SIGNAL: SIGNAL to the agent's main process, once;
-# false (try again next round) while the agent is not running.
-signal_agent_once() {
-    [[ ! -e "$STATE/$1" ]] || return 0
+# drain_once REASON: drain-agent.sh until it has answered for good (drained
+# now or before, or refused its marker's directory); asked again every round,
+# it would say so on the console every 5 s. It answers 1 while no agent runs.
+drain_once() {
+    [[ ! -e "$STATE/drained" ]] || return 0
+    local rc=0
+    "$DRAIN" "$1" || rc=$?
+    if ((rc != 1)); then
+        touch "$STATE/drained"
+    fi
+}
+
+# cancel_once: SIGQUIT to the agent's main process, once; false (try again
+# next round) while the agent is not running.
+cancel_once() {
+    [[ ! -e "$STATE/cancel" ]] || return 0
     systemctl is-active --quiet "$AGENT" || return 1
-    systemctl kill --kill-whom=main --signal="$2" "$AGENT"
-    touch "$STATE/$1"
-    log "sent $2 to $AGENT ($1)"
+    systemctl kill --kill-whom=main --signal=SIGQUIT "$AGENT"
+    touch "$STATE/cancel"
+    log "sent SIGQUIT to $AGENT (cancel)"
 }
 
 on_rebalance() {
@@ -70,7 +91,7 @@ on_rebalance() {
         log "rebalance recommendation: draining the agent"
         count RebalanceRecommendations
     fi
-    signal_agent_once drain SIGTERM || true
+    drain_once spot-rebalance
 }
 
 # on_notice TIME: the instance is terminated at TIME (ISO 8601, UTC).
@@ -88,8 +109,8 @@ on_notice() {
         touch "$STATE/reclaimed"
         count InterruptionNotices
     fi
-    signal_agent_once drain SIGTERM || true
-    if (($(date -u +%s) >= deadline)) && signal_agent_once cancel SIGQUIT; then
+    drain_once spot-interruption
+    if (($(date -u +%s) >= deadline)) && cancel_once; then
         exit 0
     fi
 }
@@ -107,7 +128,10 @@ check() {
 main() {
     local lifecycle
     # Unreachable metadata fails the service; systemd starts it again.
-    lifecycle=$(imds_get meta-data/instance-life-cycle)
+    if ! lifecycle=$(imds_get meta-data/instance-life-cycle); then
+        log "the instance metadata service did not answer"
+        exit 1
+    fi
     if [[ "$lifecycle" != spot ]]; then
         log "a $lifecycle instance: nothing to watch"
         exit 0

@@ -8,7 +8,8 @@ The component fetches the deployed scaler's artifact (this package and
         of install-time values; then the component runs
         `buildkite-bootstrap install`, the stock boot's install step
     python3 -m autoscaler.bake warm --settings S     the warm Nix store
-    python3 -m autoscaler.bake mark --image-arn ARN  the image's marker
+    python3 -m autoscaler.bake mark --image-arn ARN  the image's marker, and the build
+        instance's /etc/machine-id emptied (the last step of the build phase)
     python3 -m autoscaler.bake check-secrets         fails the bake on a secret
 
 Every path is under --root (default /), so tests run it against a temporary
@@ -28,12 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autoscaler.config import DEFAULT_NIX_INSTALLER_VERSION, ROOT_MODES, InstallSettings
+from autoscaler.config import AGENT_MAJOR_VERSION, DEFAULT_NIX_INSTALLER_VERSION, ROOT_MODES, InstallSettings
 from autoscaler.userdata import TEMPLATE, install_values, instance_file, settings_env, userdata_dir
 
 SETTINGS_PATH = "etc/buildkite-bootstrap/settings.env"
 # Its presence tells the one user-data that it booted a baked image.
 MARKER_PATH = "etc/buildkite-bootstrap/image"
+MACHINE_ID_PATH = "etc/machine-id"
 NIX = "/nix/var/nix/profiles/default/bin/nix"
 
 # One write_files entry of the cloud-config template: path, permissions, file.
@@ -114,7 +116,7 @@ class BakeSettings(InstallSettings):
             cache_public_key=_string(raw, "cache_public_key"),
             root_mode=root_mode,
             nix_determinate=determinate,
-            agent_version=str(raw.get("agent_version", "")),
+            agent_version=str(raw.get("agent_version") or AGENT_MAJOR_VERSION),
             nix_installer_version=str(raw.get("nix_installer_version") or DEFAULT_NIX_INSTALLER_VERSION),
             nix_trust_jobs=trust_jobs,
             warm_nix_paths=warm,
@@ -203,6 +205,16 @@ def marker(image_arn: str, agent_version_output: str, nix_version_output: str) -
     return "".join(f"{key}={value}\n" for key, value in lines.items())
 
 
+def empty_machine_id(root: Path) -> None:
+    """Every instance of the image gets its own machine id, which systemd writes at a boot
+    that finds the file empty; otherwise all of them share the build instance's (journald,
+    DHCP client ids, dbus). Truncated, not deleted: some units fail on a missing file, and
+    systemd would take a boot without it for a first boot."""
+    path = root / MACHINE_ID_PATH
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+
+
 def find_secrets(root: Path) -> list[str]:
     """What in the image under `root` is, or looks like, a secret; empty when clean."""
     found = [f"/{path} exists" for path in SECRET_PATHS if (root / path).exists()]
@@ -274,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         target.write_text(marker(args.image_arn, agent, nix), encoding="ascii")
         target.chmod(0o644)
         print(f"bake: marked {target}:\n{target.read_text(encoding='ascii')}", end="")
+        empty_machine_id(args.root)
+        print(f"bake: emptied {args.root / MACHINE_ID_PATH}; each instance writes its own at its first boot")
     else:
         found = find_secrets(args.root)
         for finding in found:

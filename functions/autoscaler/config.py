@@ -24,8 +24,16 @@ DEFAULT_REAP_CAP = 20
 DEFAULT_POOL_MAX_AGE = 7 * 24 * 3600
 # The nix-installer release every new agent installs; newer ones only by choice.
 DEFAULT_NIX_INSTALLER_VERSION = "v3.21.2"
+# The buildkite-agent major version the product is written against: its config keys,
+# flags and signals. "3" installs the newest 3.x; an exact 3.x.y pins one release.
+# Agent 4 changed the cancel settings; see docs/instance-boot.md, "Agent versions".
+AGENT_MAJOR_VERSION = "3"
 DEFAULT_ROOT_TMPFS_SIZE = "75%"
 DEFAULT_MIN_FREE_SPACE_GIB = 5
+# The agent's idle clock starts with the agent, before the bootstrap's ~20 s of
+# checks and its CreateTags (a VM needed ~33 s for both, up to ~19 s an AWS call
+# on a busy host). Shorter than this, an agent could idle out mid-bootstrap.
+MIN_IDLE_TIMEOUT_SECONDS = 120
 ROOT_MODES = ("overlayroot", "ebs")
 ROLES = ("floor", "burst", "pool")
 ON_DEMAND = "on-demand"
@@ -100,7 +108,7 @@ class InstallSettings:
     # ebs by default: see docs/instance-boot.md, "Root mode and build space".
     root_mode: str = "ebs"
     nix_determinate: bool = True
-    agent_version: str = ""
+    agent_version: str = AGENT_MAJOR_VERSION
     nix_installer_version: str = DEFAULT_NIX_INSTALLER_VERSION
     # Opt-in: jobs become trusted Nix users, which lets them run commands as root.
     nix_trust_jobs: bool = False
@@ -149,7 +157,7 @@ class ScalerSettings:
             cache_public_key=_required(env, "NIX_CACHE_PUBLIC_KEY"),
             root_mode=_choice(env, "ROOT_MODE", ROOT_MODES, "ebs"),
             nix_determinate=_env_bool(env, "NIX_DETERMINATE", True),
-            agent_version=env.get("BUILDKITE_AGENT_VERSION", ""),
+            agent_version=env.get("BUILDKITE_AGENT_VERSION") or AGENT_MAJOR_VERSION,
             root_tmpfs_size=env.get("ROOT_TMPFS_SIZE") or DEFAULT_ROOT_TMPFS_SIZE,
             nix_installer_version=env.get("NIX_INSTALLER_VERSION") or DEFAULT_NIX_INSTALLER_VERSION,
             nix_trust_jobs=_env_bool(env, "NIX_TRUST_JOBS", False),
@@ -323,7 +331,9 @@ def _queue(index: int, raw: Any, stack: _StackDefaults) -> QueueConfig:
         include_waiting=_bool(where, raw, "include_waiting", defaults.include_waiting),
         # An idle timeout of 0 means "never idle out": burst instances would
         # then run forever, so it is refused rather than defaulted.
-        idle_timeout_seconds=_int(where, raw, "idle_timeout_seconds", defaults.idle_timeout_seconds, 1),
+        idle_timeout_seconds=_int(
+            where, raw, "idle_timeout_seconds", defaults.idle_timeout_seconds, MIN_IDLE_TIMEOUT_SECONDS
+        ),
         max_uptime_seconds=_int(where, raw, "max_uptime_seconds", defaults.max_uptime_seconds, 0),
         warm_pool_size=_int(where, raw, "warm_pool_size", defaults.warm_pool_size, 0),
         # null or absent: the largest pool size of the queue and its schedules.

@@ -23,8 +23,11 @@ _PRIVATE_KEY_BLOCK = re.compile(
 _PRIVATE_KEY_REST = re.compile(r"\A.*?-----END [A-Z0-9 ]*PRIVATE KEY-----", re.DOTALL)
 
 _PATTERNS = (
-    # Buildkite tokens: bkua_ (API), bkct_/bkat_ (agent) and the like.
-    re.compile(r"\bbk[a-z]{0,4}_[A-Za-z0-9]{16,}"),
+    # Buildkite tokens of every prefix: bkua_ (REST and GraphQL), bkat_ (agent), bkct_
+    # (cluster agent), bkjat_ (job acquisition: a JWT, three base64url parts joined by "."
+    # that may hold "-" and "_"). Stopping at "." or "-" would leave a JWT's payload and
+    # signature readable.
+    re.compile(r"\bbk[a-z]{0,4}_[A-Za-z0-9._-]{16,}"),
     # GitHub tokens, should a deploy step print one.
     re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}"),
     # AWS access key ids, long-term and temporary.
@@ -44,6 +47,9 @@ _ASSIGNED = re.compile(rf"(?i)(\b{_SENSITIVE_NAME}[\"']?\s*[:=]\s*[\"']?)([^\s\"
 # (`--token X`, `Authorization: Token X`, `Authorization: Basic X`).
 _FOLLOWING = re.compile(rf"(?i)(\b(?:{_SENSITIVE_NAME}|basic|bearer)\s+[\"']?)([A-Za-z0-9+/=_.~-]{{16,}})")
 
+# The bootstrap's failure line: "buildkite-bootstrap: FAILED step=... exit=...: reason".
+_VERDICT = re.compile(r"buildkite-bootstrap: FAILED step=")
+
 # Terminal colour and cursor codes, which systemd writes to the console.
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -62,6 +68,20 @@ def redacted_tail(text: str, max_lines: int = TAIL_LINES, max_chars: int = TAIL_
 
     Redacts before cutting: a cut through a token could remove the start
     that makes it recognisable, while a cut after redaction can only drop text.
+    The bootstrap's last failure line comes first when the tail would not show it.
     """
     lines = redact(_ANSI.sub("", text).replace("\r\n", "\n")).rstrip("\n").split("\n")
-    return "\n".join(lines[-max_lines:])[-max_chars:]
+    tail = "\n".join(lines[-max_lines:])
+    verdict = _last_verdict(lines[:-max_lines])
+    if not verdict:
+        return tail[-max_chars:]
+    verdict = verdict[: max_chars // 4]
+    return f"{verdict}\n{tail[-(max_chars - len(verdict) - 1) :]}"
+
+
+def _last_verdict(lines: list[str]) -> str:
+    """The bootstrap's failure line (step, exit code, reason) among `lines`, or "".
+
+    A power-off prints a screenful of units stopping after it, which would
+    push the one line that says why out of the tail."""
+    return next((line for line in reversed(lines) if _VERDICT.search(line)), "")

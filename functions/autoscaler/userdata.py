@@ -19,7 +19,16 @@ import re
 import shlex
 from pathlib import Path
 
-from autoscaler.config import ARCHITECTURES, ROLES, ROOT_MODES, InstallSettings, QueueConfig, UserDataSettings
+from autoscaler.config import (
+    AGENT_MAJOR_VERSION,
+    ARCHITECTURES,
+    MIN_IDLE_TIMEOUT_SECONDS,
+    ROLES,
+    ROOT_MODES,
+    InstallSettings,
+    QueueConfig,
+    UserDataSettings,
+)
 from autoscaler.lifecycle import (
     AGENT_VERSION_TAG,
     BOOTSTRAP_COMPLETE,
@@ -46,7 +55,8 @@ _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 # Nix public key "name:base64": printable ASCII without spaces, which would
 # split the nix.conf value. Quotes and "$" are allowed; they are data.
 _NIX_PUBLIC_KEY = re.compile(r"[!-9;-~]{1,200}:[A-Za-z0-9+/]{40,100}={0,2}")
-_AGENT_VERSION = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+([.+~-][A-Za-z0-9.+~-]{1,40})?")
+# The major version alone (its newest release) or an exact release of it (3.87.0).
+_AGENT_VERSION = re.compile(re.escape(AGENT_MAJOR_VERSION) + r"(\.[0-9]+\.[0-9]+([.+~-][A-Za-z0-9.+~-]{1,40})?)?")
 # tmpfs size= : a share of RAM (1-100%) or an absolute size (k, m, g suffix).
 _TMPFS_SIZE = re.compile(r"([1-9][0-9]?|100)%|[1-9][0-9]{0,6}[kmgKMG]")
 _INSTALLER_VERSION = re.compile(r"v[0-9]+\.[0-9]+\.[0-9]+")
@@ -79,7 +89,7 @@ def _settings_values(settings: UserDataSettings, queue: QueueConfig, role: str, 
     # the bootstrap instead of joining (the configuration matched it to the instance types).
     _check("queue.architecture", queue.architecture, queue.architecture in ARCHITECTURES, " or ".join(ARCHITECTURES))
     _check_count("queue.agents_per_instance", queue.agents_per_instance, 1)
-    _check_count("queue.idle_timeout_seconds", queue.idle_timeout_seconds, 1)
+    _check_count("queue.idle_timeout_seconds", queue.idle_timeout_seconds, MIN_IDLE_TIMEOUT_SECONDS)
     _check_count("queue.max_uptime_seconds", queue.max_uptime_seconds, 0)
     for field in ("agent_token_parameter", "ssh_key_parameter", "signing_key_parameter"):
         _check_pattern(field, getattr(settings, field), _PARAMETER, "an SSM parameter name")
@@ -120,8 +130,13 @@ def install_values(settings: InstallSettings, fleet_name: str, arch: str) -> dic
     _check_pattern("cache_region", settings.cache_region, _REGION, "an AWS region such as us-west-2")
     _check_pattern("cache_bucket", settings.cache_bucket, _BUCKET, "an S3 bucket name")
     _check_pattern("cache_public_key", settings.cache_public_key, _NIX_PUBLIC_KEY, "a Nix public key 'name:base64'")
-    if settings.agent_version:
-        _check_pattern("agent_version", settings.agent_version, _AGENT_VERSION, "empty or a version such as 3.87.0")
+    _check_pattern(
+        "agent_version",
+        settings.agent_version,
+        _AGENT_VERSION,
+        f"buildkite-agent {AGENT_MAJOR_VERSION}: {AGENT_MAJOR_VERSION} for its newest release or an exact "
+        f"{AGENT_MAJOR_VERSION}.x.y (another major needs the move in docs/instance-boot.md, 'Agent versions')",
+    )
     _check_pattern(
         "nix_installer_version", settings.nix_installer_version, _INSTALLER_VERSION, "a release tag such as v3.21.2"
     )
