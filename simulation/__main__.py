@@ -18,7 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from autoscaler.config import SPOT, ConfigError
-from simulation.cost import PRICE_DATE, PRICE_REGION, WORKING_DAYS_PER_MONTH, PriceError, Prices
+from simulation.cost import PRICE_DATE, PRICE_REGION, WORKING_DAYS_PER_MONTH, PriceError, Prices, StackCost
 from simulation.deployment import Deployment, TemplateError, deployment
 from simulation.report import (
     HOUR,
@@ -27,8 +27,8 @@ from simulation.report import (
     chart,
     compare_chart,
     fixed_cost,
+    monthly_total,
     spreads,
-    stack_line,
     summarize,
     table,
 )
@@ -41,6 +41,11 @@ DEFAULT_RUNS = 3
 SETTING_SEPARATOR = re.compile(r",(?=[A-Za-z0-9_.-]+=)")
 SPOT_NOTE = " (spot instance-hours at 1 - spot_discount of them)"
 POOL_NOTE = " (stopped pool instances: their volumes only)"
+STACK_NOTE = (
+    "The stack runs every day of the month: its Lambdas, metrics and logs as the first run wrote them; "
+    "image bake = weekly build instances (40 min an image) + kept snapshots at full volume size, an upper bound. "
+    "Left out: the Nix cache bucket (S3, grows with your closures), data transfer, NAT gateway, free tiers, taxes."
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,6 +77,7 @@ def _run_all(
     runs = args.runs or DEFAULT_RUNS
     summaries: dict[str, list[list[QueueSummary]]] = {}
     firsts: dict[str, RunResult] = {}
+    stacks: dict[str, StackCost] = {}
     report: dict[str, dict[str, object]] = {}
     warned = False
     for label, scenario in scenarios.items():
@@ -89,7 +95,7 @@ def _run_all(
         ]
         summaries[label] = [summarize(result, pricing) for result in results]
         firsts[label] = results[0]
-        stack = fixed_cost(results[0], deployed)
+        stack = stacks[label] = fixed_cost(results[0], deployed, pricing.prices)
         warnings = _warnings(results, seeds)
         warned = warned or bool(warnings)
         for warning in warnings:
@@ -99,7 +105,14 @@ def _run_all(
             "seeds": seeds,
             "runs": [[asdict(s) for s in run] for run in summaries[label]],
             "spread": [{k: asdict(v) for k, v in queue.items()} for queue in spreads(summaries[label])],
-            "stack_per_month": {**asdict(stack), "total": stack.per_month},
+            "stack_per_month": {
+                **asdict(stack),
+                "control_plane": stack.control_plane,
+                "bake": stack.bake,
+                "total": stack.per_month,
+                "custom_metrics_published": len(results[0].telemetry.metrics),
+            },
+            "total_per_month": monthly_total(summaries[label], stack),
             "warnings": warnings,
         }
         if not args.json:
@@ -107,7 +120,6 @@ def _run_all(
             print(
                 f"{label}: {runs} run(s) of {results[0].end / HOUR:.1f} h simulated in {elapsed:.1f} s", file=sys.stderr
             )
-            print(stack_line(label, stack, len(results[0].telemetry.metrics)), file=sys.stderr)
         if args.chart:
             boot = f"boot {scenario.world.boot_seconds:.0f} s ±{scenario.world.boot_jitter:.0%}"
             title = f"{label} ({_settings_text(args, label)}; {boot}), trace {trace.name}, seed {seeds[0]}"
@@ -123,11 +135,12 @@ def _run_all(
     else:
         spot = any(queue.capacity_type == SPOT for scenario in scenarios.values() for queue in scenario.queues)
         pool = any(queue.has_pool for scenario in scenarios.values() for queue in scenario.queues)
-        print(table(summaries, all_ranges=args.runs is not None and args.runs > 1, spot=spot, pool=pool))
+        ranges = args.runs is not None and args.runs > 1
+        print(table(summaries, all_ranges=ranges, spot=spot, pool=pool, stacks=stacks))
         print(
             f"\nmedian (min-max) over seeds {seeds[0]}-{seeds[-1]}; $ = instances at {PRICE_REGION} on-demand prices "
             f"of {PRICE_DATE}{SPOT_NOTE if spot else ''} + root volumes{POOL_NOTE if pool else ''}; "
-            f"$ per month = $ per day x {args.days_per_month:g} days"
+            f"$ per month = $ per day x {args.days_per_month:g} days. {STACK_NOTE}"
         )
     return 1 if warned else 0
 

@@ -32,6 +32,9 @@ ON_DEMAND_PER_HOUR = {
     "c6g.2xlarge": 0.272,
     "m7g.2xlarge": 0.3264,
     "c8g.2xlarge": 0.31904,
+    # The image bake's build instances (half the 2xlarge's price, as within every family).
+    "c7i.xlarge": 0.1785,
+    "c7g.xlarge": 0.1445,
 }
 EBS_GP3_PER_GIB_MONTH = 0.08
 LAMBDA_ARM_PER_GB_SECOND = 0.0000133334
@@ -41,6 +44,7 @@ ALARM_PER_MONTH = 0.10  # a standard-resolution alarm on one metric
 DASHBOARD_PER_MONTH = 3.00
 LOG_INGEST_PER_GB = 0.50
 LOG_STORAGE_PER_GB_MONTH = 0.03
+SNAPSHOT_PER_GB_MONTH = 0.05  # EBS snapshots, standard tier
 
 HOURS_PER_MONTH = 730.0
 DAYS_PER_MONTH = 30.4
@@ -48,6 +52,17 @@ WORKING_DAYS_PER_MONTH = 21.7
 # The reaper's run: a DescribeInstances and, rarely, console reads and a termination.
 # An assumption (the simulation's reaper takes no simulated time): about a second.
 REAPER_SECONDS = 1.0
+# Written in Lambda but not in the simulation, which runs the handlers' loops without Lambda:
+# each invocation's START, END and REPORT lines, and the context keys Powertools'
+# inject_lambda_context adds to each log line (cold_start, function name, memory, ARN,
+# request id, X-Ray trace id), about 310 bytes as the handler tests print them.
+LAMBDA_PLATFORM_BYTES = 350
+LAMBDA_CONTEXT_BYTES = 310
+# The image bake: ImageBuildSchedule's default is weekly; a bake takes 20-40 minutes per
+# image (docs/deploy.md), taken at the long end; each kept image's snapshot is counted at
+# the image volume's full size, an upper bound (EBS bills the blocks written).
+BAKES_PER_MONTH = DAYS_PER_MONTH / 7
+BAKE_HOURS = 40 / 60
 
 
 class PriceError(ValueError):
@@ -124,23 +139,38 @@ class InvocationPattern:
     log_bytes_per_scaler: float  # log lines and EMF records per invocation, at the template's level
     log_bytes_per_reaper: float
     metrics: int  # distinct custom metrics (name x dimension values) the run emitted
+    log_lines_per_scaler: float = 0.0  # log lines (not EMF records) per invocation: each gets the context keys
+    log_lines_per_reaper: float = 0.0
 
 
 @dataclass(frozen=True)
 class StackCost:
+    """The stack's own monthly cost, item by item: what runs whether or not a job comes."""
+
     lambda_compute: float
     lambda_requests: float
     metrics: float
     logs: float
     alarms: float
-    dashboard: float
+    dashboard: float  # optional (DashboardEnabled)
+    bake_instances: float  # the weekly image bake's build instances
+    bake_snapshots: float  # the kept images' snapshots (an upper bound)
+
+    @property
+    def control_plane(self) -> float:
+        """The Lambdas and what they write and are watched by: the figure held at $5 a month."""
+        return self.lambda_compute + self.lambda_requests + self.metrics + self.logs + self.alarms
+
+    @property
+    def bake(self) -> float:
+        return self.bake_instances + self.bake_snapshots
 
     @property
     def per_month(self) -> float:
-        return self.lambda_compute + self.lambda_requests + self.metrics + self.logs + self.alarms + self.dashboard
+        return self.control_plane + self.dashboard + self.bake
 
 
-def stack_cost(pattern: InvocationPattern, deployed: Deployment) -> StackCost:
+def stack_cost(pattern: InvocationPattern, deployed: Deployment, prices: Prices) -> StackCost:
     """The fixed monthly cost: the schedules run every minute of every day, whatever the queues do."""
     scaler_gb = deployed.memory_mb[deployed.scaler_function] / 1024
     reaper_gb = deployed.memory_mb[deployed.reaper_function] / 1024
@@ -148,11 +178,14 @@ def stack_cost(pattern: InvocationPattern, deployed: Deployment) -> StackCost:
         pattern.scaler_per_month * pattern.scaler_seconds * scaler_gb
         + pattern.reaper_per_month * REAPER_SECONDS * reaper_gb
     )
-    log_gb = (
-        pattern.scaler_per_month * pattern.log_bytes_per_scaler
-        + pattern.reaper_per_month * pattern.log_bytes_per_reaper
-    ) / 1e9
+    log_bytes = pattern.scaler_per_month * (
+        pattern.log_bytes_per_scaler + LAMBDA_PLATFORM_BYTES + LAMBDA_CONTEXT_BYTES * pattern.log_lines_per_scaler
+    ) + pattern.reaper_per_month * (
+        pattern.log_bytes_per_reaper + LAMBDA_PLATFORM_BYTES + LAMBDA_CONTEXT_BYTES * pattern.log_lines_per_reaper
+    )
+    log_gb = log_bytes / 1e9
     stored_gb = log_gb * min(deployed.log_retention_days, 3653) / DAYS_PER_MONTH
+    snapshots_gib = deployed.images_kept * len(deployed.bake_instance_types) * deployed.image_volume_gib
     return StackCost(
         lambda_compute=gb_seconds * LAMBDA_ARM_PER_GB_SECOND,
         lambda_requests=(pattern.scaler_per_month + pattern.reaper_per_month) * LAMBDA_PER_REQUEST,
@@ -160,4 +193,6 @@ def stack_cost(pattern: InvocationPattern, deployed: Deployment) -> StackCost:
         logs=log_gb * LOG_INGEST_PER_GB + stored_gb * LOG_STORAGE_PER_GB_MONTH,
         alarms=deployed.alarms * ALARM_PER_MONTH,
         dashboard=deployed.dashboards * DASHBOARD_PER_MONTH,
+        bake_instances=BAKES_PER_MONTH * BAKE_HOURS * sum(prices.hourly(kind) for kind in deployed.bake_instance_types),
+        bake_snapshots=snapshots_gib * SNAPSHOT_PER_GB_MONTH,
     )
