@@ -1,8 +1,10 @@
 """Dollars: each queue's instances and volumes, and the stack's own fixed cost.
 
-Prices are on-demand list prices for one region, with their date: a small
-shipped table, each overridable (`--price TYPE=USD`). Figures leave out free
-tiers, data transfer, the NAT gateway and taxes.
+Prices are on-demand list prices for one region, with their date and source: a
+small shipped table for the regions that list the same prices, a price file a
+user supplies (`--set prices=FILE`) for any other, each price overridable
+(`--price TYPE=USD`). Lambda and CloudWatch are priced as in us-east-1. Figures
+leave out free tiers, data transfer, the NAT gateway and taxes.
 
 The model is per queue and per term, so markets and pools plug in as data: a
 spot discount per queue in `Prices.discount`, applied to the queue's spot
@@ -12,8 +14,10 @@ instances as `QueueUsage.stopped_gib_seconds`.
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from simulation.deployment import Deployment
 
@@ -22,6 +26,10 @@ PRICE_REGION = "us-east-1"
 # CloudWatch pricing pages) as of this date, written down by hand, not fetched: check
 # yours (`aws pricing get-products`) and override with --price.
 PRICE_DATE = "2025-06"
+PRICE_SOURCE = "aws.amazon.com/ec2/pricing/on-demand, Linux"
+# Regions where AWS lists these families' Linux on-demand and gp3 prices the same as us-east-1.
+# Any other region: a price file (its prices differ family by family).
+SAME_PRICES_AS_US_EAST_1 = ("us-east-1", "us-east-2", "us-west-2")
 ON_DEMAND_PER_HOUR = {
     "c7i.2xlarge": 0.357,
     "c6i.2xlarge": 0.34,
@@ -74,6 +82,36 @@ class Prices:
     per_hour: dict[str, float] = field(default_factory=lambda: dict(ON_DEMAND_PER_HOUR))
     ebs_gib_month: float = EBS_GP3_PER_GIB_MONTH
     discount: dict[str, float] = field(default_factory=dict)  # per queue, 0..1 off the price of spot seconds
+    region: str = PRICE_REGION
+    date: str = PRICE_DATE
+    source: str = PRICE_SOURCE
+
+    @classmethod
+    def shipped(cls, region: str) -> Prices:
+        if region not in SAME_PRICES_AS_US_EAST_1:
+            raise PriceError(
+                f"region={region}: no shipped prices (shipped: {', '.join(SAME_PRICES_AS_US_EAST_1)}); "
+                "give your region's in a price file, --set prices=FILE (see README, Simulation)"
+            )
+        return cls(region=region)
+
+    @classmethod
+    def from_file(cls, path: Path) -> Prices:
+        """{"region", "date", "source", "on_demand_per_hour": {type: USD}, "ebs_gp3_per_gib_month"}."""
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as error:
+            raise PriceError(f"prices={path}: cannot read the price file ({error.strerror})") from None
+        except ValueError as error:
+            raise PriceError(f"prices={path}: not JSON ({error})") from None
+        if not isinstance(raw, dict) or not isinstance(raw.get("on_demand_per_hour"), dict):
+            raise PriceError(f"prices={path}: wants a JSON object with on_demand_per_hour {{type: USD per hour}}")
+        for key in ("region", "date", "source"):
+            if not isinstance(raw.get(key), str) or not raw[key].strip():
+                raise PriceError(f"prices={path}: {key} must be a non-empty string (got {raw.get(key)!r})")
+        ebs = _dollars(f"prices={path}: ebs_gp3_per_gib_month", raw.get("ebs_gp3_per_gib_month", math.nan))
+        hourly = {kind: _dollars(f"prices={path}: {kind}", value) for kind, value in raw["on_demand_per_hour"].items()}
+        return cls(hourly, ebs, region=raw["region"], date=raw["date"], source=raw["source"])
 
     def hourly(self, instance_type: str) -> float:
         if instance_type not in self.per_hour:
@@ -85,14 +123,18 @@ class Prices:
     def with_overrides(self, overrides: dict[str, str]) -> Prices:
         prices = dict(self.per_hour)
         for instance_type, text in overrides.items():
-            try:
-                value = float(text)
-            except ValueError:
-                value = math.nan
-            if not (math.isfinite(value) and value >= 0):
-                raise PriceError(f"--price {instance_type} must be a number of dollars >= 0 (got {text!r})")
-            prices[instance_type] = value
-        return Prices(prices, self.ebs_gib_month, self.discount)
+            prices[instance_type] = _dollars(f"--price {instance_type}", text)
+        return replace(self, per_hour=prices)
+
+
+def _dollars(name: str, text: object) -> float:
+    try:
+        value = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise PriceError(f"{name} must be a number of dollars >= 0 (got {text!r})")
+    return value
 
 
 @dataclass(frozen=True)

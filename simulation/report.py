@@ -256,15 +256,22 @@ def table(
     """One block per queue; one column per named setting, each figure a median (and range) over seeds;
     with `spot`, the spot market's figures too; with `pool`, the warm pool's; with `stacks`, the
     stack's fixed cost item by item and the month's total."""
-    stats = {label: spreads(summaries) for label, summaries in runs.items()}
-    queues = [summary.queue for summary in next(iter(runs.values()))[0]]
+    # By queue name: compared fleets (queues=FILE) may have different queues; "-" where a label has none.
+    stats = {
+        label: {run.queue: spread for run, spread in zip(summaries[0], spreads(summaries), strict=True)}
+        for label, summaries in runs.items()
+    }
+    queues = list(dict.fromkeys(name for per_label in stats.values() for name in per_label))
     rows = ROWS + (SPOT_ROWS if spot else ()) + (POOL_ROWS if pool else ())
     cells = [
         [
-            [_cell(per_label[index][key], fmt, tail or all_ranges) for per_label in stats.values()]
+            [
+                _cell(per_label[queue][key], fmt, tail or all_ranges) if queue in per_label else "-"
+                for per_label in stats.values()
+            ]
             for _, key, fmt, tail in rows
         ]
-        for index in range(len(queues))
+        for queue in queues
     ]
     # Wide enough for the widest label or figure, with a space before it.
     width = max(17, *(len(label) + 2 for label in runs), *(len(c) + 1 for q in cells for row in q for c in row))
