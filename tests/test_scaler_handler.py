@@ -370,6 +370,16 @@ def test_user_data_is_gzip_or_cloud_config(
     assert FAKE_TOKEN.encode() not in text
 
 
+def test_a_healthy_invocation_publishes_no_custom_metric(
+    stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # CloudWatch bills a custom metric for each hour it is published in: a launch that
+    # went well publishes nothing, and the alarms read the missing data as zero.
+    summary = launch_busy_queues(stack, buildkite, monkeypatch)
+    assert summary["queues"][X86]["launched"]
+    assert emf_records(capsys.readouterr().out) == []
+
+
 # A field a Logs Insights query reads: `metrics.total`, `failures.0.code`, `queue`.
 QUERY_FIELD = re.compile(r"\b(?:metrics|plan|pool|failures|fallbacks)(?:\.\w+)+|\b(?:queue|shortfall)\b")
 
