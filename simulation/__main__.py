@@ -18,7 +18,14 @@ from datetime import timedelta
 from pathlib import Path
 
 from autoscaler.config import SPOT, ConfigError
-from simulation.cost import PRICE_DATE, PRICE_REGION, WORKING_DAYS_PER_MONTH, PriceError, Prices
+from simulation.cost import (
+    PRICE_REGION,
+    SAME_PRICES_AS_US_EAST_1,
+    WORKING_DAYS_PER_MONTH,
+    PriceError,
+    Prices,
+    StackCost,
+)
 from simulation.deployment import Deployment, TemplateError, deployment
 from simulation.report import (
     HOUR,
@@ -27,8 +34,8 @@ from simulation.report import (
     chart,
     compare_chart,
     fixed_cost,
+    monthly_total,
     spreads,
-    stack_line,
     summarize,
     table,
 )
@@ -39,16 +46,21 @@ from simulation.trace import START, Trace, TraceError, default_trace, load_csv
 DEFAULT_RUNS = 3
 # A comma before the next key=: a JSON value's own commas (a schedule list) stay in the value.
 SETTING_SEPARATOR = re.compile(r",(?=[A-Za-z0-9_.-]+=)")
+PRICE_SETTINGS = ("region", "prices")
 SPOT_NOTE = " (spot instance-hours at 1 - spot_discount of them)"
 POOL_NOTE = " (stopped pool instances: their volumes only)"
+STACK_NOTE = (
+    "The stack runs every day of the month: its Lambdas, metrics and logs as the first run wrote them; "
+    "image bake = weekly build instances (40 min an image) + kept snapshots at full volume size, an upper bound. "
+    "Left out: the Nix cache bucket (S3, grows with your closures), data transfer, NAT gateway, free tiers, taxes."
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         trace = load_csv(args.trace) if args.trace else Trace(default_trace(args.seed), START, f"day-{args.seed}")
-        scenarios = _scenarios(args)
-        pricing = Pricing(Prices().with_overrides(_pairs(args.price, "--price")), args.days_per_month)
+        scenarios, pricings = _scenarios(args)
         deployed = deployment()
         if args.runs is not None and args.runs < 1:
             raise ConfigError(f"--runs must be >= 1 (got {args.runs})")
@@ -60,21 +72,27 @@ def main(argv: list[str] | None = None) -> int:
 
         return 0 if same_decisions(trace.jobs, scenarios[args.label], args.moto_minutes * 60.0) else 1
     try:
-        return _run_all(trace, scenarios, pricing, deployed, args)
+        return _run_all(trace, scenarios, pricings, deployed, args)
     except PriceError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
 
 def _run_all(
-    trace: Trace, scenarios: dict[str, Scenario], pricing: Pricing, deployed: Deployment, args: argparse.Namespace
+    trace: Trace,
+    scenarios: dict[str, Scenario],
+    pricings: dict[str, Pricing],
+    deployed: Deployment,
+    args: argparse.Namespace,
 ) -> int:
     runs = args.runs or DEFAULT_RUNS
     summaries: dict[str, list[list[QueueSummary]]] = {}
     firsts: dict[str, RunResult] = {}
+    stacks: dict[str, StackCost] = {}
     report: dict[str, dict[str, object]] = {}
     warned = False
     for label, scenario in scenarios.items():
+        pricing = pricings[label]
         started = time.monotonic()
         seeds = [scenario.world.seed + index for index in range(runs)]
         results = [
@@ -89,7 +107,7 @@ def _run_all(
         ]
         summaries[label] = [summarize(result, pricing) for result in results]
         firsts[label] = results[0]
-        stack = fixed_cost(results[0], deployed)
+        stack = stacks[label] = fixed_cost(results[0], deployed, pricing.prices)
         warnings = _warnings(results, seeds)
         warned = warned or bool(warnings)
         for warning in warnings:
@@ -99,7 +117,14 @@ def _run_all(
             "seeds": seeds,
             "runs": [[asdict(s) for s in run] for run in summaries[label]],
             "spread": [{k: asdict(v) for k, v in queue.items()} for queue in spreads(summaries[label])],
-            "stack_per_month": {**asdict(stack), "total": stack.per_month},
+            "stack_per_month": {
+                **asdict(stack),
+                "control_plane": stack.control_plane,
+                "bake": stack.bake,
+                "total": stack.per_month,
+                "custom_metrics_published": len(results[0].telemetry.metrics),
+            },
+            "total_per_month": monthly_total(summaries[label], stack),
             "warnings": warnings,
         }
         if not args.json:
@@ -107,7 +132,6 @@ def _run_all(
             print(
                 f"{label}: {runs} run(s) of {results[0].end / HOUR:.1f} h simulated in {elapsed:.1f} s", file=sys.stderr
             )
-            print(stack_line(label, stack, len(results[0].telemetry.metrics)), file=sys.stderr)
         if args.chart:
             boot = f"boot {scenario.world.boot_seconds:.0f} s ±{scenario.world.boot_jitter:.0%}"
             title = f"{label} ({_settings_text(args, label)}; {boot}), trace {trace.name}, seed {seeds[0]}"
@@ -123,13 +147,25 @@ def _run_all(
     else:
         spot = any(queue.capacity_type == SPOT for scenario in scenarios.values() for queue in scenario.queues)
         pool = any(queue.has_pool for scenario in scenarios.values() for queue in scenario.queues)
-        print(table(summaries, all_ranges=args.runs is not None and args.runs > 1, spot=spot, pool=pool))
+        ranges = args.runs is not None and args.runs > 1
+        print(table(summaries, all_ranges=ranges, spot=spot, pool=pool, stacks=stacks))
         print(
-            f"\nmedian (min-max) over seeds {seeds[0]}-{seeds[-1]}; $ = instances at {PRICE_REGION} on-demand prices "
-            f"of {PRICE_DATE}{SPOT_NOTE if spot else ''} + root volumes{POOL_NOTE if pool else ''}; "
-            f"$ per month = $ per day x {args.days_per_month:g} days"
+            f"\nmedian (min-max) over seeds {seeds[0]}-{seeds[-1]}; $ = instances at {_prices_text(pricings)}"
+            f"{SPOT_NOTE if spot else ''} + root volumes{POOL_NOTE if pool else ''}; "
+            f"$ per month = $ per day x {args.days_per_month:g} days. {STACK_NOTE}"
         )
     return 1 if warned else 0
+
+
+def _prices_text(pricings: dict[str, Pricing]) -> str:
+    """Each distinct price table once: its region, date and source (and the labels using it when they differ)."""
+    tables: dict[str, list[str]] = {}
+    for label, pricing in pricings.items():
+        prices = pricing.prices
+        tables.setdefault(f"{prices.region} on-demand prices of {prices.date} ({prices.source})", []).append(label)
+    if len(tables) == 1:
+        return next(iter(tables))
+    return "; ".join(f"{', '.join(labels)}: {text}" for text, labels in tables.items())
 
 
 def _warnings(results: list[RunResult], seeds: list[int]) -> list[str]:
@@ -141,15 +177,34 @@ def _warnings(results: list[RunResult], seeds: list[int]) -> list[str]:
     return [f"{w} (seed {', '.join(map(str, s))})" for w, s in seen.items()]
 
 
-def _scenarios(args: argparse.Namespace) -> dict[str, Scenario]:
-    base = with_overrides(default_scenario(), _pairs(args.set, "--set"))
-    scenarios = {args.label: base}
+def _scenarios(args: argparse.Namespace) -> tuple[dict[str, Scenario], dict[str, Pricing]]:
+    """Each label's scenario and prices: --set for all, then each --compare's own settings."""
+    base_prices, base = _split(_pairs(args.set, "--set"))
+    scenarios = {args.label: with_overrides(default_scenario(), base)}
+    pricings = {args.label: _pricing(base_prices, args)}
     for spec in args.compare:
         label, _, settings = spec.partition(":")
         if not label or not settings or label in scenarios:
             raise ConfigError(f"--compare wants a new LABEL:key=value[,key=value] (got {spec!r})")
-        scenarios[label] = with_overrides(base, _pairs(SETTING_SEPARATOR.split(settings), f"--compare {label}"))
-    return scenarios
+        prices, rest = _split(_pairs(SETTING_SEPARATOR.split(settings), f"--compare {label}"))
+        scenarios[label] = with_overrides(scenarios[args.label], rest)
+        pricings[label] = _pricing({**base_prices, **prices}, args)
+    return scenarios, pricings
+
+
+def _split(pairs: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The price settings (region, prices) apart from the scenario's."""
+    prices = {key: value for key, value in pairs.items() if key in PRICE_SETTINGS}
+    return prices, {key: value for key, value in pairs.items() if key not in PRICE_SETTINGS}
+
+
+def _pricing(settings: dict[str, str], args: argparse.Namespace) -> Pricing:
+    """A price file, else the region's shipped prices; then each --price."""
+    if "prices" in settings:
+        prices = Prices.from_file(Path(settings["prices"]))
+    else:
+        prices = Prices.shipped(settings.get("region", PRICE_REGION))
+    return Pricing(prices.with_overrides(_pairs(args.price, "--price")), args.days_per_month)
 
 
 def _settings_text(args: argparse.Namespace, label: str) -> str:
@@ -217,7 +272,9 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="a setting, e.g. max_instances=10, nixos-arm-aws.max_instances=2, boot_path=baked, capacity_type=spot, "
-        "nixos-x86-aws.warm_pool_size=2, 'nixos-x86-aws.schedules=[{...}]' (JSON, as in QUEUES)",
+        "nixos-x86-aws.warm_pool_size=2, 'nixos-x86-aws.schedules=[{...}]' (JSON, as in QUEUES); your own fleet: "
+        "queues=FILE (the template's Queues parameter, a JSON array), region=us-west-2 (shipped prices: "
+        f"{', '.join(SAME_PRICES_AS_US_EAST_1)}), prices=FILE (your region's prices, see README)",
     )
     parser.add_argument(
         "--compare",

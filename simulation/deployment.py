@@ -38,6 +38,10 @@ class Deployment:
     dashboards: int
     root_volume_gib: int
     log_retention_days: int
+    # The image bake: each pipeline's first build instance type, the image volume, images kept.
+    bake_instance_types: tuple[str, ...] = ()
+    image_volume_gib: int = 0
+    images_kept: int = 0
 
 
 class _Loader(yaml.SafeLoader):
@@ -87,9 +91,26 @@ def deployment(path: Path = TEMPLATE) -> Deployment:
         scaler_function=scaler,
         reaper_function=reaper,
         alarms=sum(r["Type"] == "AWS::CloudWatch::Alarm" for r in resources.values()),
-        dashboards=sum(r["Type"] == "AWS::CloudWatch::Dashboard" for r in resources.values()),
+        # The dashboard is optional (DashboardEnabled): counted when its default deploys it.
+        dashboards=sum(r["Type"] == "AWS::CloudWatch::Dashboard" for r in resources.values())
+        * (str(params["DashboardEnabled"]["Default"]) == "true"),
         root_volume_gib=int(params["RootVolumeSize"]["Default"]),
         log_retention_days=int(params["LogRetentionDays"]["Default"]),
+        bake_instance_types=tuple(
+            r["Properties"]["InstanceTypes"][0]
+            for r in resources.values()
+            if r["Type"] == "AWS::ImageBuilder::InfrastructureConfiguration"
+        ),
+        image_volume_gib=max(
+            (
+                int(device["Ebs"]["VolumeSize"])
+                for r in resources.values()
+                if r["Type"] == "AWS::ImageBuilder::ImageRecipe"
+                for device in r["Properties"]["BlockDeviceMappings"]
+            ),
+            default=0,
+        ),
+        images_kept=int(params["ImagesKept"]["Default"]),
     )
 
 

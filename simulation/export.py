@@ -36,10 +36,18 @@ TOKEN_VARIABLE = "BUILDKITE_API_TOKEN"  # noqa: S105 - the variable's name, not 
 PER_PAGE = 100
 MAX_RATE_LIMIT_WAITS = 10
 TIMEOUT_SECONDS = 30
+# Where Buildkite runs a job without a queue= rule: the cluster's default queue, whose key is
+# `default-queue` in an organisation created since February 2024 (only clusters); `default`
+# for unclustered agents.
+DEFAULT_QUEUE = "default-queue"
 
 
 class ExportError(RuntimeError):
     """The export failed; the message never holds the token."""
+
+
+class EndpointError(ExportError):
+    """The --api URL does not answer as Buildkite's REST API (no connection, or not JSON): bad input."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +77,11 @@ def fetch_builds(
     query: dict[str, str] | None = {**params, "per_page": str(PER_PAGE)}
     while next_url:
         response = _get(session, next_url, query, sleep)
-        page = response.json()
+        try:
+            page = response.json()
+        except ValueError:
+            kind = response.headers.get("Content-Type") or "no content type"
+            raise EndpointError(f"GET {_url(next_url)}: the reply is not JSON ({kind}); check --api") from None
         if not isinstance(page, list):
             raise ExportError(f"GET {_path(next_url)}: expected a JSON list of builds (got {type(page).__name__})")
         pages, builds = pages + 1, builds + len(page)
@@ -87,8 +99,8 @@ def _get(
         try:
             response = session.get(url, params=query, timeout=TIMEOUT_SECONDS)
         except requests.RequestException as error:
-            # The exception's text may quote the request; name only its kind and the path.
-            raise ExportError(f"GET {_path(url)}: {type(error).__name__}") from None
+            # The exception's text may quote the request; name only its kind and the URL (no query).
+            raise EndpointError(f"GET {_url(url)}: {type(error).__name__}; check --api and the network") from None
         if response.status_code != 429:
             if response.status_code != 200:
                 hint = " (check the token and its read_builds scope)" if response.status_code in (401, 403) else ""
@@ -111,8 +123,15 @@ def _path(url: str) -> str:
     return requests.utils.urlparse(url).path
 
 
-def trace_rows(build: dict[str, Any]) -> list[TraceRow]:
-    """The build's script jobs that ran, each waiting on the step group before its `wait`."""
+def _url(url: str) -> str:
+    """Scheme, host and path: where the request went, without its query."""
+    parts = requests.utils.urlparse(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
+def trace_rows(build: dict[str, Any], default_queue: str = DEFAULT_QUEUE) -> list[TraceRow]:
+    """The build's script jobs that ran, each waiting on the step group before its `wait`;
+    a job without a `queue=` rule on `default_queue`."""
     rows: list[TraceRow] = []
     previous: list[str] = []  # the last non-empty group before a wait
     group: list[str] = []
@@ -128,17 +147,18 @@ def trace_rows(build: dict[str, Any]) -> list[TraceRow]:
         if not ready:
             continue
         duration = (_time(job["finished_at"]) - _time(job["started_at"])).total_seconds()
-        rows.append(TraceRow(_queue(job), ready, max(0.0, duration), str(job["id"]), waits_on))
+        rows.append(TraceRow(_queue(job) or default_queue, ready, max(0.0, duration), str(job["id"]), waits_on))
         group.append(str(job["id"]))
     return rows
 
 
 def _queue(job: dict[str, Any]) -> str:
+    """The job's `queue=` rule; "" for none."""
     for rule in job.get("agent_query_rules") or []:
         key, _, value = str(rule).partition("=")
         if key == "queue":
             return value
-    return "default"
+    return ""
 
 
 def _time(text: str) -> datetime:
@@ -162,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     if not token:
         print(f"error: set {TOKEN_VARIABLE} to a Buildkite API token with read_builds", file=sys.stderr)
         return 2
+    # Checked before the export, which may take many pages of the API's rate limit.
+    if not args.out.parent.is_dir():
+        print(f"error: --out {args.out}: no folder {args.out.parent}", file=sys.stderr)
+        return 2
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {token}"
     params = {"created_from": args.since, **({"created_to": args.until} if args.until else {})}
@@ -174,14 +198,21 @@ def main(argv: list[str] | None = None) -> int:
         rows = [
             row
             for build in fetch_builds(session, builds_url(args.api, args.org, args.pipeline), params, progress)
-            for row in trace_rows(build)
+            for row in trace_rows(build, args.default_queue)
         ]
     except ExportError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(error, EndpointError) else 1
     write_csv(rows, args.out)
     elapsed = time.monotonic() - started
     print(f"wrote {len(rows)} jobs to {args.out} in {elapsed:.1f} s", file=sys.stderr)
+    on_default = sum(row.queue == args.default_queue for row in rows)
+    if on_default:
+        print(
+            f"{on_default} jobs on queue {args.default_queue!r}, where Buildkite runs jobs without a queue= rule "
+            "(--default-queue sets its key)",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -196,6 +227,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--until", help="builds created up to this ISO-8601 time")
     parser.add_argument("--out", type=Path, default=Path("trace.csv"), help="the CSV to write (default trace.csv)")
     parser.add_argument("--api", default=API, help=f"REST API base (default {API})")
+    parser.add_argument(
+        "--default-queue",
+        default=DEFAULT_QUEUE,
+        help=f"queue key of jobs without a queue= rule (default {DEFAULT_QUEUE}, a new organisation's default "
+        "cluster queue; unclustered agents: default)",
+    )
     return parser
 
 

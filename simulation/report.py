@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -164,7 +165,7 @@ def _queue_summary(result: RunResult, queue: str, pricing: Pricing) -> QueueSumm
     )
 
 
-def fixed_cost(result: RunResult, deployed: Deployment) -> StackCost:
+def fixed_cost(result: RunResult, deployed: Deployment, prices: Prices) -> StackCost:
     """The stack's monthly cost, from the template and the run's invocation pattern."""
     telemetry = result.telemetry
     assert telemetry is not None
@@ -177,8 +178,10 @@ def fixed_cost(result: RunResult, deployed: Deployment) -> StackCost:
         log_bytes_per_scaler=telemetry.log_bytes["scaler"] / scaler_runs,
         log_bytes_per_reaper=telemetry.log_bytes["reaper"] / reaper_runs,
         metrics=len(telemetry.metrics),
+        log_lines_per_scaler=telemetry.log_lines["scaler"] / scaler_runs,
+        log_lines_per_reaper=telemetry.log_lines["reaper"] / reaper_runs,
     )
-    return stack_cost(pattern, deployed)
+    return stack_cost(pattern, deployed, prices)
 
 
 def lifetime(instance: SimInstance, end: float) -> float:
@@ -217,18 +220,58 @@ def spreads(runs: list[list[QueueSummary]]) -> list[dict[str, Spread]]:
     ]
 
 
-def table(runs: dict[str, list[list[QueueSummary]]], all_ranges: bool, spot: bool = False, pool: bool = False) -> str:
+# The stack's own monthly cost, item by item, then the month's total with the queues.
+STACK_ROWS: tuple[tuple[str, Callable[[StackCost], float]], ...] = (
+    ("Lambdas", lambda cost: cost.lambda_compute + cost.lambda_requests),
+    ("custom metrics", lambda cost: cost.metrics),
+    ("logs", lambda cost: cost.logs),
+    ("alarms", lambda cost: cost.alarms),
+    ("dashboard", lambda cost: cost.dashboard),
+    ("image bake", lambda cost: cost.bake),
+    ("stack $ per month", lambda cost: cost.per_month),
+)
+
+
+def monthly_total(summaries: list[list[QueueSummary]], stack: StackCost) -> float:
+    """Every queue's median $ per month and the stack's fixed cost: the month's bill."""
+    return sum(queue["cost_per_month"].median for queue in spreads(summaries)) + stack.per_month
+
+
+def stack_block(runs: dict[str, list[list[QueueSummary]]], stacks: dict[str, StackCost], width: int) -> str:
+    lines = ["stack (fixed)".ljust(18) + "".join(f"{label:>{width}}" for label in runs)]
+    lines += [
+        f"{name:<18}" + "".join(f"{item(stacks[label]):>{width}.2f}" for label in runs) for name, item in STACK_ROWS
+    ]
+    total = "".join(f"{monthly_total(runs[label], stacks[label]):>{width}.0f}" for label in runs)
+    return "\n".join([*lines, f"{'total $ per month':<18}" + total])
+
+
+def table(
+    runs: dict[str, list[list[QueueSummary]]],
+    all_ranges: bool,
+    spot: bool = False,
+    pool: bool = False,
+    stacks: dict[str, StackCost] | None = None,
+) -> str:
     """One block per queue; one column per named setting, each figure a median (and range) over seeds;
-    with `spot`, the spot market's figures too; with `pool`, the warm pool's."""
-    stats = {label: spreads(summaries) for label, summaries in runs.items()}
-    queues = [summary.queue for summary in next(iter(runs.values()))[0]]
+    with `spot`, the spot market's figures too; with `pool`, the warm pool's; with `stacks`, the
+    stack's fixed cost item by item and the month's total."""
+    # By queue name: compared fleets (queues=FILE) may have different queues; "-" where a label has none.
+    stats = {
+        label: {run.queue: spread for run, spread in zip(summaries[0], spreads(summaries), strict=True)}
+        for label, summaries in runs.items()
+    }
+    queues = list(dict.fromkeys(name for per_label in stats.values() for name in per_label))
     rows = ROWS + (SPOT_ROWS if spot else ()) + (POOL_ROWS if pool else ())
     cells = [
         [
-            [_cell(per_label[index][key], fmt, tail or all_ranges) for per_label in stats.values()]
+            [
+                _cell(per_label[queue][key], fmt, tail or all_ranges) if queue in per_label else "-"
+                for per_label in stats.values()
+            ]
             for _, key, fmt, tail in rows
         ]
-        for index in range(len(queues))
+        for queue in queues
     ]
     # Wide enough for the widest label or figure, with a space before it.
     width = max(17, *(len(label) + 2 for label in runs), *(len(c) + 1 for q in cells for row in q for c in row))
@@ -240,6 +283,8 @@ def table(runs: dict[str, list[list[QueueSummary]]], all_ranges: bool, spot: boo
             for (name, *_), row in zip(rows, queue_cells, strict=True)
         ]
         blocks.append("\n".join(lines))
+    if stacks is not None:
+        blocks.append(stack_block(runs, stacks, width))
     return "\n\n".join(blocks)
 
 
@@ -247,15 +292,6 @@ def _cell(spread: Spread, fmt: str, ranged: bool) -> str:
     text = fmt.format(spread.median)
     low, high = fmt.format(spread.low), fmt.format(spread.high)
     return f"{text} ({low}-{high})" if ranged and low != high else text
-
-
-def stack_line(label: str, cost: StackCost, metrics: int) -> str:
-    lambdas = cost.lambda_compute + cost.lambda_requests
-    return (
-        f"{label}: stack fixed cost ${cost.per_month:.2f}/month: Lambda ${lambdas:.2f}, "
-        f"{metrics} metrics ${cost.metrics:.2f}, logs ${cost.logs:.2f}, alarms ${cost.alarms:.2f}, "
-        f"dashboard ${cost.dashboard:.2f}"
-    )
 
 
 def _pyplot():  # noqa: ANN202 - matplotlib is a dev-only dependency, loaded only for charts

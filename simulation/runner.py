@@ -190,6 +190,7 @@ class TelemetrySink(io.TextIOBase):
     def __init__(self, until: float) -> None:
         self.until = until  # simulated second the counting stops
         self.log_bytes = {"scaler": 0, "reaper": 0}
+        self.log_lines = {"scaler": 0, "reaper": 0}  # log lines, not EMF records: Lambda adds its context to each
         self.runs = {"scaler": 0, "reaper": 0}  # invocations counted
         self.metrics: set[tuple[str, tuple[tuple[str, str], ...]]] = set()  # name, dimensions
         self.function = "scaler"
@@ -211,6 +212,8 @@ class TelemetrySink(io.TextIOBase):
         self.log_bytes[self.function] += len(text.encode())
         if '"_aws"' in text:
             self._metrics(json.loads(text))
+        elif text.strip():  # print() writes an EMF record's newline on its own
+            self.log_lines[self.function] += 1
         return len(text)
 
     def _metrics(self, record: dict[str, Any]) -> None:

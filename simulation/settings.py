@@ -10,10 +10,21 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
-from autoscaler.config import ROOT_MODES, ConfigError, QueueConfig, check_int, check_range, env_int, parse_queues
+from autoscaler.config import (
+    ROOT_MODES,
+    ConfigError,
+    QueueConfig,
+    check_int,
+    check_range,
+    env_int,
+    parse_queues,
+    queues_from_env,
+)
 from autoscaler.schedules import MINUTES_PER_DAY, WEEKDAYS, Schedule
+from simulation.deployment import deployment
 from simulation.runner import Scenario
 from simulation.world import BOOT_PATHS
 
@@ -68,7 +79,16 @@ SCENARIO_RULES = {
     "reaper_period": Rule(float, 60),
     "drain_hours": Rule(float, 1),
 }
-KNOWN = (*QUEUE_KEYS, *SPOT_RULES, *DEPLOYED_KEYS, *WORLD_RULES, *SCENARIO_RULES, "boot_path", "root_mode")
+KNOWN = (
+    *QUEUE_KEYS,
+    *SPOT_RULES,
+    *DEPLOYED_KEYS,
+    *WORLD_RULES,
+    *SCENARIO_RULES,
+    "boot_path",
+    "root_mode",
+    "queues",
+)
 
 
 def with_overrides(scenario: Scenario, overrides: dict[str, str]) -> Scenario:
@@ -92,6 +112,8 @@ def _apply(scenario: Scenario, key: str, text: str) -> Scenario:
         return _override_spot(scenario, queue_name, name, _number(name, text, SPOT_RULES[name]))
     if queue_name:
         raise ConfigError(f"{name!r} is not a queue setting (one of {', '.join((*QUEUE_KEYS, *SPOT_RULES))})")
+    if name == "queues":
+        return replace(scenario, queues=queues_from_file(text))
     if name in DEPLOYED_KEYS:
         return replace(scenario, **{name: env_int({DEPLOYED_KEYS[name]: text}, DEPLOYED_KEYS[name])})
     if name == "root_mode":
@@ -110,6 +132,16 @@ def _apply(scenario: Scenario, key: str, text: str) -> Scenario:
     if name in SCENARIO_RULES:
         return replace(scenario, **{name: _number(name, text, SCENARIO_RULES[name])})
     raise ConfigError(f"unknown setting (known: {', '.join(KNOWN)})")
+
+
+def queues_from_file(path: str) -> tuple[QueueConfig, ...]:
+    """A team's own queues: a file holding the template's Queues parameter (a JSON array),
+    read as the scaler reads QUEUES, with the stack's launch templates and subnets."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read the queues file ({error.strerror})") from None
+    return queues_from_env({**deployment().env, "QUEUES": text})
 
 
 def _queues_named(scenario: Scenario, queue_name: str) -> list[str]:

@@ -77,12 +77,18 @@ def load_csv(path: Path) -> Trace:
     `scheduled_at` is seconds from the start, or an ISO-8601 time (with a zone,
     or UTC); the run then starts at the first job's hour.
     """
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [column for column in CSV_COLUMNS if column not in (reader.fieldnames or [])]
-        if missing:
-            raise TraceError(f"{path}: missing column {missing[0]!r} (have {reader.fieldnames})")
-        rows = [(line, row, _when(path, line, row)) for line, row in enumerate(reader, start=2)]
+    try:
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            missing = [column for column in CSV_COLUMNS if column not in (reader.fieldnames or [])]
+            if missing:
+                raise TraceError(f"{path}: missing column {missing[0]!r} (have {reader.fieldnames})")
+            rows = [(line, row, _when(path, line, row)) for line, row in enumerate(reader, start=2)]
+    except (OSError, UnicodeDecodeError) as error:
+        raise TraceError(f"{path}: cannot read the trace ({getattr(error, 'strerror', None) or error})") from None
+    if not rows:
+        # Figures of no jobs would be a table of zeros that looks like a result.
+        raise TraceError(f"{path}: no jobs (a header and no rows)")
     times = [when for _, _, when in rows]
     absolute = [when for when in times if isinstance(when, datetime)]
     if absolute and len(absolute) != len(times):

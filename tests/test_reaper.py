@@ -8,6 +8,7 @@ never the project's code.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,6 @@ LONG_AGO = "2026-11-25 11:00:00"
 RECENTLY = "2026-11-25 11:55:00"
 RUN_AT = "2026-11-25 12:00:00"
 MOTO_CONSOLE_LAST_LINE = "Enabling fast FPU save and restore... done."
-REASONS = ("failed", "stuck")
 IMAGE_ID = "ami-0123456789abcdef0"  # moto does not check AMIs by default
 FAKE_TOKEN = "bkct_9d8c7b6a5f4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c"
 
@@ -117,23 +117,14 @@ def invoke(event_file: str) -> dict[str, Any]:
     return reaper.handler(event, LambdaContext())
 
 
-def metrics(capsys: pytest.CaptureFixture[str]) -> dict[tuple[tuple[str, str], ...], dict[str, float]]:
-    """The EMF records printed so far, by their dimensions."""
-    found: dict[tuple[tuple[str, str], ...], dict[str, float]] = {}
-    for record in emf_records(capsys.readouterr().out):
-        (directive,) = record["_aws"]["CloudWatchMetrics"]
-        assert directive["Namespace"] == "BuildkiteAutoscaler"
-        (dimension_names,) = directive["Dimensions"]
-        dimensions = tuple((name, record[name]) for name in sorted(dimension_names))
-        found[dimensions] = {metric["Name"]: record[metric["Name"]] for metric in directive["Metrics"]}
-    return found
-
-
-def fleet_metrics(capsys: pytest.CaptureFixture[str]) -> dict[str, dict[str, float]]:
-    """Run-level counts under "fleet", and the reaped count per reason."""
-    found = metrics(capsys)
-    by_reason = {reason: found[(("fleet", FLEET), ("reason", reason))]["InstancesReaped"] for reason in REASONS}
-    return {"fleet": found[(("fleet", FLEET),)], "reaped_by_reason": by_reason}
+def run_record(capsys: pytest.CaptureFixture[str], logs: Callable[[], list[dict[str, Any]]]) -> dict[str, Any]:
+    """What a run tells the operator: its counts in the run line and each termination's reason
+    in its own line (the dashboard queries both); no custom metric, since no alarm watches one."""
+    assert emf_records(capsys.readouterr().out) == []
+    lines = logs()
+    (run,) = [line for line in lines if line["message"] == "reaper run"]
+    reasons = Counter(line["reason"] for line in lines if line["message"] == "terminated instance")
+    return {"counts": {key: run[key] for key in ("terminated", "deferred", "errors")}, "reaped_by_reason": reasons}
 
 
 def fail_on(operation: str, instance_id: str, code: str) -> Callable[..., None]:
@@ -217,8 +208,8 @@ def test_the_mixed_fleet_loses_exactly_the_failed_and_the_stuck(
         assert {"reason", "age_seconds", "launch_time"} <= line.keys()
         assert line["function_name"] == LambdaContext.function_name  # the Lambda context is injected
 
-    assert fleet_metrics(capsys) == {
-        "fleet": {"InstancesReaped": 2, "TerminationErrors": 0, "ReapsDeferred": 0},
+    assert run_record(capsys, logs) == {
+        "counts": {"terminated": 2, "deferred": 0, "errors": 0},
         "reaped_by_reason": {"failed": 1, "stuck": 1},
     }
 
@@ -238,7 +229,7 @@ def test_a_dry_run_reports_the_same_decisions_and_terminates_nothing(
     dry_lines = [line for line in logs() if line["message"] == "would terminate instance (dry run)"]
     assert [line["instance_id"] for line in dry_lines] == dry["would_terminate"]
     assert all(line["console_tail"].endswith(MOTO_CONSOLE_LAST_LINE) for line in dry_lines)
-    assert fleet_metrics(capsys)["fleet"]["InstancesReaped"] == 0
+    assert run_record(capsys, logs)["counts"]["terminated"] == 0
 
     real = invoke("reaper-scheduled.json")
 
@@ -287,9 +278,9 @@ def test_a_failed_termination_is_logged_and_counted_and_the_others_still_go(
     (error_line,) = [line for line in logs() if line["level"] == "ERROR"]
     assert error_line["instance_id"] == stuck[1]
     assert "InternalError" in error_line["error"]
-    assert fleet_metrics(capsys) == {
-        "fleet": {"InstancesReaped": 2, "TerminationErrors": 1, "ReapsDeferred": 0},
-        "reaped_by_reason": {"failed": 0, "stuck": 2},
+    assert run_record(capsys, logs) == {
+        "counts": {"terminated": 2, "deferred": 0, "errors": 1},
+        "reaped_by_reason": {"stuck": 2},
     }
 
 
@@ -328,7 +319,7 @@ def test_the_cap_terminates_exactly_that_many_and_the_rest_go_next_run(
     assert first["terminated"] == [failed, stuck_by_age[0]]
     assert first["deferred"] == stuck_by_age[1:]
     assert sum(state == "terminated" for state in states(ec2).values()) == 2
-    assert fleet_metrics(capsys)["fleet"] == {"InstancesReaped": 2, "TerminationErrors": 0, "ReapsDeferred": 3}
+    assert run_record(capsys, logs)["counts"] == {"terminated": 2, "deferred": 3, "errors": 0}
     deferred_lines = [line for line in logs() if line["message"] == "instance due, left for the next run"]
     assert [line["instance_id"] for line in deferred_lines] == stuck_by_age[1:]
     assert all("cap of 2" in line["deferred_because"] for line in deferred_lines)
@@ -444,7 +435,7 @@ def test_a_malformed_event_fails_before_anything_is_touched(ec2: Any, clock: Fro
 
 
 def test_near_the_lambda_timeout_the_rest_wait_for_the_next_run(
-    ec2: Any, clock: FrozenDateTimeFactory, capsys: Any
+    ec2: Any, clock: FrozenDateTimeFactory, capsys: Any, logs: Callable[[], list[dict[str, Any]]]
 ) -> None:
     stuck = launch(ec2, managed("pending"))
     clock.move_to(RUN_AT)
@@ -455,7 +446,7 @@ def test_near_the_lambda_timeout_the_rest_wait_for_the_next_run(
     assert summary["terminated"] == []
     assert summary["deferred"] == [stuck]
     assert states(ec2)[stuck] == "running"
-    assert fleet_metrics(capsys)["fleet"] == {"InstancesReaped": 0, "TerminationErrors": 0, "ReapsDeferred": 1}
+    assert run_record(capsys, logs)["counts"] == {"terminated": 0, "deferred": 1, "errors": 0}
 
 
 def test_a_baked_boot_is_stuck_after_the_baked_timeout_a_stock_boot_is_not(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,7 +16,7 @@ from emulators.buildkite import FakeBuildkite, Reply, metrics_body
 from freezegun import freeze_time
 from tests.conftest import FAKE_TOKEN, FLEET, Stack, emf_records, scaler_env
 from tests.lambda_context import LambdaContext
-from tests.test_template import Resolver, dashboard_searches, parameter_values
+from tests.test_template import Resolver, dashboard_queries, parameter_values
 from tools.invoke import load_template
 
 from autoscaler import scaler
@@ -369,28 +370,54 @@ def test_user_data_is_gzip_or_cloud_config(
     assert FAKE_TOKEN.encode() not in text
 
 
-def test_every_queue_shows_on_the_dashboard_without_naming_it(
+def test_a_healthy_invocation_publishes_no_custom_metric(
     stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # CloudWatch bills a custom metric for each hour it is published in: a launch that
+    # went well publishes nothing, and the alarms read the missing data as zero.
+    summary = launch_busy_queues(stack, buildkite, monkeypatch)
+    assert summary["queues"][X86]["launched"]
+    assert emf_records(capsys.readouterr().out) == []
+
+
+# A field a Logs Insights query reads: `metrics.total`, `failures.0.code`, `queue`.
+QUERY_FIELD = re.compile(r"\b(?:metrics|plan|pool|failures|fallbacks)(?:\.\w+)+|\b(?:queue|shortfall)\b")
+
+
+def flattened(record: Any, prefix: str = "") -> set[str]:
+    """Field names as Logs Insights discovers them in a JSON line: nested keys and list indexes joined by dots."""
+    items = record.items() if isinstance(record, dict) else enumerate(record) if isinstance(record, list) else ()
+    names = {prefix} if prefix else set()
+    for key, value in items:
+        names |= flattened(value, f"{prefix}.{key}" if prefix else str(key))
+    return names
+
+
+def test_every_queue_shows_on_the_dashboard_without_naming_it(
+    stack: Stack,
+    buildkite: FakeBuildkite,
+    monkeypatch: pytest.MonkeyPatch,
+    logs: Callable[[], list[dict[str, Any]]],
 ) -> None:
     gpu = stack.queue("gpu", instance_types=["g5.2xlarge"], agents_per_instance=1)
     buildkite.serve_metrics({X86: {"scheduled": 6}, ARM: {"running": 1, "total": 5}, "gpu": {"scheduled": 1}})
-    invoke(monkeypatch, buildkite, [stack.queue(X86), stack.queue(ARM), gpu])
+    # Spot refused for the x86 queue: the failures table's fields (failures, fallbacks) are in its line too.
+    stack.behaviour.no_spot_capacity = {("c7i.4xlarge", None), ("m7i.4xlarge", None)}
+    invoke(monkeypatch, buildkite, [stack.queue(X86, capacity_type="spot"), stack.queue(ARM), gpu])
 
     template = load_template()
-    searches = dashboard_searches(template, Resolver(template, parameter_values(template)))
-    shown: dict[str, set[str]] = {}
-    for record in emf_records(capsys.readouterr().out):
-        if "queue" not in record:
-            continue
-        (directive,) = record["_aws"]["CloudWatchMetrics"]
-        (dimension_names,) = directive["Dimensions"]
-        dimensions = {name: record[name] for name in dimension_names}
-        for metric in (entry["Name"] for entry in directive["Metrics"]):
-            if any(search.finds(directive["Namespace"], dimensions, metric) for search in searches):
-                shown.setdefault(record["queue"], set()).add(metric)
-    assert set(shown) == {X86, ARM, "gpu"}
-    for metrics in shown.values():
-        assert metrics >= {"ScheduledJobs", "ConnectedAgents", "LiveInstances", "BootingInstances", "InstancesLaunched"}
+    resolver = Resolver(template, parameter_values(template))
+    decisions = [line for line in logs() if line["message"] == "scaling decision"]
+    assert {line["queue"] for line in decisions} == {X86, ARM, "gpu"}
+    fields = set().union(*(flattened(line) for line in decisions))
+    read = {
+        field
+        for query in dashboard_queries(template, resolver).values()
+        if '"scaling decision"' in query
+        for field in QUERY_FIELD.findall(query)
+    }
+    assert {"queue", "metrics.scheduled", "metrics.total", "plan.live", "failures.0.code", "fallbacks.0"} <= read
+    assert read <= fields
 
 
 def test_queues_without_their_own_template_launch_through_the_stacks_template_for_their_architecture(

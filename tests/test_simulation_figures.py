@@ -227,16 +227,22 @@ def test_the_price_table_gives_the_documented_queue_cost() -> None:
 
 
 def test_the_stack_fixed_cost_is_the_documented_figure() -> None:
-    # README: the scaler every minute for 55 s, the reaper every 5 minutes, 1 KB of logs a run, 30 metrics.
-    pattern = InvocationPattern(43776, 55.0, 8755.2, 1000.0, 1000.0, 30)
-    cost = stack_cost(pattern, deployment())
-    assert cost.lambda_compute == pytest.approx(8.05, abs=0.01)
+    # README: the scaler every minute for 55 s at 128 MB, the reaper every 5 minutes; 2 KB of log lines
+    # and 12 lines a scaler run, 200 bytes and 1 line a reaper run; no custom metric published.
+    pattern = InvocationPattern(43776, 55.0, 8755.2, 2000.0, 200.0, 0, 12.0, 1.0)
+    cost = stack_cost(pattern, deployment(), Prices())
+    assert cost.lambda_compute == pytest.approx(4.03, abs=0.01)
     assert cost.lambda_requests == pytest.approx(0.0105, abs=1e-4)
-    assert cost.metrics == pytest.approx(9.00)
+    assert cost.metrics == 0
     assert cost.alarms == pytest.approx(0.60)
+    # 6,070 bytes a scaler run with Lambda's own lines and context keys, 860 a reaper run.
+    assert cost.logs == pytest.approx(0.1447, abs=1e-3)
+    assert cost.control_plane == pytest.approx(4.78, abs=0.01)
     assert cost.dashboard == pytest.approx(3.00)
-    assert cost.logs == pytest.approx(0.0276, abs=1e-3)
-    assert cost.per_month == pytest.approx(20.69, abs=0.01)
+    # Weekly bakes of c7i.xlarge and c7g.xlarge for 40 minutes; 3 images x 2 architectures x 20 GiB.
+    assert cost.bake_instances == pytest.approx(0.94, abs=0.01)
+    assert cost.bake_snapshots == pytest.approx(6.00)
+    assert cost.per_month == pytest.approx(14.72, abs=0.01)
 
 
 def test_an_instance_type_without_a_price_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

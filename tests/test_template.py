@@ -11,7 +11,6 @@ import json
 import re
 import warnings
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ from autoscaler import queue_check
 from autoscaler.bake import BakeSettings
 from autoscaler.config import ConfigError, ReaperSettings, ScalerSettings
 from autoscaler.lifecycle import AGENT_VERSION_TAG, BOOTSTRAP_TAG, FLEET_TAG, NIX_VERSION_TAG, READY_AT_TAG
-from autoscaler.pool_reaping import POOL_REASONS
 
 with warnings.catch_warnings():
     # parliament imports pkg_resources, which warns that it is deprecated.
@@ -161,6 +159,7 @@ class Resolver:
             "AWS::Logs::LogGroup": f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{self.physical_id(logical_id)}:*",
             "AWS::Lambda::Function": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{STACK}-{logical_id}",
             "AWS::Serverless::Function": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{STACK}-{logical_id}",
+            "AWS::CloudWatch::Alarm": f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:{STACK}-{logical_id}",
         }
         if kind == "AWS::SQS::Queue":
             queue = f"{STACK}-{logical_id}"
@@ -873,13 +872,18 @@ def dashboard_body(template: Mapping[str, Any], resolver: Resolver) -> dict[str,
     return json.loads(resolver.resolve(template["Resources"]["Dashboard"]["Properties"]["DashboardBody"]))
 
 
+def dashboard_widgets(template: Mapping[str, Any], resolver: Resolver, kind: str) -> list[dict[str, Any]]:
+    return [w["properties"] for w in dashboard_body(template, resolver)["widgets"] if w["type"] == kind]
+
+
+def dashboard_queries(template: Mapping[str, Any], resolver: Resolver) -> dict[str, str]:
+    """Each Logs Insights widget's title and query."""
+    return {widget["title"]: widget["query"] for widget in dashboard_widgets(template, resolver, "log")}
+
+
 def dashboard_metrics(template: Mapping[str, Any], resolver: Resolver) -> dict[str, list[list[Any]]]:
     """Each metric widget's title and its explicit metrics, with CloudWatch's "." / "..." shorthand expanded."""
-    widgets = {}
-    for widget in dashboard_body(template, resolver)["widgets"]:
-        if widget["type"] == "metric":
-            widgets[widget["properties"]["title"]] = expand(widget["properties"]["metrics"])
-    return widgets
+    return {widget["title"]: expand(widget["metrics"]) for widget in dashboard_widgets(template, resolver, "metric")}
 
 
 def expand(rows: list[list[Any]]) -> list[list[Any]]:
@@ -896,49 +900,35 @@ def expand(rows: list[list[Any]]) -> list[list[Any]]:
     return expanded
 
 
-@dataclass(frozen=True)
-class Search:
-    """A dashboard SEARCH expression: which metrics it finds, by CloudWatch's rules."""
-
-    namespace: str
-    dimensions: frozenset[str]
-    fleet: str
-    metrics: frozenset[str]
-    stat: str
-
-    def finds(self, namespace: str, dimensions: Mapping[str, str], metric: str) -> bool:
-        # A schema {Namespace,d1,d2} matches only metrics with exactly those dimensions.
-        return (
-            namespace == self.namespace
-            and set(dimensions) == self.dimensions
-            and dimensions.get("fleet") == self.fleet
-            and metric in self.metrics
-        )
-
-
 _SEARCH = re.compile(r"SEARCH\('\{(?P<schema>[^}]*)\} (?P<terms>.*)', '(?P<stat>\w+)', (?P<period>\d+)\)")
 
 
-def parse_search(expression: str) -> Search:
-    match = _SEARCH.fullmatch(expression)
-    assert match, expression
-    namespace, *dimensions = match["schema"].split(",")
-    (fleet,) = re.findall(r'\bfleet="([^"]*)"', match["terms"])
-    (names,) = re.findall(r"MetricName=\(([^)]*)\)", match["terms"])
-    return Search(namespace, frozenset(dimensions), fleet, frozenset(re.findall(r'"(\w+)"', names)), match["stat"])
+def dashboard_searches(template: Mapping[str, Any], resolver: Resolver) -> list[tuple[str, str, set[str]]]:
+    """Each SEARCH expression's schema, fleet and metric names."""
+    searches = []
+    for widget in dashboard_widgets(template, resolver, "metric"):
+        for field in (field for row in widget["metrics"] for field in row if isinstance(field, dict)):
+            if "expression" in field:
+                match = _SEARCH.fullmatch(field["expression"])
+                assert match, field["expression"]
+                (fleet,) = re.findall(r'\bfleet="([^"]*)"', match["terms"])
+                (names,) = re.findall(r"MetricName=\(([^)]*)\)", match["terms"])
+                searches.append((match["schema"], fleet, set(re.findall(r'"(\w+)"', names))))
+    return searches
 
 
-def dashboard_searches(template: Mapping[str, Any], resolver: Resolver) -> list[Search]:
-    return [
-        parse_search(field["expression"])
-        for widget in dashboard_body(template, resolver)["widgets"]
-        for row in widget.get("properties", {}).get("metrics", [])
-        for field in row
-        if isinstance(field, dict) and "expression" in field
-    ]
+def test_the_dashboard_is_optional_and_on_by_default(template: dict[str, Any]) -> None:
+    assert template["Parameters"]["DashboardEnabled"]["Default"] == "true"
+    assert template["Resources"]["Dashboard"]["Condition"] == "HasDashboard"
+    assert template["Outputs"]["DashboardUrl"]["Condition"] == "HasDashboard"
+    for enabled in ("true", "false"):
+        resolver = Resolver(template, parameter_values(template, DashboardEnabled=enabled))
+        assert resolver.condition("HasDashboard") is (enabled == "true")
+    # Nothing else depends on it: the alarms stand alone.
+    assert "HasDashboard" not in json.dumps({k: v for k, v in template["Resources"].items() if k != "Dashboard"})
 
 
-def test_dashboard_finds_every_queue_by_search_and_names_none(template: dict[str, Any]) -> None:
+def test_dashboard_reads_every_queue_from_the_decision_log_and_names_none(template: dict[str, Any]) -> None:
     default = Resolver(template, parameter_values(template))
     three = Resolver(template, parameter_values(template, **CUSTOM))
     # The queue list does not change the dashboard: a new queue needs no edit to show up.
@@ -946,90 +936,38 @@ def test_dashboard_finds_every_queue_by_search_and_names_none(template: dict[str
     body = json.dumps(dashboard_body(template, three))
     for queue in [*THREE_QUEUES, *json.loads(default.parameters["Queues"])]:
         assert queue["name"] not in body
-    searches = dashboard_searches(template, three)
-    assert {(s.namespace, s.dimensions, s.fleet) for s in searches} == {
-        ("BuildkiteAutoscaler", frozenset({"fleet", "queue"}), FLEET),
-        ("BuildkiteAutoscaler/Spot", frozenset({"fleet", "queue"}), FLEET),
-    }
-    found = {metric for search in searches for metric in search.metrics}
-    assert found >= {
-        "ScheduledJobs",
-        "RunningJobs",
-        "WaitingJobs",
-        "NeededAgents",
-        "ConnectedAgents",
-        "ExpectedAgents",
-        "LiveInstances",
-        "BootingInstances",
-        "StuckInstances",
-        "StaleInstances",
-        "InstancesLaunched",
-        "LaunchShortfall",
-        "LaunchErrors",
-        "SpotInstancesLaunched",
-        "OnDemandInstancesLaunched",
-        "InterruptionNotices",
-        "RebalanceRecommendations",
-    }
-    # Gauges at their per-minute peak; counts summed.
-    assert {s.stat for s in searches if s.metrics & {"ScheduledJobs", "LiveInstances"}} == {"Maximum"}
-    assert {s.stat for s in searches if "InstancesLaunched" in s.metrics} == {"Sum"}
-    reaped = [rows for title, rows in dashboard_metrics(template, three).items() if "reaped" in title]
-    reasons = {row[5] for rows in reaped for row in rows if row[1] == "InstancesReaped" and len(row) == 6}
-    assert reasons == {"failed", "stuck", *POOL_REASONS}
+    queries = dashboard_queries(template, three)
+    scaler_group = f"SOURCE '{three.physical_id('ScalerLogGroup')}'"
+    per_queue = [q for q in queries.values() if q.startswith(scaler_group) and "by queue" in q]
+    # Demand, agents, live, booting or stuck, launches, the pool, and the table of the last poll.
+    assert len(per_queue) == 7
+    assert all('filter message = "scaling decision"' in q for q in per_queue)
+    reaped = [q for title, q in queries.items() if title.startswith("Reaper")]
+    assert reaped == [
+        f"SOURCE '{three.physical_id('ReaperLogGroup')}' | filter message = \"terminated instance\" "
+        "| stats count(*) by reason, bin(1h)"
+    ]
 
 
-def test_dashboard_shows_the_warm_pool_per_queue(template: dict[str, Any], resolver: Resolver) -> None:
-    searches = {(frozenset(s.metrics), s.stat) for s in dashboard_searches(template, resolver)}
-    # The pool's level at its per-minute peak; starts summed.
-    assert {(frozenset({"WarmPoolReady"}), "Maximum"), (frozenset({"InstancesStarted"}), "Sum")} <= searches
+def test_dashboard_shows_every_alarm(template: dict[str, Any], resolver: Resolver) -> None:
+    (widget,) = dashboard_widgets(template, resolver, "alarm")
+    alarms = of_type(template, "AWS::CloudWatch::Alarm")
+    assert sorted(widget["alarms"]) == sorted(resolver.attribute(name, "Arn") for name in alarms)
 
 
-def test_dashboard_shows_only_metrics_the_code_emits(template: dict[str, Any], resolver: Resolver) -> None:
+def test_dashboard_graphs_only_metrics_something_emits(template: dict[str, Any], resolver: Resolver) -> None:
     source = emitted_metric_names()
     shown = {row[1] for rows in dashboard_metrics(template, resolver).values() for row in rows}
-    shown |= {metric for search in dashboard_searches(template, resolver) for metric in search.metrics}
+    assert {"MetricsApiErrors", "LaunchShortfall", "SpotShortfall"} <= shown
     for metric in shown - {"Errors", "Throttles"}:  # the last two are AWS/Lambda's
-        assert re.search(rf"\b{metric}\b", source), metric
-
-
-def test_dashboard_shows_spot_launches_and_interruptions_per_queue(
-    template: dict[str, Any], resolver: Resolver
-) -> None:
-    body = json.loads(resolver.resolve(template["Resources"]["Dashboard"]["Properties"]["DashboardBody"]))
-    searches = [
-        row[0]["expression"]
-        for widget in body["widgets"]
-        if widget["properties"].get("title", "").startswith("Spot:")
-        for row in widget["properties"]["metrics"]
-    ]
-    shown = {
-        (match["namespace"], match["fleet"], name)
-        for expression in searches
-        for match in [
-            re.fullmatch(
-                r"SEARCH\('\{(?P<namespace>[\w/]+),fleet,queue\} fleet=\"(?P<fleet>.+)\" "
-                r"MetricName=\((?P<names>[^)]*)\)', 'Sum', 300\)",
-                expression,
-            )
-        ]
-        if match
-        for name in re.findall(r'"(\w+)"', match["names"])
-    }
-    assert len(searches) == 2
-    assert shown == {
-        ("BuildkiteAutoscaler", FLEET, "SpotInstancesLaunched"),
-        ("BuildkiteAutoscaler", FLEET, "OnDemandInstancesLaunched"),
-        ("BuildkiteAutoscaler", FLEET, "SpotShortfall"),
-        ("BuildkiteAutoscaler/Spot", FLEET, "InterruptionNotices"),
-        ("BuildkiteAutoscaler/Spot", FLEET, "RebalanceRecommendations"),
-    }
+        assert f'"{metric}"' in source, metric
+    # The instances' own spot counts, per queue, found by search in their namespace.
+    ((schema, fleet, names),) = dashboard_searches(template, resolver)
+    assert (schema, fleet) == ("BuildkiteAutoscaler/Spot,fleet,queue", FLEET)
     watcher = (ROOT / "userdata" / "spot-interruption-watch.sh").read_text(encoding="utf-8")
     assert "METRICS_NAMESPACE=BuildkiteAutoscaler/Spot" in watcher
-    for namespace, _, metric in shown:
-        assert (
-            (f"count {metric}" in watcher) if namespace.endswith("/Spot") else (f'"{metric}"' in emitted_metric_names())
-        )
+    assert names == {"InterruptionNotices", "RebalanceRecommendations"}
+    assert all(f"count {name}" in watcher for name in names)
 
 
 def test_agent_may_count_interruptions_only_in_the_spot_namespace(template: dict[str, Any], resolver: Resolver) -> None:

@@ -1,7 +1,12 @@
-"""Measure what the README reports: EC2 calls and wall time of one scaler poll
-with 1,000 fleet instances on moto, and the handler's cold import time.
+"""Measure what the README reports: EC2 calls, wall time and memory of one scaler
+poll with 1,000 fleet instances on moto, and the handlers' cold start (import and
+AWS clients) with the memory it leaves in use.
 
     PYTHONPATH=functions:. .venv/bin/python tools/measure.py
+
+The scaler's peak memory is the process's peak RSS after a cold start (what Lambda's
+"Max Memory Used" counts) plus the Python allocations one poll peaks at; moto answers
+the poll in the same process, so its share of that peak makes it an upper bound.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
+import tracemalloc
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -26,6 +32,7 @@ from autoscaler.scaling import Scaler
 from autoscaler.telemetry import logger
 
 INSTANCES = 1000
+MB = 1024 * 1024
 
 
 class StaticMetrics:
@@ -57,24 +64,39 @@ def poll_at_scale() -> None:
             started = time.perf_counter()
             result = scaler.poll(datetime.now(UTC), dry_run=True)
             times.append(time.perf_counter() - started)
+        # Traced apart from the timed polls: tracing slows every allocation many times over.
+        tracemalloc.start()
+        scaler.poll(datetime.now(UTC), dry_run=True)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
         plan = result.queues["nixos-x86-aws"].plan
         print(
             f"poll with {plan.live} fleet instances on moto: median {statistics.median(times) * 1000:.0f} ms "
             f"(min {min(times) * 1000:.0f}, max {max(times) * 1000:.0f}); "
-            f"EC2 calls per poll: {len(calls) // len(times)} ({', '.join(sorted(set(calls)))})"
+            f"EC2 calls per poll: {len(calls) // len(times)} ({', '.join(sorted(set(calls)))}); "
+            f"Python allocations peak at {peak / MB:.1f} MB during a poll (moto's included)"
         )
 
 
-def cold_import(module: str, runs: int = 7) -> None:
-    code = f"import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
+def cold_start(module: str, clients: tuple[str, ...], runs: int = 7) -> None:
+    """Import the handler and create its AWS clients in a fresh interpreter, as a new Lambda sandbox does."""
+    code = (
+        "import resource, time; t = time.perf_counter(); import boto3; "
+        f"import {module}; [boto3.client(name) for name in {clients!r}]; "
+        "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
     env = {**os.environ, "PYTHONPATH": "functions", "AWS_DEFAULT_REGION": "us-east-1"}
     command = [sys.executable, "-c", code]
-    # A fresh interpreter each run: a cold import, as in a new Lambda sandbox.
-    samples = [float(subprocess.check_output(command, env=env)) for _ in range(runs)]  # noqa: S603 - fixed argv
-    print(f"cold import of {module}: median {statistics.median(samples) * 1000:.0f} ms over {runs} runs")
+    samples = [subprocess.check_output(command, env=env).split() for _ in range(runs)]  # noqa: S603 - fixed argv
+    seconds = statistics.median(float(duration) for duration, _ in samples)
+    rss = max(int(kilobytes) for _, kilobytes in samples) / 1024
+    print(
+        f"cold start of {module} (import and {', '.join(clients)} clients): median {seconds * 1000:.0f} ms "
+        f"over {runs} runs; peak RSS {rss:.0f} MB"
+    )
 
 
 if __name__ == "__main__":
+    cold_start("autoscaler.scaler", ("ec2", "ssm"))
+    cold_start("autoscaler.reaper", ("ec2",))
     poll_at_scale()
-    cold_import("autoscaler.scaler")
-    cold_import("autoscaler.reaper")

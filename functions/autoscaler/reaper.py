@@ -16,10 +16,10 @@ from autoscaler.config import ReaperSettings
 from autoscaler.fleet import Ec2Fleet, Fleet
 from autoscaler.invocation import Clock, SystemClock, dry_run_requested
 from autoscaler.lifecycle import BOOTSTRAP_POOLED, LIVE_STATES, POOL_STATES, ROLE_POOL, Instance, Timeouts
-from autoscaler.pool_reaping import POOL_REASONS, plan_pool_reap
-from autoscaler.reaping import REASONS, ReapDecision, ReapPlan, plan_reap
+from autoscaler.pool_reaping import plan_pool_reap
+from autoscaler.reaping import ReapDecision, ReapPlan, plan_reap
 from autoscaler.redact import redacted_tail
-from autoscaler.telemetry import emit, logger
+from autoscaler.telemetry import logger
 
 # Start no further termination with less time than this left: one console
 # read and one termination, with retries, fit in it, and the metrics and the
@@ -89,7 +89,6 @@ def run(
         _defer(decision, dry_run, f"over the cap of {settings.max_terminations} terminations per run")
         for decision in plan.deferred
     ]
-    _emit_metrics(settings.fleet_name, outcomes)
     summary = summarize(outcomes, dry_run)
     logger.info(
         "reaper run",
@@ -162,21 +161,6 @@ def _fields(outcome: Outcome, dry_run: bool) -> dict[str, Any]:
     if outcome.error:
         fields["error"] = outcome.error
     return fields
-
-
-def _emit_metrics(fleet_name: str, outcomes: list[Outcome]) -> None:
-    terminated = [outcome for outcome in outcomes if outcome.action == TERMINATED]
-    emit(
-        {"fleet": fleet_name},
-        {
-            "InstancesReaped": len(terminated),
-            "TerminationErrors": sum(outcome.action == FAILED for outcome in outcomes),
-            "ReapsDeferred": sum(outcome.action == DEFERRED for outcome in outcomes),
-        },
-    )
-    for reason in REASONS + POOL_REASONS:
-        count = sum(outcome.decision.reason == reason for outcome in terminated)
-        emit({"fleet": fleet_name, "reason": reason}, {"InstancesReaped": count})
 
 
 def summarize(outcomes: list[Outcome], dry_run: bool) -> dict[str, Any]:

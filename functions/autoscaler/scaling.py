@@ -139,22 +139,19 @@ class Scaler:
             instances = self._listed_and_unlisted(self._list(), now)
         except (ClientError, BotoCoreError) as error:
             logger.error("DescribeInstances failed; no action this poll", extra={"error": str(error)})
-            emit(fleet_dims, {"FleetApiErrors": 1})
             return PollResult(now, snapshot.poll_seconds, error=f"ec2: {error}")
 
         result = PollResult(now, snapshot.poll_seconds)
-        self._load_images(fleet_dims, time_left)
+        self._load_images(time_left)
         for queue in self._settings.queues:
             result.queues[queue.name] = self._scale_queue(queue, snapshot, instances, now, dry_run, time_left)
         queues = result.queues.values()
+        # Only what an alarm watches, fleet-wide (one metric each, however many queues);
+        # the rest of the poll is in its decision lines.
         emit(
             fleet_dims,
             {
-                "MetricsApiErrors": 0,
-                "InstancesLaunched": sum(len(queue.instance_ids) for queue in queues),
-                "LaunchErrors": sum(len(queue.failures) for queue in queues),
                 "LaunchShortfall": sum(queue.shortfall for queue in queues),
-                # Fleet-wide for the alarm (one metric, however many queues): spot refused for a while.
                 "SpotShortfall": sum(queue.spot_shortfall for queue in queues),
             },
         )
@@ -206,29 +203,6 @@ class Scaler:
                 "fallbacks": result.fallbacks,
                 "failures": [vars(failure) for failure in result.failures],
                 "shortfall": result.shortfall,
-            },
-        )
-        emit(
-            {"fleet": self._settings.fleet_name, "queue": queue.name},
-            {
-                "ScheduledJobs": metrics.scheduled,
-                "RunningJobs": metrics.running,
-                "WaitingJobs": metrics.waiting,
-                "ConnectedAgents": metrics.total,
-                "NeededAgents": plan.needed_agents,
-                "ExpectedAgents": plan.expected_agents,
-                "BootingInstances": plan.booting,
-                "StuckInstances": plan.stuck,
-                "LiveInstances": plan.live,
-                "StaleInstances": plan.stale,
-                "InstancesLaunched": len(result.instance_ids),
-                "InstancesStarted": len(result.started),
-                "WarmPoolReady": pool_plan.ready,
-                "SpotInstancesLaunched": sum(market == SPOT for market in result.markets.values()),
-                "OnDemandInstancesLaunched": sum(market == ON_DEMAND for market in result.markets.values()),
-                "SpotShortfall": result.spot_shortfall,
-                "LaunchErrors": len(result.failures),
-                "LaunchShortfall": result.shortfall,
             },
         )
         return result
@@ -295,7 +269,7 @@ class Scaler:
             return self._render(replace(queue, max_uptime_seconds=schedules.floor_max_uptime(scheduled, now)), role)
         return self._user_data[(queue.name, role)]
 
-    def _load_images(self, fleet_dims: dict[str, str], time_left: TimeLeft) -> None:
+    def _load_images(self, time_left: TimeLeft) -> None:
         # Two calls (GetParameters, DescribeImages); without the time for them, a later poll reads them.
         if self._images is None or self._current is not None or time_left() < 2 * EC2_CALL_SECONDS:
             return
@@ -305,7 +279,6 @@ class Scaler:
             # Scaling goes on: launches are untagged (the stock boot's timeout applies)
             # and stale instances uncounted until a later poll reads the images.
             logger.warning("reading the current images failed", extra={"error": str(error)})
-            emit(fleet_dims, {"ImageLookupErrors": 1})
 
     def _image_of(self, queue: QueueConfig) -> CurrentImage | None:
         return (self._current or {}).get(queue.architecture)
