@@ -21,7 +21,8 @@ from freezegun import freeze_time
 
 from autoscaler.buildkite import MetricsSnapshot, parse_queues
 from autoscaler.config import ARCHITECTURES, SPOT, QueueConfig
-from autoscaler.fleet import Ec2Fleet, LaunchError, LaunchSpec, TemplateVersion
+from autoscaler.domain import LaunchError, LaunchSpec, TemplateVersion
+from autoscaler.fleet import Ec2Fleet
 from autoscaler.images import CurrentImage
 from autoscaler.lifecycle import BOOTSTRAP_PENDING, BOOTSTRAP_TAG, LIVE_STATES, READY_AT_TAG, Instance
 from simulation.world import BOOT_PATHS, SimInstance, World

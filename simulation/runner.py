@@ -32,7 +32,8 @@ from autoscaler.config import (
     UserDataSettings,
     env_int,
 )
-from autoscaler.scaling import PollResult, Scaler, TimeLeft, unbounded
+from autoscaler.execute import TimeLeft, unbounded
+from autoscaler.scaling import PollResult, Scaler
 from autoscaler.telemetry import logger
 from autoscaler.userdata import render_user_data
 from simulation.cloud import MemoryFleet, MotoFleet, Sample, SimBuildkite, SimImages

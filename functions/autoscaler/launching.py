@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from autoscaler.config import SPOT, QueueConfig
-from autoscaler.fleet import Fleet, LaunchError, LaunchSpec, Pool
+from autoscaler.domain import Fleet, LaunchError, LaunchSpec, Pool
 from autoscaler.markets import ask, pools
 
 # The failure recorded when the time left could not finish another RunInstances.
