@@ -1,11 +1,12 @@
 """One scaler poll as a pipeline: observe → decide → execute → report.
 
 - observe: the metrics, the fleet (with what this object launched or started
-  that the listing may not show yet) and the current images;
+  that the listing may not show yet), in observe mode the scheduled jobs of
+  each queue (`observer`), and the current images;
 - decide: per queue, the pure planners and `effects.decide` give what to
-  start and launch, as plain data;
+  start and launch, as plain data; a queue Buildkite paused is held;
 - execute: an `execute.Ec2Executor`, or a `DryRunExecutor` that changes nothing;
-- report: one decision line per queue, and metrics.
+- report: one decision line per queue, notes on the jobs' timelines, and metrics.
 
 The Lambda handler, the tests and the simulation all drive the same `Scaler`.
 """
@@ -22,8 +23,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from autoscaler import pool, timetable
 from autoscaler.buildkite import DEFAULT_POLL_SECONDS, MetricsError, MetricsRateLimited, MetricsSnapshot
 from autoscaler.config import ON_DEMAND, ROLES, SPOT, QueueConfig, ScalerSettings
-from autoscaler.domain import Fleet
-from autoscaler.effects import QueueEffects, after_starts, decide
+from autoscaler.domain import Fleet, Pool
+from autoscaler.effects import HELD_PAUSED, QueueEffects, after_starts, decide
 from autoscaler.execute import (
     DryRunExecutor,
     Ec2Executor,
@@ -35,6 +36,7 @@ from autoscaler.execute import (
 )
 from autoscaler.fleet import EC2_CALL_SECONDS
 from autoscaler.images import CurrentImage, ImageSource
+from autoscaler.jobs import UNMATCHED, QueueOutcome, agent_tags, is_due, queue_notes, unmatched, unmatched_note
 from autoscaler.launching import LaunchFailure, LaunchOutcome
 from autoscaler.lifecycle import (
     BOOTSTRAP_PENDING,
@@ -45,8 +47,10 @@ from autoscaler.lifecycle import (
     Instance,
     Timeouts,
 )
+from autoscaler.observer import JobsObserver, JobsView
 from autoscaler.planner import QueueMetrics, QueuePlan
 from autoscaler.pool import PoolPlan, plan_with_pool
+from autoscaler.stacks import QueueJobs, ScheduledJob
 from autoscaler.telemetry import emit, logger
 
 RenderUserData = Callable[[QueueConfig, str], bytes]
@@ -65,12 +69,15 @@ class QueueResult:
     schedule: str = ""  # the schedule that set min_instances and warm_pool_size, "" for none
     started: list[str] = field(default_factory=list)  # pool instances started
     markets: dict[str, str] = field(default_factory=dict)  # instance id → spot or on-demand
+    placements: dict[str, Pool] = field(default_factory=dict)  # instance id → (type, subnet)
     fallbacks: list[str] = field(default_factory=list)  # why spot fell short, per launch
     spot_shortfall: int = 0
     # Instances the plan launched that did not start, after every fallback: demand left
     # unmet. A refused attempt that a fallback then covered is a failure, not a shortfall.
     shortfall: int = 0
     held: str = ""  # why nothing was started or launched (effects.HELD_PAUSED), "" when not held
+    unmatched: list[str] = field(default_factory=list)  # listed jobs no configured queue can serve
+    notes: int = 0  # notes posted on jobs' timelines
 
 
 @dataclass
@@ -91,6 +98,8 @@ class Observation:
 
     snapshot: MetricsSnapshot
     instances: list[Instance]
+    # None: observe mode is off (no Stacks API, or an unclustered token).
+    jobs: JobsView | None = None
 
 
 class Scaler:
@@ -102,8 +111,11 @@ class Scaler:
         render_user_data: RenderUserData,
         spot_prices: SpotPriceSource | None = None,
         images: ImageSource | None = None,
+        jobs: JobsObserver | None = None,
     ) -> None:
         self._settings = settings
+        self._jobs = jobs
+        self._tags = [agent_tags(queue, settings.fleet_name) for queue in settings.queues]
         self._spot_prices = spot_prices
         self._source = source
         self._fleet = fleet
@@ -141,10 +153,11 @@ class Scaler:
         executor: Executor = DryRunExecutor()
         if not dry_run:
             executor = Ec2Executor(self._fleet, self._settings.fleet_name, self._spot_prices, time_left)
-        result = PollResult(now, observed.snapshot.poll_seconds)
+        retry_after = observed.jobs.retry_after if observed.jobs else 0.0
+        result = PollResult(now, max(observed.snapshot.poll_seconds, retry_after))
         for queue in self._settings.queues:
             result.queues[queue.name] = self._scale_queue(queue, observed, now, executor)
-        self._report_fleet(result)
+        self._report_fleet(result, observed.jobs)
         return result
 
     # ---- observe
@@ -172,8 +185,9 @@ class Scaler:
             logger.error("DescribeInstances failed; no action this poll", extra={"error": str(error)})
             emit(fleet_dims, {"FleetApiErrors": 1})
             return PollResult(now, snapshot.poll_seconds, error=f"ec2: {error}")
+        jobs = self._jobs.observe(names, now, time_left) if self._jobs else None
         self._load_images(fleet_dims, time_left)
-        return Observation(snapshot, instances)
+        return Observation(snapshot, instances, jobs)
 
     def _list(self) -> list[Instance]:
         # Stopped pool instances are listed only when some queue has a pool.
@@ -220,12 +234,15 @@ class Scaler:
         plan, pool_plan = plan_with_pool(
             queue, metrics, observed.instances, now, self._timeouts, image.image_id if image else ""
         )
-        effects = decide(plan, pool_plan)
+        listed = observed.jobs.queues.get(queue.name) if observed.jobs else None
+        effects = decide(plan, pool_plan, paused=bool(listed and listed.paused))
         result = QueueResult(plan, pool=pool_plan, schedule=scheduled.schedule, held=effects.held)
         refilled = self._execute(scheduled, effects, result, image, now, executor)
         on_exit = pool.on_exit(pool_plan, observed.instances, refilled)
         executor.set_on_exit(on_exit)
-        self._report_queue(queue, executor.dry_run, scheduled, metrics, result, on_exit, image)
+        if self._jobs is not None and observed.jobs is not None and listed is not None:
+            self._note_jobs(self._jobs, queue, listed, result, now, observed.jobs, executor.dry_run)
+        self._report_queue(queue, executor.dry_run, scheduled, metrics, result, pool_plan, on_exit, image)
         return result
 
     def _execute(
@@ -288,10 +305,53 @@ class Scaler:
         result.instance_ids.extend(outcome.instance_ids)
         result.failures.extend(outcome.failures)
         result.markets.update(outcome.markets)
+        result.placements.update(outcome.placements)
         result.spot_shortfall += outcome.spot_shortfall
         if outcome.fallback:
             result.fallbacks.append(outcome.fallback)
         result.shortfall += max(outcome.shortfall, 0)
+
+    # ---- observe mode: jobs no queue can serve, notes on the jobs' timelines
+
+    def _note_jobs(
+        self,
+        observer: JobsObserver,
+        queue: QueueConfig,
+        listed: QueueJobs,
+        result: QueueResult,
+        now: datetime,
+        view: JobsView,
+        dry_run: bool,
+    ) -> None:
+        lost = unmatched(listed.jobs, self._tags)
+        result.unmatched = [job.id for job in lost]
+        due = {job.id for job in listed.jobs if is_due(job, view.started)}
+        fresh = [job for job in lost if job.id in due and UNMATCHED not in observer.noted.get(job.id, set())]
+        for job in fresh:
+            logger.warning(
+                "a job asks for agent tags no queue offers; it waits for ever",
+                extra={"queue": queue.name, "job": job.id, "agent_query_rules": list(job.agent_query_rules)},
+            )
+        names = [configured.name for configured in self._settings.queues]
+        notes = [(UNMATCHED, unmatched_note(job, self._settings.fleet_name, names)) for job in fresh]
+        notes += queue_notes(self._outcome(queue, result), _servable(listed.jobs, lost), observer.noted, due)
+        # A dry run notes nothing on Buildkite either: it changes nothing anywhere.
+        if not dry_run:
+            result.notes = observer.post(queue.name, notes, now.isoformat(), view)
+
+    @staticmethod
+    def _outcome(queue: QueueConfig, result: QueueResult) -> QueueOutcome:
+        launched = {instance_id: result.placements[instance_id] for instance_id in result.instance_ids}
+        return QueueOutcome(
+            queue=queue.name,
+            paused=bool(result.held),
+            launched=launched,
+            markets=result.markets,
+            spot_fell_short=bool(result.fallbacks),
+            at_max=result.plan.unmet_instances > 0,
+            max_instances=queue.max_instances,
+            agents_per_instance=queue.agents_per_instance,
+        )
 
     def _report_queue(
         self,
@@ -300,11 +360,11 @@ class Scaler:
         scheduled: timetable.Scheduled,
         metrics: QueueMetrics,
         result: QueueResult,
+        pool_plan: PoolPlan,
         on_exit: dict[str, str],
         image: CurrentImage | None,
     ) -> None:
-        plan, pool_plan = result.plan, result.pool
-        assert pool_plan is not None  # set by _scale_queue
+        plan = result.plan
         logger.info(
             "scaling decision",
             extra={
@@ -323,6 +383,8 @@ class Scaler:
                 "fallbacks": result.fallbacks,
                 "failures": [vars(failure) for failure in result.failures],
                 "shortfall": result.shortfall,
+                "unmatched_jobs": result.unmatched or None,
+                "notes": result.notes or None,
             },
         )
         emit(
@@ -349,8 +411,18 @@ class Scaler:
             },
         )
 
-    def _report_fleet(self, result: PollResult) -> None:
+    def _report_fleet(self, result: PollResult, jobs: JobsView | None) -> None:
         queues = result.queues.values()
+        if jobs is not None:
+            # Fleet-wide and only when not zero: one metric each, billed only in the hours it is published.
+            observed = {
+                "PausedQueues": sum(queue.held == HELD_PAUSED for queue in queues),
+                "UnmatchedJobs": sum(len(queue.unmatched) for queue in queues),
+                "StacksApiErrors": jobs.errors,
+            }
+            observed = {name: value for name, value in observed.items() if value}
+            if observed:
+                emit({"fleet": self._settings.fleet_name}, observed)
         emit(
             {"fleet": self._settings.fleet_name},
             {
@@ -362,3 +434,8 @@ class Scaler:
                 "SpotShortfall": sum(queue.spot_shortfall for queue in queues),
             },
         )
+
+
+def _servable(jobs: tuple[ScheduledJob, ...], lost: list[ScheduledJob]) -> list[ScheduledJob]:
+    lost_ids = {job.id for job in lost}
+    return [job for job in jobs if job.id not in lost_ids]
