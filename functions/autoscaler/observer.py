@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from autoscaler.jobs import limited
-from autoscaler.stacks import STACKS_CALL_SECONDS, Note, QueueJobs, StacksClient, StacksError
+from autoscaler.stacks import STACKS_CALL_SECONDS, Note, QueueJobs, ScheduledJob, StacksClient, StacksError
 from autoscaler.telemetry import logger
 
 # Seconds left in the invocation.
@@ -35,14 +35,13 @@ class JobsView:
 
 
 class JobsObserver:
-    def __init__(self, client: StacksClient, keys: Mapping[str, str], reserve_seconds: float) -> None:
+    def __init__(self, client: StacksClient, keys: Mapping[str, str]) -> None:
         self._client = client
         self._keys = dict(keys)  # queue → stack key
-        # Left for the poll's EC2 calls after the last Stacks call.
-        self._reserve = reserve_seconds
         self._cluster: str | None = None  # None: not asked yet (or the answer failed)
         self._notes_refused = False
         self._noted: dict[str, set[str]] = {}
+        self._reported: set[str] = set()  # unmatched jobs logged
         self._started: datetime | None = None  # the invocation's first poll
 
     @property
@@ -56,7 +55,9 @@ class JobsObserver:
         if not self._clustered(view):
             return None if self._cluster == "" else view
         for queue in queues:
-            if time_left() < STACKS_CALL_SECONDS + self._reserve:
+            # Knowing a queue is paused is worth more than a launch: each launch call checks
+            # its own time, so a listing that uses the time only makes the poll launch less.
+            if time_left() < STACKS_CALL_SECONDS:
                 logger.warning("too little time left to list scheduled jobs", extra={"queue": queue})
                 break
             try:
@@ -67,10 +68,18 @@ class JobsObserver:
                     break  # the other queues share the limit's window: the next poll lists them
         return view
 
-    def post(self, queue: str, notes: Sequence[tuple[str, Note]], timestamp: str, view: JobsView) -> int:
+    def first_report(self, jobs: Sequence[ScheduledJob]) -> list[ScheduledJob]:
+        """The jobs not reported yet in this run; they count as reported from now on."""
+        fresh = [job for job in jobs if job.id not in self._reported]
+        self._reported.update(job.id for job in fresh)
+        return fresh
+
+    def post(
+        self, queue: str, notes: Sequence[tuple[str, Note]], timestamp: str, view: JobsView, time_left: TimeLeft
+    ) -> int:
         """Post one queue's notes, each kind once per job; returns how many were posted."""
         kept = limited(notes, self._noted)
-        if not kept or self._notes_refused:
+        if not kept or self._notes_refused or time_left() < STACKS_CALL_SECONDS:
             return 0
         try:
             refused = self._client.notify(self._keys[queue], [note for _, note in kept], timestamp)

@@ -13,7 +13,7 @@ from aws_lambda_powertools.utilities import parameters
 from autoscaler.buildkite import MetricsClient, Secret
 from autoscaler.config import ScalerSettings
 from autoscaler.effects import HELD_PAUSED
-from autoscaler.fleet import EC2_CALL_SECONDS, Ec2Fleet, Ec2SpotPrices
+from autoscaler.fleet import Ec2Fleet, Ec2SpotPrices
 from autoscaler.images import SsmImages
 from autoscaler.invocation import Clock, SystemClock, dry_run_requested
 from autoscaler.observer import JobsObserver
@@ -60,8 +60,7 @@ def jobs_observer(settings: ScalerSettings, token: Callable[[], Secret], functio
     keys are the ones the deploy registered (queue_check): the same fleet, account and region."""
     account, region = scope_of(function_arn)
     keys = {queue.name: stack_key(settings.fleet_name, queue.name, account, region) for queue in settings.queues}
-    # After the last Stacks call, the time for one EC2 call: a launch.
-    return JobsObserver(StacksClient(settings.endpoint, token), keys, EC2_CALL_SECONDS + WRAP_UP_SECONDS)
+    return JobsObserver(StacksClient(settings.endpoint, token), keys)
 
 
 def run(scaler: Scaler, clock: Clock, remaining_seconds: Callable[[], float], dry_run: bool) -> dict[str, Any]:

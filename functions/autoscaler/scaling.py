@@ -50,7 +50,7 @@ from autoscaler.lifecycle import (
 from autoscaler.observer import JobsObserver, JobsView
 from autoscaler.planner import QueueMetrics, QueuePlan
 from autoscaler.pool import PoolPlan, plan_with_pool
-from autoscaler.stacks import QueueJobs, ScheduledJob
+from autoscaler.stacks import Note, QueueJobs, ScheduledJob
 from autoscaler.telemetry import emit, logger
 
 RenderUserData = Callable[[QueueConfig, str], bytes]
@@ -156,7 +156,7 @@ class Scaler:
         retry_after = observed.jobs.retry_after if observed.jobs else 0.0
         result = PollResult(now, max(observed.snapshot.poll_seconds, retry_after))
         for queue in self._settings.queues:
-            result.queues[queue.name] = self._scale_queue(queue, observed, now, executor)
+            result.queues[queue.name] = self._scale_queue(queue, observed, now, executor, time_left)
         self._report_fleet(result, observed.jobs)
         return result
 
@@ -226,7 +226,9 @@ class Scaler:
 
     # ---- decide, execute, report (per queue)
 
-    def _scale_queue(self, queue: QueueConfig, observed: Observation, now: datetime, executor: Executor) -> QueueResult:
+    def _scale_queue(
+        self, queue: QueueConfig, observed: Observation, now: datetime, executor: Executor, time_left: TimeLeft
+    ) -> QueueResult:
         metrics = observed.snapshot.for_queue(queue.name)
         scheduled = timetable.at(queue, now)
         queue = scheduled.queue
@@ -241,7 +243,10 @@ class Scaler:
         on_exit = pool.on_exit(pool_plan, observed.instances, refilled)
         executor.set_on_exit(on_exit)
         if self._jobs is not None and observed.jobs is not None and listed is not None:
-            self._note_jobs(self._jobs, queue, listed, result, now, observed.jobs, executor.dry_run)
+            notes = self._job_notes(self._jobs, queue, listed, result, observed.jobs)
+            # A dry run notes nothing on Buildkite either: it changes nothing anywhere.
+            if not executor.dry_run:
+                result.notes = self._jobs.post(queue.name, notes, now.isoformat(), observed.jobs, time_left)
         self._report_queue(queue, executor.dry_run, scheduled, metrics, result, pool_plan, on_exit, image)
         return result
 
@@ -313,20 +318,14 @@ class Scaler:
 
     # ---- observe mode: jobs no queue can serve, notes on the jobs' timelines
 
-    def _note_jobs(
-        self,
-        observer: JobsObserver,
-        queue: QueueConfig,
-        listed: QueueJobs,
-        result: QueueResult,
-        now: datetime,
-        view: JobsView,
-        dry_run: bool,
-    ) -> None:
+    def _job_notes(
+        self, observer: JobsObserver, queue: QueueConfig, listed: QueueJobs, result: QueueResult, view: JobsView
+    ) -> list[tuple[str, Note]]:
+        """Logs the jobs no queue can serve (once), records them in the result; returns the notes due."""
         lost = unmatched(listed.jobs, self._tags)
         result.unmatched = [job.id for job in lost]
         due = {job.id for job in listed.jobs if is_due(job, view.started)}
-        fresh = [job for job in lost if job.id in due and UNMATCHED not in observer.noted.get(job.id, set())]
+        fresh = observer.first_report([job for job in lost if job.id in due])
         for job in fresh:
             logger.warning(
                 "a job asks for agent tags no queue offers; it waits for ever",
@@ -334,10 +333,7 @@ class Scaler:
             )
         names = [configured.name for configured in self._settings.queues]
         notes = [(UNMATCHED, unmatched_note(job, self._settings.fleet_name, names)) for job in fresh]
-        notes += queue_notes(self._outcome(queue, result), _servable(listed.jobs, lost), observer.noted, due)
-        # A dry run notes nothing on Buildkite either: it changes nothing anywhere.
-        if not dry_run:
-            result.notes = observer.post(queue.name, notes, now.isoformat(), view)
+        return notes + queue_notes(self._outcome(queue, result), _servable(listed.jobs, lost), observer.noted, due)
 
     @staticmethod
     def _outcome(queue: QueueConfig, result: QueueResult) -> QueueOutcome:
