@@ -15,13 +15,24 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
 from autoscaler.jobs import limited
-from autoscaler.stacks import STACKS_CALL_SECONDS, Note, QueueJobs, ScheduledJob, StacksClient, StacksError
+from autoscaler.stacks import FIRST_PAGE, STACKS_CALL_SECONDS, Note, QueueJobs, ScheduledJob, StacksError
 from autoscaler.telemetry import logger
 
 # Seconds left in the invocation.
 TimeLeft = Callable[[], float]
+
+
+class StacksApi(Protocol):
+    """What observe mode calls: `stacks.StacksClient`, or the simulation's world."""
+
+    def cluster(self) -> str: ...
+
+    def scheduled_jobs(self, key: str, queue: str, limit: int = FIRST_PAGE) -> QueueJobs: ...
+
+    def notify(self, key: str, notes: Sequence[Note], timestamp: str) -> list[tuple[str, list[int]]]: ...
 
 
 @dataclass
@@ -35,7 +46,7 @@ class JobsView:
 
 
 class JobsObserver:
-    def __init__(self, client: StacksClient, keys: Mapping[str, str]) -> None:
+    def __init__(self, client: StacksApi, keys: Mapping[str, str]) -> None:
         self._client = client
         self._keys = dict(keys)  # queue → stack key
         self._cluster: str | None = None  # None: not asked yet (or the answer failed)
