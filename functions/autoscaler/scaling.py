@@ -367,7 +367,6 @@ class Scaler:
                 "queue": queue.name,
                 "dry_run": dry_run,
                 "schedule": scheduled.schedule or None,
-                "held": result.held or None,
                 "metrics": vars(metrics),
                 "plan": {**vars(plan), "launch_total": plan.launch_total},
                 "pool": vars(pool_plan),
@@ -379,8 +378,16 @@ class Scaler:
                 "fallbacks": result.fallbacks,
                 "failures": [vars(failure) for failure in result.failures],
                 "shortfall": result.shortfall,
-                "unmatched_jobs": result.unmatched or None,
-                "notes": result.notes or None,
+                # Observe mode's, only when there is something to say: the log is billed by the byte.
+                **{
+                    key: value
+                    for key, value in (
+                        ("held", result.held),
+                        ("unmatched_jobs", result.unmatched),
+                        ("notes", result.notes),
+                    )
+                    if value
+                },
             },
         )
         emit(
@@ -410,15 +417,14 @@ class Scaler:
     def _report_fleet(self, result: PollResult, jobs: JobsView | None) -> None:
         queues = result.queues.values()
         if jobs is not None:
-            # Fleet-wide and only when not zero: one metric each, billed only in the hours it is published.
-            observed = {
-                "PausedQueues": sum(queue.held == HELD_PAUSED for queue in queues),
-                "UnmatchedJobs": sum(len(queue.unmatched) for queue in queues),
-                "StacksApiErrors": jobs.errors,
-            }
-            observed = {name: value for name, value in observed.items() if value}
-            if observed:
-                emit({"fleet": self._settings.fleet_name}, observed)
+            paused = sum(queue.held == HELD_PAUSED for queue in queues)
+            lost = sum(len(queue.unmatched) for queue in queues)
+            # Fleet-wide, and only in a poll that has one: each is billed only in the hours it is published.
+            if paused or lost or jobs.errors:
+                emit(
+                    {"fleet": self._settings.fleet_name},
+                    {"PausedQueues": paused, "UnmatchedJobs": lost, "StacksApiErrors": jobs.errors},
+                )
         emit(
             {"fleet": self._settings.fleet_name},
             {
