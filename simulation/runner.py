@@ -35,7 +35,6 @@ from autoscaler.config import (
 from autoscaler.execute import TimeLeft, unbounded
 from autoscaler.observer import JobsObserver
 from autoscaler.scaling import PollResult, Scaler
-from autoscaler.stacks import stack_key
 from autoscaler.telemetry import logger
 from autoscaler.userdata import render_user_data
 from simulation.cloud import MemoryFleet, MotoFleet, Sample, SimBuildkite, SimImages, SimStacks
@@ -267,7 +266,6 @@ def _simulate(
     render = partial(render_user_data, settings.user_data, fleet_name=FLEET)
     images = SimImages(scenario.world.boot_path)
     stacks = SimStacks(world)
-    keys = {queue.name: stack_key(FLEET, queue.name, "simulated", "simulated") for queue in scenario.queues}
     decisions: list[Decision] = []
     _schedule_reaper(world, fleet, scenario, clock, sink)
 
@@ -287,7 +285,7 @@ def _simulate(
             render_user_data=render,
             images=images,
             # One observer an invocation, as in Lambda: what it noted is forgotten between them.
-            jobs=JobsObserver(stacks, keys),
+            jobs=JobsObserver(stacks, FLEET, scenario.queues, ("simulated", "simulated")),
         )
         sink.runs["scaler"] += sink.counting(invocation)
         scaler.run(poller, clock, lambda deadline=deadline: deadline - world.now, dry_run=False)

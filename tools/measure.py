@@ -23,6 +23,7 @@ from moto import mock_aws
 from simulation.runner import FLEET, default_scenario, scaler_settings
 
 from autoscaler.buildkite import MetricsSnapshot, Secret
+from autoscaler.config import QueueConfig
 from autoscaler.fleet import Ec2Fleet
 from autoscaler.lifecycle import BOOTSTRAP_TAG, FLEET_TAG, QUEUE_TAG, ROLE_TAG
 from autoscaler.observer import JobsObserver
@@ -33,6 +34,7 @@ from autoscaler.telemetry import logger
 
 INSTANCES = 1000
 SCHEDULED_JOBS = 200
+SCOPE = ("000000000000", "us-east-1")  # the account and region the stacks are registered in
 
 
 class StaticMetrics:
@@ -40,18 +42,18 @@ class StaticMetrics:
         return MetricsSnapshot({"nixos-x86-aws": QueueMetrics(scheduled=4000, total=4000)})
 
 
-def observer(scenario_queues: tuple[str, ...], fake: FakeBuildkite) -> JobsObserver:
+def observer(queues: tuple[QueueConfig, ...], fake: FakeBuildkite) -> JobsObserver:
     """Observe mode against the Stacks fake: a cluster token, 200 jobs on the x86 queue."""
     fake.stacks.cluster_uuid = "c-1"
-    keys = {queue: stack_key(FLEET, queue, "000000000000", "us-east-1") for queue in scenario_queues}
-    for queue, key in keys.items():
+    for queue in queues:
+        key = stack_key(FLEET, queue.name, *SCOPE)
         fake.stacks.stacks[key] = {"key": key}
-        fake.stacks.queue(queue)
+        fake.stacks.queue(queue.name)
     fake.stacks.queue("nixos-x86-aws").jobs = [
         FakeJob(f"job-{n:04d}", ["queue=nixos-x86-aws"], f"2026-12-01T10:{n // 60:02d}:{n % 60:02d}Z")
         for n in range(SCHEDULED_JOBS)
     ]
-    return JobsObserver(StacksClient(fake.endpoint, lambda: Secret("bkct_measure")), keys)
+    return JobsObserver(StacksClient(fake.endpoint, lambda: Secret("bkct_measure")), FLEET, queues, SCOPE)
 
 
 def poll_at_scale(observe: bool) -> None:
@@ -73,7 +75,7 @@ def poll_at_scale(observe: bool) -> None:
         queues = tuple(replace(q, max_instances=2000) if q.name == "nixos-x86-aws" else q for q in scenario.queues)
         settings = scaler_settings(replace(scenario, queues=queues))
         fake = FakeBuildkite().start()
-        jobs = observer(tuple(queue.name for queue in queues), fake) if observe else None
+        jobs = observer(queues, fake) if observe else None
         try:
             scaler = Scaler(settings, StaticMetrics(), Ec2Fleet(ec2, FLEET), lambda queue, role: b"", jobs=jobs)
             times = []

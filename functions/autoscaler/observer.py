@@ -12,17 +12,35 @@ one invocation; across invocations `jobs.is_due` stands in for memory.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from autoscaler.jobs import limited
-from autoscaler.stacks import FIRST_PAGE, STACKS_CALL_SECONDS, Note, QueueJobs, ScheduledJob, StacksError
+from autoscaler.config import QueueConfig
+from autoscaler.jobs import (
+    UNMATCHED,
+    QueueOutcome,
+    agent_tags,
+    is_due,
+    limited,
+    queue_notes,
+    unmatched,
+    unmatched_note,
+)
+from autoscaler.stacks import FIRST_PAGE, STACKS_CALL_SECONDS, Note, QueueJobs, StacksError, stack_key
 from autoscaler.telemetry import logger
 
 # Seconds left in the invocation.
 TimeLeft = Callable[[], float]
+# How a review posts its notes: the time left, or None for a dry run (no note posted).
+Post = TimeLeft | None
+
+
+@dataclass(frozen=True)
+class Review:
+    unmatched: list[str]  # listed jobs no configured queue can serve
+    notes: int  # notes posted
 
 
 class StacksApi(Protocol):
@@ -46,26 +64,26 @@ class JobsView:
 
 
 class JobsObserver:
-    def __init__(self, client: StacksApi, keys: Mapping[str, str]) -> None:
+    def __init__(self, client: StacksApi, fleet: str, queues: Sequence[QueueConfig], scope: tuple[str, str]) -> None:
+        """`scope` is the (account, region) the deploy registered the stacks in (queue_check)."""
         self._client = client
-        self._keys = dict(keys)  # queue → stack key
+        self._fleet = fleet
+        self._names = [queue.name for queue in queues]
+        self._keys = {queue.name: stack_key(fleet, queue.name, *scope) for queue in queues}
+        self._tags = [agent_tags(queue, fleet) for queue in queues]
         self._cluster: str | None = None  # None: not asked yet (or the answer failed)
         self._notes_refused = False
         self._noted: dict[str, set[str]] = {}
         self._reported: set[str] = set()  # unmatched jobs logged
         self._started: datetime | None = None  # the invocation's first poll
 
-    @property
-    def noted(self) -> Mapping[str, set[str]]:
-        return self._noted
-
-    def observe(self, queues: Sequence[str], now: datetime, time_left: TimeLeft) -> JobsView | None:
+    def observe(self, now: datetime, time_left: TimeLeft) -> JobsView | None:
         """This poll's jobs; None when observe mode is off (an unclustered token)."""
         self._started = self._started or now
         view = JobsView(self._started)
         if not self._clustered(view):
             return None if self._cluster == "" else view
-        for queue in queues:
+        for queue in self._names:
             # Knowing a queue is paused is worth more than a launch: each launch call checks
             # its own time, so a listing that uses the time only makes the poll launch less.
             if time_left() < STACKS_CALL_SECONDS:
@@ -79,13 +97,26 @@ class JobsObserver:
                     break  # the other queues share the limit's window: the next poll lists them
         return view
 
-    def first_report(self, jobs: Sequence[ScheduledJob]) -> list[ScheduledJob]:
-        """The jobs not reported yet in this run; they count as reported from now on."""
-        fresh = [job for job in jobs if job.id not in self._reported]
+    def review(self, listed: QueueJobs, outcome: QueueOutcome, view: JobsView, now: datetime, post: Post) -> Review:
+        """After a queue's effects: its jobs no queue can serve (logged once), and the notes due
+        on its jobs, posted unless `post` is None (a dry run notes nothing)."""
+        lost = unmatched(listed.jobs, self._tags)
+        due = {job.id for job in listed.jobs if is_due(job, view.started)}
+        fresh = [job for job in lost if job.id in due and job.id not in self._reported]
         self._reported.update(job.id for job in fresh)
-        return fresh
+        for job in fresh:
+            logger.warning(
+                "a job asks for agent tags no queue offers; it waits for ever",
+                extra={"queue": outcome.queue, "job": job.id, "agent_query_rules": list(job.agent_query_rules)},
+            )
+        lost_ids = {job.id for job in lost}
+        servable = [job for job in listed.jobs if job.id not in lost_ids]
+        notes = [(UNMATCHED, unmatched_note(job, self._fleet, self._names)) for job in fresh]
+        notes += queue_notes(outcome, servable, self._noted, due)
+        posted = self._post(outcome.queue, notes, now.isoformat(), view, post) if post else 0
+        return Review([job.id for job in lost], posted)
 
-    def post(
+    def _post(
         self, queue: str, notes: Sequence[tuple[str, Note]], timestamp: str, view: JobsView, time_left: TimeLeft
     ) -> int:
         """Post one queue's notes, each kind once per job; returns how many were posted."""

@@ -18,7 +18,7 @@ from autoscaler.images import SsmImages
 from autoscaler.invocation import Clock, SystemClock, dry_run_requested
 from autoscaler.observer import JobsObserver
 from autoscaler.scaling import PollResult, Scaler
-from autoscaler.stacks import StacksClient, scope_of, stack_key
+from autoscaler.stacks import StacksClient, scope_of
 from autoscaler.telemetry import logger
 from autoscaler.userdata import render_user_data
 
@@ -58,9 +58,8 @@ def handler(event: dict[str, Any], context: Any, clock: Clock | None = None) -> 
 def jobs_observer(settings: ScalerSettings, token: Callable[[], Secret], function_arn: str) -> JobsObserver:
     """Observe mode's Stacks API, on when the token turns out to be a cluster token. The stack
     keys are the ones the deploy registered (queue_check): the same fleet, account and region."""
-    account, region = scope_of(function_arn)
-    keys = {queue.name: stack_key(settings.fleet_name, queue.name, account, region) for queue in settings.queues}
-    return JobsObserver(StacksClient(settings.endpoint, token), keys)
+    client = StacksClient(settings.endpoint, token)
+    return JobsObserver(client, settings.fleet_name, settings.queues, scope_of(function_arn))
 
 
 def run(scaler: Scaler, clock: Clock, remaining_seconds: Callable[[], float], dry_run: bool) -> dict[str, Any]:

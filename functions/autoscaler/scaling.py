@@ -36,7 +36,7 @@ from autoscaler.execute import (
 )
 from autoscaler.fleet import EC2_CALL_SECONDS
 from autoscaler.images import CurrentImage, ImageSource
-from autoscaler.jobs import UNMATCHED, QueueOutcome, agent_tags, is_due, queue_notes, unmatched, unmatched_note
+from autoscaler.jobs import QueueOutcome
 from autoscaler.launching import LaunchFailure, LaunchOutcome
 from autoscaler.lifecycle import (
     BOOTSTRAP_PENDING,
@@ -50,7 +50,6 @@ from autoscaler.lifecycle import (
 from autoscaler.observer import JobsObserver, JobsView
 from autoscaler.planner import QueueMetrics, QueuePlan
 from autoscaler.pool import PoolPlan, plan_with_pool
-from autoscaler.stacks import Note, QueueJobs, ScheduledJob
 from autoscaler.telemetry import emit, logger
 
 RenderUserData = Callable[[QueueConfig, str], bytes]
@@ -115,7 +114,6 @@ class Scaler:
     ) -> None:
         self._settings = settings
         self._jobs = jobs
-        self._tags = [agent_tags(queue, settings.fleet_name) for queue in settings.queues]
         self._spot_prices = spot_prices
         self._source = source
         self._fleet = fleet
@@ -185,7 +183,7 @@ class Scaler:
             logger.error("DescribeInstances failed; no action this poll", extra={"error": str(error)})
             emit(fleet_dims, {"FleetApiErrors": 1})
             return PollResult(now, snapshot.poll_seconds, error=f"ec2: {error}")
-        jobs = self._jobs.observe(names, now, time_left) if self._jobs else None
+        jobs = self._jobs.observe(now, time_left) if self._jobs else None
         self._load_images(fleet_dims, time_left)
         return Observation(snapshot, instances, jobs)
 
@@ -243,10 +241,10 @@ class Scaler:
         on_exit = pool.on_exit(pool_plan, observed.instances, refilled)
         executor.set_on_exit(on_exit)
         if self._jobs is not None and observed.jobs is not None and listed is not None:
-            notes = self._job_notes(self._jobs, queue, listed, result, observed.jobs)
             # A dry run notes nothing on Buildkite either: it changes nothing anywhere.
-            if not executor.dry_run:
-                result.notes = self._jobs.post(queue.name, notes, now.isoformat(), observed.jobs, time_left)
+            post = None if executor.dry_run else time_left
+            review = self._jobs.review(listed, self._outcome(queue, result), observed.jobs, now, post)
+            result.unmatched, result.notes = review.unmatched, review.notes
         self._report_queue(queue, executor.dry_run, scheduled, metrics, result, pool_plan, on_exit, image)
         return result
 
@@ -316,24 +314,7 @@ class Scaler:
             result.fallbacks.append(outcome.fallback)
         result.shortfall += max(outcome.shortfall, 0)
 
-    # ---- observe mode: jobs no queue can serve, notes on the jobs' timelines
-
-    def _job_notes(
-        self, observer: JobsObserver, queue: QueueConfig, listed: QueueJobs, result: QueueResult, view: JobsView
-    ) -> list[tuple[str, Note]]:
-        """Logs the jobs no queue can serve (once), records them in the result; returns the notes due."""
-        lost = unmatched(listed.jobs, self._tags)
-        result.unmatched = [job.id for job in lost]
-        due = {job.id for job in listed.jobs if is_due(job, view.started)}
-        fresh = observer.first_report([job for job in lost if job.id in due])
-        for job in fresh:
-            logger.warning(
-                "a job asks for agent tags no queue offers; it waits for ever",
-                extra={"queue": queue.name, "job": job.id, "agent_query_rules": list(job.agent_query_rules)},
-            )
-        names = [configured.name for configured in self._settings.queues]
-        notes = [(UNMATCHED, unmatched_note(job, self._settings.fleet_name, names)) for job in fresh]
-        return notes + queue_notes(self._outcome(queue, result), _servable(listed.jobs, lost), observer.noted, due)
+    # ---- observe mode: what the queue's jobs are told
 
     @staticmethod
     def _outcome(queue: QueueConfig, result: QueueResult) -> QueueOutcome:
@@ -436,8 +417,3 @@ class Scaler:
                 "SpotShortfall": sum(queue.spot_shortfall for queue in queues),
             },
         )
-
-
-def _servable(jobs: tuple[ScheduledJob, ...], lost: list[ScheduledJob]) -> list[ScheduledJob]:
-    lost_ids = {job.id for job in lost}
-    return [job for job in jobs if job.id not in lost_ids]
