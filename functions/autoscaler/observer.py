@@ -28,6 +28,7 @@ from autoscaler.jobs import (
     unmatched,
     unmatched_note,
 )
+from autoscaler.redact import redact
 from autoscaler.stacks import FIRST_PAGE, STACKS_CALL_SECONDS, Note, QueueJobs, StacksError, stack_key
 from autoscaler.telemetry import logger
 
@@ -107,7 +108,12 @@ class JobsObserver:
         for job in fresh:
             logger.warning(
                 "a job asks for agent tags no queue offers; it waits for ever",
-                extra={"queue": outcome.queue, "job": job.id, "agent_query_rules": list(job.agent_query_rules)},
+                # A pipeline's rules are its author's text: redacted like everything else logged.
+                extra={
+                    "queue": outcome.queue,
+                    "job": job.id,
+                    "agent_query_rules": [redact(r) for r in job.agent_query_rules],
+                },
             )
         lost_ids = {job.id for job in lost}
         servable = [job for job in listed.jobs if job.id not in lost_ids]

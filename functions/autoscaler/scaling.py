@@ -68,7 +68,8 @@ class QueueResult:
     schedule: str = ""  # the schedule that set min_instances and warm_pool_size, "" for none
     started: list[str] = field(default_factory=list)  # pool instances started
     markets: dict[str, str] = field(default_factory=dict)  # instance id → spot or on-demand
-    placements: dict[str, Pool] = field(default_factory=dict)  # instance id → (type, subnet)
+    # Instance id → (type, subnet) of the instances launched as capacity (floor, burst).
+    placements: dict[str, Pool] = field(default_factory=dict)
     fallbacks: list[str] = field(default_factory=list)  # why spot fell short, per launch
     spot_shortfall: int = 0
     # Instances the plan launched that did not start, after every fallback: demand left
@@ -273,7 +274,7 @@ class Scaler:
             context = LaunchContext(self._user_data_for(scheduled, order.role, now), version)
             outcome = executor.launch(queue, order, now, context)
             self._remember(queue, order.role, outcome, now, version)
-            self._record(result, outcome)
+            self._record(result, outcome, order.role)
             if order.role == ROLE_POOL:
                 # A dry run asks for nothing (requested=0) and so counts as refilled in full.
                 refilled += order.count - max(outcome.shortfall, 0)
@@ -304,11 +305,12 @@ class Scaler:
             )
 
     @staticmethod
-    def _record(result: QueueResult, outcome: LaunchOutcome) -> None:
+    def _record(result: QueueResult, outcome: LaunchOutcome, role: str) -> None:
         result.instance_ids.extend(outcome.instance_ids)
         result.failures.extend(outcome.failures)
         result.markets.update(outcome.markets)
-        result.placements.update(outcome.placements)
+        if role != ROLE_POOL:  # a pool refill stops after its first boot: no job's capacity
+            result.placements.update(outcome.placements)
         result.spot_shortfall += outcome.spot_shortfall
         if outcome.fallback:
             result.fallbacks.append(outcome.fallback)
@@ -318,11 +320,10 @@ class Scaler:
 
     @staticmethod
     def _outcome(queue: QueueConfig, result: QueueResult) -> QueueOutcome:
-        launched = {instance_id: result.placements[instance_id] for instance_id in result.instance_ids}
         return QueueOutcome(
             queue=queue.name,
             paused=bool(result.held),
-            launched=launched,
+            launched=result.placements,
             markets=result.markets,
             spot_fell_short=bool(result.fallbacks),
             at_max=result.plan.unmet_instances > 0,
