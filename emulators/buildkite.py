@@ -1,7 +1,10 @@
-"""A fake Buildkite Agent Metrics API served over HTTP on loopback.
+"""A fake Buildkite Agent API served over HTTP on loopback: the metrics API and the Stacks API.
 
 Tests set what it answers; it records every request it received, so tests
-can count calls and check the Authorization header.
+can count calls and check the Authorization header. `/v3/token` and
+`/v3/stacks/...` are the Stacks API's (`emulators.stacks`), recorded in
+`stacks.requests`; every other request is a metrics call, recorded in
+`requests`.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from emulators.stacks import Answer, FakeStacks
 
 
 @dataclass
@@ -47,6 +52,7 @@ class FakeBuildkite:
     def __init__(self) -> None:
         self.replies: list[Reply] = [Reply(body=metrics_body({}))]
         self.requests: list[dict[str, Any]] = []
+        self.stacks = FakeStacks()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
 
@@ -77,7 +83,13 @@ class FakeBuildkite:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self._stacks("POST")
+
             def do_GET(self) -> None:
+                if self.path.startswith(("/v3/token", "/v3/stacks/")):
+                    self._stacks("GET")
+                    return
                 fake.requests.append(
                     {
                         "path": self.path,
@@ -88,9 +100,27 @@ class FakeBuildkite:
                 reply = fake._next_reply()
                 time.sleep(reply.delay)
                 payload = reply.body if isinstance(reply.body, str) else json.dumps(reply.body)
+                self._send(reply.status, reply.headers, payload)
+
+            def _stacks(self, method: str) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                text = self.rfile.read(length).decode() if length else ""
                 try:
-                    self.send_response(reply.status)
-                    for key, value in reply.headers.items():
+                    body = json.loads(text) if text else None
+                except ValueError:
+                    body = text
+                answer: Answer = fake.stacks.handle(method, self.path, body, self.headers.get("Authorization", ""))
+                time.sleep(answer.delay)
+                if answer.body is None:
+                    payload = ""
+                else:
+                    payload = answer.body if isinstance(answer.body, str) else json.dumps(answer.body)
+                self._send(answer.status, answer.headers, payload)
+
+            def _send(self, status: int, headers: dict[str, str], payload: str) -> None:
+                try:
+                    self.send_response(status)
+                    for key, value in headers.items():
                         self.send_header(key, value)
                     self.send_header("Content-Type", "application/json")
                     self.end_headers()

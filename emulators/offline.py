@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
@@ -35,8 +35,10 @@ from autoscaler.lifecycle import (
     ROLE_TAG,
 )
 from autoscaler.scaler import SAFETY_SECONDS
+from autoscaler.stacks import scope_of, stack_key
 from emulators.aws import Stack, create_stack
 from emulators.buildkite import FakeBuildkite, Reply, metrics_reply
+from emulators.stacks import FakeJob, FakeStacks
 
 DEFAULT_REGION = "us-east-1"
 # What the offline token parameter holds; the metrics fake does not check it.
@@ -80,11 +82,30 @@ class MetricsAnswer:
 
 
 @dataclass(frozen=True)
+class StacksJob:
+    """A scheduled job as the Stacks API lists it."""
+
+    id: str
+    agent_query_rules: Sequence[str] = ()
+    scheduled_seconds_ago: float = 5
+
+
+@dataclass(frozen=True)
+class StacksQueue:
+    """One queue as the Stacks API shows it: paused or not, and its scheduled jobs."""
+
+    paused: bool = False
+    jobs: tuple[StacksJob, ...] = ()
+
+
+@dataclass(frozen=True)
 class Scenario:
     description: str
     metrics: tuple[MetricsAnswer, ...]
     fleet: tuple[SeedInstance, ...] = ()
     polls: int = 1  # unless the command line says otherwise
+    # Present: the token is a cluster token and each queue's stack is registered (observe mode).
+    stacks: Mapping[str, StacksQueue] | None = None
 
 
 def load_scenario(path: Path) -> Scenario:
@@ -109,7 +130,29 @@ def load_scenario(path: Path) -> Scenario:
         raise ScenarioError(f"{path}: polls must be a whole number of at least 1 (got {polls!r})")
     if not metrics:
         raise ScenarioError(f"{path}: metrics must list at least one answer (got [])")
-    return Scenario(str(raw.get("description", "")), metrics, fleet, polls)
+    stacks = _stacks(raw["stacks"], f"{path}: stacks") if "stacks" in raw else None
+    return Scenario(str(raw.get("description", "")), metrics, fleet, polls, stacks)
+
+
+def _stacks(raw: Any, where: str) -> dict[str, StacksQueue]:
+    if not isinstance(raw, dict):
+        raise ScenarioError(f"{where} must be a JSON object of queue name to its state (got {raw!r})")
+    queues = {}
+    for name, entry in raw.items():
+        if not isinstance(entry, dict):
+            raise ScenarioError(f"{where}.{name} must be a JSON object (got {entry!r})")
+        jobs = tuple(
+            _record(
+                StacksJob,
+                {**job, "agent_query_rules": tuple(job.get("agent_query_rules", ()))},
+                f"{where}.{name}.jobs[{i}]",
+            )
+            if isinstance(job, dict)
+            else _record(StacksJob, job, f"{where}.{name}.jobs[{i}]")
+            for i, job in enumerate(entry.get("jobs", []))
+        )
+        queues[name] = _record(StacksQueue, {**entry, "jobs": jobs}, f"{where}.{name}")
+    return queues
 
 
 def _record(cls: type[_T], entry: Any, where: str) -> _T:
@@ -252,7 +295,27 @@ def run(
         seed_fleet(stack, offline_env.get("FLEET_NAME", ""), scenario.fleet, frozen, architectures)
         buildkite.answer(*(answer.reply() for answer in scenario.metrics))
         context = SimulatedContext(function_name, memory_mb, lambda: len(buildkite.requests), polls)
+        if scenario.stacks is not None:
+            seed_stacks(
+                buildkite.stacks, offline_env.get("FLEET_NAME", ""), context, scenario.stacks, frozen.time_to_freeze
+            )
         return handler(event, context, clock=SimulatedClock(frozen))
+
+
+def seed_stacks(
+    stacks: FakeStacks, fleet: str, context: SimulatedContext, queues: Mapping[str, StacksQueue], now: datetime
+) -> None:
+    """A cluster token, each queue's stack registered as the deploy leaves it, and the scenario's jobs."""
+    account, region = scope_of(context.invoked_function_arn)
+    stacks.cluster_uuid = "offline-cluster"
+    for name, queue in queues.items():
+        key = stack_key(fleet, name, account, region)
+        stacks.stacks[key] = {"key": key, "type": "custom", "queue_key": name, "metadata": {}}
+        fake = stacks.queue(name)
+        fake.paused = queue.paused
+        for job in queue.jobs:
+            scheduled = (now - timedelta(seconds=job.scheduled_seconds_ago)).isoformat().replace("+00:00", "Z")
+            fake.jobs.append(FakeJob(job.id, list(job.agent_query_rules), scheduled))
 
 
 @contextmanager

@@ -38,6 +38,8 @@ from simulation.report import (
     spreads,
     summarize,
     table,
+    unserved,
+    unserved_line,
 )
 from simulation.runner import RunResult, Scenario, default_scenario, simulate
 from simulation.settings import with_overrides
@@ -102,6 +104,7 @@ def _run_all(
                 progress=None if args.json else _progress(label, trace),
                 start=trace.start,
                 telemetry=index == 0,  # the stack's cost comes from the first run
+                pauses=trace.pauses,
             )
             for index, seed in enumerate(seeds)
         ]
@@ -126,12 +129,15 @@ def _run_all(
             },
             "total_per_month": monthly_total(summaries[label], stack),
             "warnings": warnings,
+            "unserved_jobs": unserved(results[0]),
         }
         if not args.json:
             elapsed = time.monotonic() - started
             print(
                 f"{label}: {runs} run(s) of {results[0].end / HOUR:.1f} h simulated in {elapsed:.1f} s", file=sys.stderr
             )
+            if unserved(results[0]):
+                print(unserved_line(label, unserved(results[0])), file=sys.stderr)
         if args.chart:
             boot = f"boot {scenario.world.boot_seconds:.0f} s ±{scenario.world.boot_jitter:.0%}"
             title = f"{label} ({_settings_text(args, label)}; {boot}), trace {trace.name}, seed {seeds[0]}"

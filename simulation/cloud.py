@@ -1,7 +1,8 @@
 """The simulated world behind the product's own interfaces.
 
 `SimBuildkite` is a metrics source that answers with a `/v3/metrics` body
-parsed by the real client's parser; `MemoryFleet` and `MotoFleet` are
+parsed by the real client's parser; `SimStacks` the Stacks API observe mode
+lists jobs and pauses from; `MemoryFleet` and `MotoFleet` are
 fleets: the first keeps instances in memory, the second launches them
 through the real boto3 adapter on moto and mirrors the world's changes
 (tags, power-off) into it.
@@ -21,9 +22,11 @@ from freezegun import freeze_time
 
 from autoscaler.buildkite import MetricsSnapshot, parse_queues
 from autoscaler.config import ARCHITECTURES, SPOT, QueueConfig
-from autoscaler.fleet import Ec2Fleet, LaunchError, LaunchSpec, TemplateVersion
+from autoscaler.domain import LaunchError, LaunchSpec, TemplateVersion
+from autoscaler.fleet import Ec2Fleet
 from autoscaler.images import CurrentImage
 from autoscaler.lifecycle import BOOTSTRAP_PENDING, BOOTSTRAP_TAG, LIVE_STATES, READY_AT_TAG, Instance
+from autoscaler.stacks import FIRST_PAGE, Note, QueueJobs, ScheduledJob
 from simulation.world import BOOT_PATHS, SimInstance, World
 
 SETTINGS_PATH = "/etc/buildkite-bootstrap/settings.env"
@@ -59,6 +62,29 @@ class SimBuildkite:
             demand = c["scheduled"] + c["running"]
             self.samples.append(Sample(self._world.now, name, demand, c["total"], self._world.live_count(name)))
         return MetricsSnapshot(parse_queues(body, names), self._poll_seconds)
+
+
+class SimStacks:
+    """Buildkite's Stacks API as the world shows it: a cluster token, each queue's first page
+    of scheduled jobs and its pause; notes are counted, not kept."""
+
+    def __init__(self, world: World) -> None:
+        self._world = world
+        self.notes = 0
+
+    def cluster(self) -> str:
+        return "simulated"
+
+    def scheduled_jobs(self, key: str, queue: str, limit: int = FIRST_PAGE) -> QueueJobs:
+        jobs = tuple(
+            ScheduledJob(sim.job.job_id, (f"queue={queue}",), 0, self._world.time(sim.ready_at).isoformat())
+            for sim in self._world.scheduled(queue, limit)
+        )
+        return QueueJobs(self._world.paused(queue), jobs)
+
+    def notify(self, key: str, notes: Sequence[Note], timestamp: str) -> list[tuple[str, list[int]]]:
+        self.notes += len(notes)
+        return []
 
 
 @dataclass

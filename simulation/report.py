@@ -99,6 +99,21 @@ def summarize(result: RunResult, pricing: Pricing | None = None) -> list[QueueSu
     return [_queue_summary(result, queue.name, pricing) for queue in result.scenario.queues]
 
 
+def unserved(result: RunResult) -> dict[str, int]:
+    """Jobs no queue of the scenario served, by the queue they asked for: they wait for ever."""
+    names = {queue.name for queue in result.scenario.queues}
+    counts: dict[str, int] = {}
+    for sim in result.world.jobs.values():
+        if sim.job.queue not in names and sim.started_at is None:
+            counts[sim.job.queue] = counts.get(sim.job.queue, 0) + 1
+    return counts
+
+
+def unserved_line(label: str, counts: dict[str, int]) -> str:
+    queues = ", ".join(f"{queue}: {count}" for queue, count in sorted(counts.items()))
+    return f"{label}: {sum(counts.values())} jobs no queue served ({queues})"
+
+
 def job_waits(result: RunResult, queue: str) -> list[float]:
     """Every arrived job's wait, sorted; a job that never started waits until the end of the run."""
     waits = []

@@ -32,12 +32,14 @@ from autoscaler.config import (
     UserDataSettings,
     env_int,
 )
-from autoscaler.scaling import PollResult, Scaler, TimeLeft, unbounded
+from autoscaler.execute import TimeLeft, unbounded
+from autoscaler.observer import JobsObserver
+from autoscaler.scaling import PollResult, Scaler
 from autoscaler.telemetry import logger
 from autoscaler.userdata import render_user_data
-from simulation.cloud import MemoryFleet, MotoFleet, Sample, SimBuildkite, SimImages
+from simulation.cloud import MemoryFleet, MotoFleet, Sample, SimBuildkite, SimImages, SimStacks
 from simulation.deployment import TEMPLATE, deployment
-from simulation.trace import START, Job, blocked_by_cycles
+from simulation.trace import START, Job, Pause, blocked_by_cycles
 from simulation.world import RETRY_LIMIT, World, WorldSettings
 
 FLEET = "simulated"
@@ -164,8 +166,12 @@ def simulate(
     progress: Callable[[float, float], None] | None = None,
     start: datetime = START,
     telemetry: bool = True,
+    pauses: tuple[Pause, ...] = (),
 ) -> RunResult:
     """Simulate `trace`; on moto when `ec2` (a boto3 EC2 client in `mock_aws`) is given.
+
+    The scaler runs in observe mode (a cluster token): `pauses` hold a queue's dispatch
+    in Buildkite for a window, which the scaler sees and launches nothing for.
 
     Without `until`, a run ends when every job is done and only floor instances
     are left, or `drain_hours` after the last arrival: the result's warnings say so.
@@ -178,7 +184,7 @@ def simulate(
     """
     sink = TelemetrySink(TELEMETRY_HOURS * 3600.0 if telemetry else 0.0)
     with _captured(sink, scenario.log_level if telemetry else "CRITICAL", telemetry):
-        result = _simulate(trace, scenario, until, ec2, progress, start, sink)
+        result = _simulate(trace, scenario, until, ec2, progress, start, sink, pauses)
     if until is None:
         result.warnings.extend(run_warnings(trace, result))
     return result
@@ -252,8 +258,9 @@ def _simulate(
     progress: Callable[[float, float], None] | None,
     start: datetime,
     sink: TelemetrySink,
+    pauses: tuple[Pause, ...],
 ) -> RunResult:
-    world = World(trace, start, scenario.world)
+    world = World(trace, start, scenario.world, pauses)
     queues = {queue.name: queue for queue in scenario.queues}
     fleet = MemoryFleet(world, FLEET, queues) if ec2 is None else MotoFleet(world, FLEET, queues, ec2)
     source = SimBuildkite(world, scenario.poll_seconds)
@@ -261,6 +268,7 @@ def _simulate(
     settings = scaler_settings(scenario)
     render = partial(render_user_data, settings.user_data, fleet_name=FLEET)
     images = SimImages(scenario.world.boot_path)
+    stacks = SimStacks(world)
     decisions: list[Decision] = []
     _schedule_reaper(world, fleet, scenario, clock, sink)
 
@@ -279,6 +287,8 @@ def _simulate(
             fleet=fleet,
             render_user_data=render,
             images=images,
+            # One observer an invocation, as in Lambda: what it noted is forgotten between them.
+            jobs=JobsObserver(stacks, FLEET, scenario.queues, ("simulated", "simulated")),
         )
         sink.runs["scaler"] += sink.counting(invocation)
         scaler.run(poller, clock, lambda deadline=deadline: deadline - world.now, dry_run=False)

@@ -15,6 +15,8 @@ ARM = "nixos-arm-aws"
 
 CSV_COLUMNS = ("queue", "scheduled_at", "duration")
 CSV_OPTIONAL = ("id", "waits_on")
+# A row whose queue is `pause:<queue>` pauses that queue in Buildkite from scheduled_at for duration seconds.
+PAUSE_PREFIX = "pause:"
 START = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)  # the default day's start: a Monday, 08:00
 
 
@@ -32,10 +34,23 @@ class Job:
 
 
 @dataclass(frozen=True)
+class Pause:
+    """A window in which Buildkite dispatches no job of the queue (its dispatch is paused)."""
+
+    queue: str
+    start: float  # seconds after the simulation starts
+    end: float
+
+    def covers(self, queue: str, now: float) -> bool:
+        return queue == self.queue and self.start <= now < self.end
+
+
+@dataclass(frozen=True)
 class Trace:
     jobs: list[Job]
     start: datetime  # the wall-clock time of second 0
     name: str  # names the run's output files
+    pauses: tuple[Pause, ...] = ()
 
 
 def default_trace(seed: int = 7) -> list[Job]:
@@ -74,6 +89,9 @@ def _build(rng: random.Random, number: int, created_at: float) -> list[Job]:
 def load_csv(path: Path) -> Trace:
     """Columns: queue, scheduled_at, duration (seconds); optional id, waits_on (ids, space-separated).
 
+    A row with the queue `pause:<queue>` is no job: it pauses the queue's dispatch in
+    Buildkite from its scheduled_at for its duration.
+
     `scheduled_at` is seconds from the start, or an ISO-8601 time (with a zone,
     or UTC); the run then starts at the first job's hour.
     """
@@ -94,11 +112,17 @@ def load_csv(path: Path) -> Trace:
     if absolute and len(absolute) != len(times):
         raise TraceError(f"{path}: scheduled_at mixes ISO-8601 times and seconds")
     start = min(absolute).replace(minute=0, second=0, microsecond=0) if absolute else START
-    jobs = [_row(path, line, row, _seconds(when, start)) for line, row, when in rows]
+    parsed = [_row(path, line, row, _seconds(when, start)) for line, row, when in rows]
+    jobs = [job for job in parsed if not job.queue.startswith(PAUSE_PREFIX)]
+    pauses = tuple(
+        Pause(job.queue.removeprefix(PAUSE_PREFIX), job.scheduled_at, job.scheduled_at + job.duration)
+        for job in parsed
+        if job.queue.startswith(PAUSE_PREFIX)
+    )
     _check_dependencies(path, jobs)
     # The content's digest in the name: two traces never share output files.
     name = f"{path.stem}-{hashlib.sha256(path.read_bytes()).hexdigest()[:6]}"
-    return Trace(sorted(jobs, key=lambda job: (job.scheduled_at, job.job_id)), start, name)
+    return Trace(sorted(jobs, key=lambda job: (job.scheduled_at, job.job_id)), start, name, pauses)
 
 
 def _when(path: Path, line: int, row: dict[str, str]) -> float | datetime:

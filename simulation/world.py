@@ -38,7 +38,7 @@ from autoscaler.lifecycle import (
     ROLE_POOL,
     STOCK_IMAGE,
 )
-from simulation.trace import Job
+from simulation.trace import Job, Pause
 
 
 @dataclass(frozen=True)
@@ -230,8 +230,11 @@ CloudListener = Callable[[str, SimInstance], None]
 
 
 class World:
-    def __init__(self, jobs: list[Job], start: datetime, settings: WorldSettings) -> None:
+    def __init__(
+        self, jobs: list[Job], start: datetime, settings: WorldSettings, pauses: tuple[Pause, ...] = ()
+    ) -> None:
         self.start = start
+        self.pauses = pauses
         self.settings = settings
         self.now = 0.0
         self.jobs = {job.job_id: SimJob(job) for job in jobs}
@@ -252,6 +255,9 @@ class World:
             for dependency in sim.job.waits_on:
                 self._dependents.setdefault(dependency, []).append(sim)
             self.schedule(sim.job.scheduled_at, lambda sim=sim: self._arrive(sim))
+        for pause in pauses:
+            # Resumed: what waited is dispatched to the agents that are free.
+            self.schedule(pause.end, lambda queue=pause.queue: self._dispatch(queue))
 
     # -- time ---------------------------------------------------------------
 
@@ -290,6 +296,13 @@ class World:
                     counts["idle"] += instance.agents_per_instance - len(instance.busy)
         counts["total"] = counts["idle"] + counts["busy"]
         return counts
+
+    def paused(self, queue: str) -> bool:
+        return any(pause.covers(queue, self.now) for pause in self.pauses)
+
+    def scheduled(self, queue: str, limit: int) -> list[SimJob]:
+        """The queue's scheduled jobs, the oldest first: what the Stacks API lists."""
+        return [entry[2] for entry in heapq.nsmallest(limit, self._ready.get(queue, []))]
 
     def live_count(self, queue: str) -> int:
         return len(self._live.get(queue, {}))
@@ -562,6 +575,8 @@ class World:
         self._dispatch(sim.job.queue)
 
     def _dispatch(self, queue: str) -> None:
+        if self.paused(queue):
+            return
         ready = self._ready.get(queue)
         for instance in list(self._live.get(queue, {}).values()):
             while ready and instance.free_agents() > 0:

@@ -29,8 +29,9 @@ LAUNCHES = {
     "quiet": {X86: 0, ARM: 0},
     "stuck": {X86: 1, ARM: 0},
     "metrics-failure": {X86: 2, ARM: 0},
+    "observe": {X86: 0, ARM: 1},  # x86 is paused in Buildkite
 }
-REAPS = {"burst": [], "quiet": [], "stuck": [(ARM, "failed"), (X86, "stuck")], "metrics-failure": []}
+REAPS = {"burst": [], "quiet": [], "stuck": [(ARM, "failed"), (X86, "stuck")], "metrics-failure": [], "observe": []}
 
 
 def _loopback(host: Any) -> bool:
@@ -82,6 +83,20 @@ def test_the_guard_refuses_the_network() -> None:
         socket.getaddrinfo("agent.buildkite.com", 443)
 
 
+def test_observe_mode_holds_the_paused_queue_and_reports_the_job_no_queue_can_serve(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, output = run(capsys, "ScalerFunction", "scaler-scheduled.json", "observe")
+
+    assert code == 0
+    summary = summary_of(output)
+    assert summary["queues"][X86]["paused_polls"] == 1
+    assert summary["queues"][X86]["unmatched_jobs"] == ["0190a1b2-0000-7000-8000-000000000002"]
+    assert f"{X86}: jobs 8 scheduled" in output
+    assert "[held: queue paused in Buildkite]" in output
+    assert "jobs no queue can serve: 0190a1b2-0000-7000-8000-000000000002" in output
+
+
 def test_every_scenario_has_its_expectations() -> None:
     assert {path.stem for path in SCENARIOS.glob("*.json")} == set(LAUNCHES) == set(REAPS)
 
@@ -103,7 +118,7 @@ def test_scaler_decides_what_the_scenario_calls_for(
         result = summary["queues"][queue]
         # A dry run decides the same launches and makes none.
         assert len(result["launched"]) == (0 if dry_run else count)
-        if dry_run:
+        if dry_run and not result["paused_polls"]:
             assert result["last_plan"]["launch_total"] == count
         assert f"{queue}: jobs " in output  # the decision as a readable line
 

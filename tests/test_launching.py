@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from autoscaler.config import QueueConfig
-from autoscaler.fleet import LaunchError, LaunchSpec
+from autoscaler.domain import LaunchError, LaunchSpec
 from autoscaler.launching import launch
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)

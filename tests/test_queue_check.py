@@ -7,14 +7,19 @@ the answer CloudFormation would get.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
 import requests
+from emulators.buildkite import FakeBuildkite
+from emulators.stacks import Answer
+from tests.conftest import FAKE_TOKEN, FLEET, TOKEN_PARAMETER, Stack
 from tests.custom_resource import ResponseBucket
 from tests.lambda_context import LambdaContext
 
 from autoscaler import queue_check
+from autoscaler.stacks import stack_key
 
 STACK_ID = "arn:aws:cloudformation:eu-west-1:123456789012:stack/bk/0a1b2c3d"
 TEMPLATES = {"x86_64": "lt-0x86", "arm64": "lt-0arm"}
@@ -124,3 +129,99 @@ def test_a_refused_answer_fails_the_invocation_so_it_is_logged_and_retried() -> 
             queue_check.handler(event(refusing.url, TEAM), LambdaContext())
     finally:
         refusing.stop()
+
+
+def stacks_event(
+    url: str, endpoint: str, request: str = "Create", queues: Any = TEAM, **changes: Any
+) -> dict[str, Any]:
+    base = event(url, queues, request, **changes)
+    base["ResourceProperties"] = {
+        **base["ResourceProperties"],
+        "FLEET_NAME": FLEET,
+        "BUILDKITE_AGENT_TOKEN_PARAMETER": TOKEN_PARAMETER,
+        "BUILDKITE_AGENT_ENDPOINT": endpoint,
+    }
+    return base
+
+
+def keys(*queues: str) -> set[str]:
+    return {stack_key(FLEET, queue, "123456789012", "eu-west-1") for queue in queues}
+
+
+def test_a_deploy_registers_one_stack_per_queue_and_deleting_deregisters_them(
+    stack: Stack, buildkite: FakeBuildkite, bucket: ResponseBucket
+) -> None:
+    buildkite.stacks.cluster_uuid = "c-1"
+
+    queue_check.handler(stacks_event(bucket.url, buildkite.endpoint), LambdaContext())
+
+    assert set(buildkite.stacks.stacks) == keys("nixos-x86-aws", "nixos-arm-aws")
+    registered = buildkite.stacks.stacks[stack_key(FLEET, "nixos-x86-aws", "123456789012", "eu-west-1")]
+    assert (registered["type"], registered["queue_key"], registered["metadata"]["fleet"]) == (
+        "custom",
+        "nixos-x86-aws",
+        FLEET,
+    )
+    assert {r["authorization"] for r in buildkite.stacks.requests} == {f"Token {FAKE_TOKEN}"}
+
+    answer = invoke_event(bucket, stacks_event(bucket.url, buildkite.endpoint, "Delete", PhysicalResourceId="QC"))
+
+    assert answer["Status"] == "SUCCESS"
+    assert buildkite.stacks.stacks == {}
+
+
+def test_an_update_deregisters_the_stack_of_a_queue_that_left_the_list(
+    stack: Stack, buildkite: FakeBuildkite, bucket: ResponseBucket
+) -> None:
+    buildkite.stacks.cluster_uuid = "c-1"
+    queue_check.handler(stacks_event(bucket.url, buildkite.endpoint), LambdaContext())
+    update = stacks_event(bucket.url, buildkite.endpoint, "Update", queues=TEAM[:1])
+    update["OldResourceProperties"] = stacks_event(bucket.url, buildkite.endpoint)["ResourceProperties"]
+
+    queue_check.handler(update, LambdaContext())
+
+    assert set(buildkite.stacks.stacks) == keys("nixos-x86-aws")
+
+
+def test_stack_keys_fit_buildkite_rules_and_differ_per_fleet_account_and_region() -> None:
+    long = "q" * 100
+    made = {
+        stack_key(FLEET, "nixos-x86-aws", "123456789012", "eu-west-1"),
+        stack_key(FLEET, "nixos-x86-aws", "123456789012", "us-east-1"),
+        stack_key(FLEET, "nixos-x86-aws", "210987654321", "eu-west-1"),
+        stack_key("other", "nixos-x86-aws", "123456789012", "eu-west-1"),
+        stack_key(FLEET, long + "a", "123456789012", "eu-west-1"),
+        stack_key(FLEET, long + "b", "123456789012", "eu-west-1"),
+        stack_key(FLEET, "with.dots", "123456789012", "eu-west-1"),
+    }
+    assert len(made) == 7
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{1,80}", made_key) for made_key in made)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [Answer(403, {"message": "stack quota reached"}), Answer(422, {"message": "invalid"}), Answer(503, {})],
+    ids=["quota", "invalid", "outage"],
+)
+def test_a_failed_registration_never_fails_the_deploy(
+    failure: Answer, stack: Stack, buildkite: FakeBuildkite, bucket: ResponseBucket
+) -> None:
+    buildkite.stacks.cluster_uuid = "c-1"
+    buildkite.stacks.fail("register", failure)
+
+    answer = invoke_event(bucket, stacks_event(bucket.url, buildkite.endpoint))
+
+    assert answer["Status"] == "SUCCESS"
+
+
+def test_an_unclustered_token_registers_nothing(stack: Stack, buildkite: FakeBuildkite, bucket: ResponseBucket) -> None:
+    answer = invoke_event(bucket, stacks_event(bucket.url, buildkite.endpoint))
+
+    assert answer["Status"] == "SUCCESS"
+    assert [r["route"] for r in buildkite.stacks.requests] == ["token"]
+    assert buildkite.stacks.stacks == {}
+
+
+def invoke_event(bucket: ResponseBucket, request: dict[str, Any]) -> dict[str, Any]:
+    queue_check.handler(request, LambdaContext())
+    return bucket.puts[-1]["body"]

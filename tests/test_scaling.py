@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from autoscaler.buildkite import MetricsSnapshot
 from autoscaler.config import QueueConfig, ScalerSettings, UserDataSettings
-from autoscaler.fleet import LaunchSpec
+from autoscaler.domain import LaunchSpec
 from autoscaler.lifecycle import Instance
 from autoscaler.planner import QueueMetrics
 from autoscaler.scaling import Scaler

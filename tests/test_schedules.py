@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from tests.test_config import QUEUE, settings
 
-from autoscaler import schedules
+from autoscaler import timetable
 from autoscaler.config import ConfigError, QueueConfig, parse_queues
 from autoscaler.schedules import Schedule
 
@@ -57,7 +57,7 @@ def utc(text: str) -> datetime:
     ],
 )
 def test_a_window_keeps_its_local_hours_across_the_autumn_change(when: str, applies: bool) -> None:
-    scheduled = schedules.at(configured(OFFICE), utc(when))
+    scheduled = timetable.at(configured(OFFICE), utc(when))
     assert (scheduled.schedule == "office") is applies
     assert (scheduled.queue.min_instances, scheduled.queue.warm_pool_size) == ((2, 3) if applies else (0, 0))
 
@@ -73,7 +73,7 @@ def test_a_window_keeps_its_local_hours_across_the_autumn_change(when: str, appl
     ],
 )
 def test_an_overnight_window_belongs_to_the_day_it_starts(when: str, applies: bool) -> None:
-    assert (schedules.at(configured(NIGHT), utc(when)).schedule == "nightly") is applies
+    assert (timetable.at(configured(NIGHT), utc(when)).schedule == "nightly") is applies
 
 
 def test_the_first_schedule_that_applies_wins_and_unset_values_stay() -> None:
@@ -81,11 +81,11 @@ def test_the_first_schedule_that_applies_wins_and_unset_values_stay() -> None:
     del weekend_pool["min_instances"]
     queue = configured(weekend_pool, OFFICE, min_instances=1, warm_pool_size=4, max_pool_instances=5)
     monday_noon = utc("2026-10-26 11:00")
-    scheduled = schedules.at(queue, monday_noon)
+    scheduled = timetable.at(queue, monday_noon)
     assert scheduled.schedule == "always"
     assert (scheduled.queue.min_instances, scheduled.queue.warm_pool_size) == (1, 3)
-    assert schedules.at(queue, utc("2026-10-27 11:00")).schedule == "office"
-    assert schedules.at(queue, utc("2026-10-27 20:00")) == schedules.Scheduled(queue, "")
+    assert timetable.at(queue, utc("2026-10-27 11:00")).schedule == "office"
+    assert timetable.at(queue, utc("2026-10-27 20:00")) == timetable.Scheduled(queue, "")
 
 
 def test_the_pool_ceiling_is_the_largest_pool_of_any_schedule() -> None:
@@ -159,7 +159,7 @@ def test_schedule_without_a_value_to_change_is_refused() -> None:
 def test_floor_instances_a_schedule_launches_end_with_it(when: str, uptime: int) -> None:
     queue = configured(OFFICE, max_uptime_seconds=21600)
     now = datetime.fromisoformat(when).replace(tzinfo=UTC)
-    assert schedules.floor_max_uptime(schedules.at(queue, now), now) == uptime
+    assert timetable.floor_max_uptime(timetable.at(queue, now), now) == uptime
 
 
 def test_an_overnight_floor_ends_at_the_local_morning_across_the_clock_change() -> None:
@@ -167,13 +167,13 @@ def test_an_overnight_floor_ends_at_the_local_morning_across_the_clock_change() 
     night = {**NIGHT, "days": ["sat"], "min_instances": 1}
     queue = configured(night, max_uptime_seconds=0)
     start = utc("2026-11-01 02:00")
-    assert schedules.at(queue, start).floor_ends_at == utc("2026-11-01 07:00")
-    assert schedules.floor_max_uptime(schedules.at(queue, start), start) == 5 * 3600
+    assert timetable.at(queue, start).floor_ends_at == utc("2026-11-01 07:00")
+    assert timetable.floor_max_uptime(timetable.at(queue, start), start) == 5 * 3600
 
 
 def test_a_schedule_that_sets_only_the_pool_leaves_the_floor_uptime_alone() -> None:
     now = utc("2026-11-02 04:00")
-    assert schedules.at(configured(NIGHT), now).floor_ends_at is None
+    assert timetable.at(configured(NIGHT), now).floor_ends_at is None
 
 
 def test_the_deploy_guides_schedule_example_is_a_queue_the_scaler_accepts() -> None:
@@ -183,6 +183,6 @@ def test_the_deploy_guides_schedule_example_is_a_queue_the_scaler_accepts() -> N
     (queue,) = parse_queues(f"[{example}]", {"x86_64": "lt-x86"}, ("subnet-1",))
 
     monday_nine_in_berlin = utc("2026-11-30 08:00")
-    scheduled = schedules.at(queue, monday_nine_in_berlin)
+    scheduled = timetable.at(queue, monday_nine_in_berlin)
     assert (scheduled.schedule, scheduled.queue.min_instances, scheduled.queue.warm_pool_size) == ("office", 2, 3)
-    assert schedules.at(queue, utc("2026-11-30 18:00")).queue.min_instances == 0
+    assert timetable.at(queue, utc("2026-11-30 18:00")).queue.min_instances == 0

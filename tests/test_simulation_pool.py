@@ -18,7 +18,7 @@ from simulation.trace import ARM, START, X86, Job, default_trace
 from simulation.world import POOL_START_SECONDS, STOPPED, World
 
 from autoscaler.config import ConfigError
-from autoscaler.fleet import LaunchSpec
+from autoscaler.domain import LaunchSpec
 from autoscaler.lifecycle import BOOTSTRAP_POOLED, BOOTSTRAP_WARMING, ON_EXIT_STOP, ON_EXIT_TERMINATE, ROLE_POOL
 from autoscaler.userdata import render_user_data
 

@@ -399,7 +399,9 @@ def test_the_deploy_checks_exactly_what_the_scaler_will_read(
     environment = lambda_environment(template, resolver, "ScalerFunction")
 
     assert properties == {name: environment[name] for name in properties}
-    assert set(properties) == {"QUEUES", "LAUNCH_TEMPLATES", "SUBNET_IDS"}
+    # The queue settings, and what names the Buildkite stacks the scaler lists (observe mode).
+    stacks = {"FLEET_NAME", "BUILDKITE_AGENT_TOKEN_PARAMETER", "BUILDKITE_AGENT_ENDPOINT"}
+    assert set(properties) == {"QUEUES", "LAUNCH_TEMPLATES", "SUBNET_IDS", *stacks}
     queue_check.check(properties)
     # The scaler is configured only once the check passed (a refused list rolls the deploy back).
     assert template["Resources"]["ScalerFunction"]["DependsOn"] == "QueueCheck"
@@ -579,10 +581,15 @@ def test_every_queue_of_three_launches_through_a_template_the_scaler_may_use(tem
             assert set(listed(statement["Condition"]["ArnEquals"]["ec2:LaunchTemplate"])) == allowed
 
 
-def test_the_queue_check_may_only_write_its_logs(template: dict[str, Any], resolver: Resolver) -> None:
-    (statement,) = statements(template, resolver, "QueueCheckRole")
-    assert set(listed(statement["Action"])) == {"logs:CreateLogStream", "logs:PutLogEvents"}
-    assert statement["Resource"] == resolver.attribute("QueueCheckLogGroup", "Arn")
+def test_the_queue_check_may_only_write_its_logs_and_read_the_agent_token(
+    template: dict[str, Any], resolver: Resolver
+) -> None:
+    logs, read, decrypt = statements(template, resolver, "QueueCheckRole")
+    assert set(listed(logs["Action"])) == {"logs:CreateLogStream", "logs:PutLogEvents"}
+    assert logs["Resource"] == resolver.attribute("QueueCheckLogGroup", "Arn")
+    # The scaler's own statements for the token (it registers the queues' Buildkite stacks).
+    scaler = {statement.get("Sid"): statement for statement in statements(template, resolver, "ScalerRole")}
+    assert (read, decrypt) == (scaler["ReadAgentToken"], scaler["DecryptAgentToken"])
 
 
 def test_instances_and_volumes_are_launched_only_with_the_fleet_tag(

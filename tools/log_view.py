@@ -58,8 +58,12 @@ def _decision(line: dict[str, Any]) -> str:
     if plan["unmet_instances"]:
         text += f", {plan['unmet_instances']} unmet"
     text += f" ({plan['reason']})"
+    if line.get("held"):
+        text += f" [held: queue {line['held']} in Buildkite]"
     if line["dry_run"]:
         text += " [dry run]"
+    if line.get("unmatched_jobs"):
+        text += f"\n         jobs no queue can serve: {', '.join(line['unmatched_jobs'])}"
     if line["launched"]:
         text += f"\n         launched {', '.join(line['launched'])}"
     for failure in line["failures"]:

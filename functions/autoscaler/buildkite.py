@@ -128,7 +128,7 @@ def _raise_for_status(response: requests.Response) -> None:
     if status in (401, 403):
         raise MetricsAuthError(f"HTTP {status}: the agent token was refused")
     if status == 429:
-        retry_after = _seconds(response.headers.get("Retry-After") or response.headers.get("RateLimit-Reset"))
+        retry_after = parse_seconds(response.headers.get("Retry-After") or response.headers.get("RateLimit-Reset"))
         raise MetricsRateLimited(f"HTTP 429: rate limited (retry after {retry_after} s)", retry_after)
     raise MetricsServerError(f"HTTP {status} from the metrics API")
 
@@ -174,13 +174,13 @@ def _counts(raw: Any, fields: tuple[str, ...], where: str, optional: set[str]) -
 
 
 def parse_poll_seconds(header: str | None) -> float:
-    seconds = _seconds(header)
+    seconds = parse_seconds(header)
     if seconds is None:
         return DEFAULT_POLL_SECONDS
     return min(MAX_POLL_SECONDS, max(MIN_POLL_SECONDS, seconds))
 
 
-def _seconds(text: str | None) -> float | None:
+def parse_seconds(text: str | None) -> float | None:
     try:
         value = float(text) if text is not None else None
     except ValueError:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from autoscaler.config import SPOT, QueueConfig
-from autoscaler.fleet import Fleet, LaunchError, LaunchSpec, Pool
+from autoscaler.domain import Fleet, LaunchError, LaunchSpec, Pool
 from autoscaler.markets import ask, pools
 
 # The failure recorded when the time left could not finish another RunInstances.
@@ -39,6 +39,7 @@ class LaunchOutcome:
     instance_ids: list[str] = field(default_factory=list)
     failures: list[LaunchFailure] = field(default_factory=list)
     markets: dict[str, str] = field(default_factory=dict)  # instance id → market it was launched in
+    placements: dict[str, Pool] = field(default_factory=dict)  # instance id → (type, subnet) it was launched in
     fallback: str = ""  # why spot fell short, when it did
     spot_shortfall: int = 0  # instances spot could not supply
 
@@ -129,6 +130,7 @@ def _launch_in_market(
             continue
         outcome.instance_ids.extend(started)
         outcome.markets.update(dict.fromkeys(started, market))
+        outcome.placements.update(dict.fromkeys(started, (instance_type, subnet_id)))
         if len(started) < asked:
             message = f"EC2 started {len(started)} of {asked}; trying the rest elsewhere"
             outcome.failures.append(LaunchFailure(instance_type, subnet_id, "PartialLaunch", message, market))

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from autoscaler.config import SPOT, QueueConfig
-from autoscaler.fleet import Pool
+from autoscaler.domain import Pool
 
 
 def pools(queue: QueueConfig, market: str, spot_prices: Mapping[Pool, float]) -> list[Pool]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 
-from autoscaler.fleet import TemplateVersion
+from autoscaler.domain import TemplateVersion
 from autoscaler.lifecycle import BOOTSTRAP_COMPLETE, BOOTSTRAP_PENDING, BOOTSTRAP_POOLED, ROLE_POOL, Instance
 from autoscaler.reaping import ReapDecision
 

@@ -11,9 +11,10 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from autoscaler import schedules
+from autoscaler import timetable
 from autoscaler.config import ReaperSettings
-from autoscaler.fleet import Ec2Fleet, Fleet
+from autoscaler.domain import Fleet
+from autoscaler.fleet import Ec2Fleet
 from autoscaler.invocation import Clock, SystemClock, dry_run_requested
 from autoscaler.lifecycle import BOOTSTRAP_POOLED, LIVE_STATES, POOL_STATES, ROLE_POOL, Instance, Timeouts
 from autoscaler.pool_reaping import plan_pool_reap
@@ -108,7 +109,7 @@ def _pool_decisions(
     if not stopped:
         return ()
     templates = fleet.latest_templates(i.launch_template_id for i in stopped if i.launch_template_id)
-    sizes = {queue.name: schedules.at(queue, now).queue.warm_pool_size for queue in settings.queues}
+    sizes = {queue.name: timetable.at(queue, now).queue.warm_pool_size for queue in settings.queues}
     return plan_pool_reap(stopped, settings.fleet_name, sizes, templates, now, settings.pool_max_age_seconds)
 
 

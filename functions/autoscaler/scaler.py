@@ -12,10 +12,13 @@ from aws_lambda_powertools.utilities import parameters
 
 from autoscaler.buildkite import MetricsClient, Secret
 from autoscaler.config import ScalerSettings
+from autoscaler.effects import HELD_PAUSED
 from autoscaler.fleet import Ec2Fleet, Ec2SpotPrices
 from autoscaler.images import SsmImages
 from autoscaler.invocation import Clock, SystemClock, dry_run_requested
+from autoscaler.observer import JobsObserver
 from autoscaler.scaling import PollResult, Scaler
+from autoscaler.stacks import StacksClient, scope_of
 from autoscaler.telemetry import logger
 from autoscaler.userdata import render_user_data
 
@@ -39,15 +42,24 @@ def handler(event: dict[str, Any], context: Any, clock: Clock | None = None) -> 
     settings = ScalerSettings.from_env(os.environ)
     dry_run = settings.dry_run or dry_run_requested(event)
     fleet = Ec2Fleet.connect(settings.fleet_name)
+    token = partial(_agent_token, settings.agent_token_parameter)
     scaler = Scaler(
         settings,
-        MetricsClient(settings.endpoint, partial(_agent_token, settings.agent_token_parameter)),
+        MetricsClient(settings.endpoint, token),
         fleet,
         partial(render_user_data, settings.user_data, fleet_name=settings.fleet_name),
         Ec2SpotPrices(fleet.client),
         SsmImages.connect(settings.image_parameters, settings.fleet_name) if settings.image_parameters else None,
+        jobs_observer(settings, token, context.invoked_function_arn),
     )
     return run(scaler, clock or SystemClock(), lambda: context.get_remaining_time_in_millis() / 1000, dry_run)
+
+
+def jobs_observer(settings: ScalerSettings, token: Callable[[], Secret], function_arn: str) -> JobsObserver:
+    """Observe mode's Stacks API, on when the token turns out to be a cluster token. The stack
+    keys are the ones the deploy registered (queue_check): the same fleet, account and region."""
+    client = StacksClient(settings.endpoint, token)
+    return JobsObserver(client, settings.fleet_name, settings.queues, scope_of(function_arn))
 
 
 def run(scaler: Scaler, clock: Clock, remaining_seconds: Callable[[], float], dry_run: bool) -> dict[str, Any]:
@@ -79,6 +91,9 @@ def summarize(polls: list[PollResult], dry_run: bool) -> dict[str, Any]:
                     "failures": [],
                     "shortfall": 0,
                     "unmet_polls": 0,
+                    "paused_polls": 0,
+                    "unmatched_jobs": [],
+                    "notes": 0,
                 },
             )
             entry["launched"].extend(result.instance_ids)
@@ -88,6 +103,9 @@ def summarize(polls: list[PollResult], dry_run: bool) -> dict[str, Any]:
             entry["failures"].extend(asdict(failure) for failure in result.failures)
             entry["shortfall"] += result.shortfall
             entry["unmet_polls"] += bool(result.plan.unmet_instances)
+            entry["paused_polls"] += result.held == HELD_PAUSED
+            entry["unmatched_jobs"] = sorted({*entry["unmatched_jobs"], *result.unmatched})
+            entry["notes"] += result.notes
             entry["last_plan"] = {**asdict(result.plan), "launch_total": result.plan.launch_total}
             entry["schedule"] = result.schedule
     return {

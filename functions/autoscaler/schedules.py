@@ -1,25 +1,22 @@
-"""Scheduled warm capacity: which of a queue's schedules applies at an instant.
+"""Scheduled warm capacity: a schedule, parsed from its settings, and when it applies.
 
 A schedule names weekdays, a start and an end of local time, and an IANA
 time zone; while it applies, the queue's `min_instances` and
 `warm_pool_size` take the schedule's values. Pure: the clock is passed in.
 Times are compared as wall-clock times in the schedule's zone (through
 zoneinfo), so a window of 08:00-19:00 stays 08:00-19:00 local across a
-daylight-saving change.
+daylight-saving change. How a schedule changes a queue's settings is
+`timetable`'s: this module knows nothing of queues, so `config` can parse
+schedules without the two importing each other.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-if TYPE_CHECKING:
-    from autoscaler.config import QueueConfig
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MINUTES_PER_DAY = 24 * 60
@@ -60,45 +57,6 @@ class Schedule:
         if self.start_minute > self.end_minute and local.hour * 60 + local.minute >= self.start_minute:
             day += timedelta(days=1)  # overnight, begun today: it ends tomorrow morning
         return (datetime.combine(day, time()) + timedelta(minutes=self.end_minute)).replace(tzinfo=zone)
-
-
-@dataclass(frozen=True)
-class Scheduled:
-    """A queue's settings at one instant, and the schedule that set them ("" for none)."""
-
-    queue: QueueConfig
-    schedule: str
-    # The end of the schedule's window when it set min_instances: floor instances
-    # launched for it end then.
-    floor_ends_at: datetime | None = None
-
-
-def at(queue: QueueConfig, now: datetime) -> Scheduled:
-    """The queue as the first schedule that applies at `now` makes it, or as configured."""
-    for schedule in queue.schedules:
-        if schedule.applies(now):
-            changed = dataclasses.replace(
-                queue,
-                min_instances=queue.min_instances if schedule.min_instances is None else schedule.min_instances,
-                warm_pool_size=queue.warm_pool_size if schedule.warm_pool_size is None else schedule.warm_pool_size,
-            )
-            floor_ends_at = None if schedule.min_instances is None else schedule.ends_at(now)
-            return Scheduled(changed, schedule.name, floor_ends_at)
-    return Scheduled(queue, "")
-
-
-def floor_max_uptime(scheduled: Scheduled, now: datetime) -> int:
-    """The max uptime of a floor instance launched now, 0 for none.
-
-    The queue's, cut to the end of the schedule that set the floor (rounded
-    up to a minute): floor instances have no idle timeout, so this is what
-    ends them when the schedule does, each once its running job is done.
-    """
-    uptime = scheduled.queue.max_uptime_seconds
-    if scheduled.floor_ends_at is None:
-        return uptime
-    left = math.ceil((scheduled.floor_ends_at - now).total_seconds() / 60) * 60
-    return left if uptime == 0 else min(uptime, left)
 
 
 def parse_schedule(where: str, raw: Any) -> Schedule:
