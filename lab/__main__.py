@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
 import sys
 import tempfile
 import time
@@ -28,6 +30,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse(argv)
+    # A stopped run still ends its VM: SystemExit unwinds the scenario's contexts.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     if args.list:
         for scenario in SCENARIOS:
             log(f"{scenario.name:20} {scenario.summary}")

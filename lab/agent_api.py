@@ -95,7 +95,7 @@ class AgentApi:
         return {"action": "idle"}
 
     def _job(self, agent: Agent, method: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        _, _, job_id, action = (path.split("/") + [""])[:4]
+        _, _, job_id, action = ([*path.split("/"), ""])[:4]
         job = self.jobs.get(job_id)
         if job is None or job.agent != agent.name or method != "PUT":
             return 404, {"message": f"no job {job_id} for {agent.name}"}

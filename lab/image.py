@@ -22,11 +22,32 @@ GUEST_DIR = LAB_DIR / "guest"
 SUITE = "bookworm"
 # What the instance scripts call, cloud-init and a kernel; busybox and e2fsprogs are for
 # overlayroot's initramfs hook (grep and mke2fs), without which overlayroot silently does not apply.
-PACKAGES = (
-    "systemd-sysv udev dbus busybox cloud-init linux-image-amd64 e2fsprogs zstd curl jq awscli "
-    "ca-certificates iproute2 ifupdown isc-dhcp-client netbase procps git unzip gpg openssl overlayroot "
-    "less kmod"
-).split()
+PACKAGES = [
+    "systemd-sysv",
+    "udev",
+    "dbus",
+    "busybox",
+    "cloud-init",
+    "linux-image-amd64",
+    "e2fsprogs",
+    "zstd",
+    "curl",
+    "jq",
+    "awscli",
+    "ca-certificates",
+    "iproute2",
+    "ifupdown",
+    "isc-dhcp-client",
+    "netbase",
+    "procps",
+    "git",
+    "unzip",
+    "gpg",
+    "openssl",
+    "overlayroot",
+    "less",
+    "kmod",
+]
 # Neither man pages, locales nor docs: a smaller, faster image.
 EXCLUDES = ("/usr/share/man/*", "/usr/share/locale/*", "/usr/share/doc/*", "/usr/share/info/*")
 DISK_SIZE = "3G"
@@ -123,7 +144,9 @@ def ensure_image(log: object = print) -> Image:
 def _build(image: Image) -> None:
     debs = cache_dir() / "debs"
     debs.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(image.directory, ignore_errors=True)
+    # Images of other inputs are stale (about 2 GB each); the debs stay.
+    for stale in cache_dir().glob("image-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     image.directory.mkdir(parents=True)
     with tempfile.TemporaryDirectory(dir=cache_dir()) as work:
         rootfs = Path(work) / "rootfs"

@@ -66,7 +66,7 @@ class Metadata:
         document = self._lookup(path, now)
         if document is None:
             return Answer(404, b"Not Found")
-        return Answer(200, document.encode(), (("Content-Type", "text/plain"),))
+        return Answer(200, document, (("Content-Type", "text/plain"),))
 
     def _token(self, method: str, headers: dict[str, str], now: datetime) -> Answer:
         if "x-forwarded-for" in headers:
@@ -78,20 +78,21 @@ class Metadata:
         self._tokens[token] = now + timedelta(seconds=int(ttl))
         return Answer(200, token.encode(), (("X-aws-ec2-metadata-token-ttl-seconds", ttl),))
 
-    def _lookup(self, path: str, now: datetime) -> str | None:
+    def _lookup(self, path: str, now: datetime) -> bytes | None:
         parts = path.split("/", 2)  # "", version, rest
         if len(parts) < 3 or not parts[1]:
             return None
         if parts[2] == "user-data":
-            return self._state().user_data.decode("latin-1")
+            # As given at launch: gzip when the scaler compressed it.
+            return self._state().user_data
         node: Any = tree(self._state(), now)
         for name in [p for p in parts[2].split("/") if p]:
             if not isinstance(node, dict) or name not in node:
                 return None
             node = node[name]
         if isinstance(node, dict):
-            return "\n".join(f"{key}/" if isinstance(value, dict) else key for key, value in node.items())
-        return node
+            node = "\n".join(f"{key}/" if isinstance(value, dict) else key for key, value in node.items())
+        return str(node).encode()
 
 
 def tree(state: InstanceState, now: datetime) -> dict[str, Any]:

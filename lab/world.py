@@ -113,7 +113,7 @@ class World:
             "AWS_DEFAULT_REGION": REGION,
             "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.moto_port}",
             "AWS_ACCESS_KEY_ID": "lab",
-            "AWS_SECRET_ACCESS_KEY": "lab",  # noqa: S105 - moto takes any keys
+            "AWS_SECRET_ACCESS_KEY": "lab",
             "FLEET_NAME": FLEET,
             "QUEUES": json.dumps([self.queue.config()]),
             "LAUNCH_TEMPLATES": json.dumps({"x86_64": template_id}),
@@ -138,12 +138,20 @@ class World:
     def run_scaler(self) -> dict[str, Any]:
         from autoscaler import scaler  # noqa: PLC0415 - after the environment is set
 
-        return scaler.handler({"dry_run": False}, Context())
+        with self._control_plane_log():
+            return scaler.handler({"dry_run": False}, Context())
 
     def run_reaper(self) -> dict[str, Any]:
         from autoscaler import reaper  # noqa: PLC0415 - after the environment is set
 
-        return reaper.handler({"dry_run": False}, Context(remaining_seconds=60.0))
+        with self._control_plane_log():
+            return reaper.handler({"dry_run": False}, Context(remaining_seconds=60.0))
+
+    @contextlib.contextmanager
+    def _control_plane_log(self) -> Iterator[None]:
+        """The handlers' metrics and log lines go to a file beside the consoles, not the lab's output."""
+        with (self.workdir / "control-plane.log").open("a") as log, contextlib.redirect_stdout(log):
+            yield
 
     # ------------------------------------------------------------ instances
 

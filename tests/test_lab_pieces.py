@@ -3,6 +3,7 @@ milestones, QEMU's command line, the image's inputs. The VM scenarios run in `ma
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
 import lzma
@@ -368,3 +369,11 @@ def test_the_agent_api_serves_metrics_to_the_scaler_over_http() -> None:
         connection.request("GET", "/v3/metrics", headers={"Authorization": "Token reg"})
         body = json.loads(connection.getresponse().read())
     assert body["jobs"]["queues"]["lab-x86"]["scheduled"] == 1
+
+
+def test_imds_serves_gzip_user_data_byte_for_byte() -> None:
+    compressed = gzip.compress(b"#cloud-config\n" * 50, mtime=0)
+    metadata = Metadata(lambda: state(user_data=compressed))
+    assert metadata.answer("GET", "/latest/user-data", {"x-aws-ec2-metadata-token": token(metadata)}, NOW).body == (
+        compressed
+    )

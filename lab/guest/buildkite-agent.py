@@ -13,6 +13,8 @@ in the lab's guest, whose API endpoint (a guestfwd to the host's fake) is
 its built-in default, as agent.buildkite.com is the real one's.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import signal
@@ -22,11 +24,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from typing import Any
 
 VERSION = "buildkite-agent version 3.138.0, build 9999"
 DEFAULT_ENDPOINT = "http://169.254.0.11/v3"
 DEFAULT_CONFIG = "/etc/buildkite-agent/buildkite-agent.cfg"
-PING_SECONDS = 5
+# The package's config ships with this token: an agent started from it must fail.
+PLACEHOLDER_TOKEN = "xxx"  # noqa: S105 - a placeholder
+# The real agent pings every few seconds; the lab's own tests ask for less.
+PING_SECONDS = float(os.environ.get("LAB_AGENT_PING_SECONDS", "5"))
 # The v3 keys (also its flags, as --key=value); anything else is an error.
 KNOWN_KEYS = {
     "token",
@@ -66,11 +72,11 @@ HOOK_AND_RUN = (
 )
 
 
-def log(message):
+def log(message: str) -> None:
     print(f"buildkite-agent: {message}", flush=True)
 
 
-def parse_config(text):
+def parse_config(text: str) -> dict[str, str]:
     """key=value lines, # comments, values optionally double-quoted; unknown keys refused."""
     config = {}
     for number, raw in enumerate(text.splitlines(), 1):
@@ -88,7 +94,7 @@ def parse_config(text):
     return config
 
 
-def parse_flags(args):
+def parse_flags(args: list[str]) -> dict[str, str]:
     """--key=value or --key value; a flag v3 does not know is an error."""
     flags, index = {}, 0
     while index < len(args):
@@ -107,16 +113,17 @@ def parse_flags(args):
 
 
 class Api:
-    def __init__(self, endpoint, token):
+    def __init__(self, endpoint: str, token: str) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.token = token
 
-    def call(self, method, path, body=None):
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.endpoint + path, data=data, method=method)
+        request = urllib.request.Request(self.endpoint + path, data=data, method=method)  # noqa: S310
         request.add_header("Authorization", f"Token {self.token}")
         request.add_header("Content-Type", "application/json")
-        with urllib.request.urlopen(request, timeout=30) as response:
+        # The endpoint is http(s) from the config, as the real agent's is.
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
             text = response.read().decode()
         return json.loads(text) if text else {}
 
@@ -124,7 +131,7 @@ class Api:
 class Agent:
     """The whole process: its spawned workers and the signals it got."""
 
-    def __init__(self, config):
+    def __init__(self, config: dict[str, str]) -> None:
         self.config = config
         self.spawn = int(config.get("spawn", "1"))
         self.idle_timeout = int(config.get("disconnect-after-idle-timeout", "0"))
@@ -132,14 +139,14 @@ class Agent:
         self.started = time.monotonic()
         self.lock = threading.Lock()
         self.signals = 0
-        self.idle_since = {}  # worker → monotonic time it became idle, None while busy
-        self.jobs = {}  # worker → running job process
-        self.failure = None  # why a worker ended other than by disconnecting
+        self.idle_since: dict[int, float | None] = {}  # worker → monotonic time it became idle, None while busy
+        self.jobs: dict[int, subprocess.Popen[bytes]] = {}  # worker → running job process
+        self.failure: Exception | None = None  # why a worker ended other than by disconnecting
 
-    def stopping(self):
+    def stopping(self) -> bool:
         return self.signals >= 1
 
-    def on_term(self, *_):
+    def on_term(self, *_: object) -> None:
         with self.lock:
             self.signals += 1
             count = self.signals
@@ -153,13 +160,13 @@ class Agent:
             log("received a third signal: exiting at once")
             os._exit(1)
 
-    def all_idle_for(self, seconds):
+    def all_idle_for(self, seconds: int) -> bool:
         now = time.monotonic()
         with self.lock:
             marks = list(self.idle_since.values())
         return len(marks) == self.spawn and all(m is not None and now - m >= seconds for m in marks)
 
-    def should_disconnect(self):
+    def should_disconnect(self) -> str | None:
         if self.stopping():
             return "stopping"
         if self.uptime and time.monotonic() - self.started >= self.uptime:
@@ -169,20 +176,20 @@ class Agent:
             return f"idle for {self.idle_timeout}s"
         return None
 
-    def on_quit(self, *_):
+    def on_quit(self, *_: object) -> None:
         # SIGQUIT cancels at once, as a second SIGTERM does.
         with self.lock:
             self.signals = max(self.signals, 1)
         self.on_term()
 
-    def guarded_worker(self, index, registration_api):
+    def guarded_worker(self, index: int, registration_api: Api) -> None:
         try:
             self.worker(index, registration_api)
         except (OSError, ValueError, KeyError) as error:
             self.failure = error
             log(f"agent {index} failed: {error}")
 
-    def worker(self, index, registration_api):
+    def worker(self, index: int, registration_api: Api) -> None:
         name = self.config.get("name", "%hostname-%spawn").replace("%spawn", str(index))
         name = name.replace("%hostname", os.uname().nodename)
         tags = [t for t in self.config.get("tags", "").split(",") if t]
@@ -201,7 +208,7 @@ class Agent:
         api.call("POST", "/disconnect", {})
         log(f"{name} disconnected ({reason})")
 
-    def run_job(self, index, name, api, job):
+    def run_job(self, index: int, name: str, api: Api, job: dict[str, str]) -> None:
         self.idle_since[index] = None
         job_id = job["id"]
         api.call("PUT", f"/jobs/{job_id}/start", {})
@@ -235,13 +242,14 @@ class Agent:
         log(f"{name} finished job {job_id} with exit status {status}")
 
 
-def start(args):
+def start(args: list[str]) -> int:
     flags = parse_flags(args)
     path = flags.get("config", os.environ.get("BUILDKITE_AGENT_CONFIG", DEFAULT_CONFIG))
-    config = parse_config(open(path).read())
+    with open(path) as file:
+        config = parse_config(file.read())
     config.update(flags)
     token = config.get("token", "")
-    if not token or token == "xxx":
+    if not token or token == PLACEHOLDER_TOKEN:
         raise ValueError("missing token: set token in the config (the package's placeholder is xxx)")
     agent = Agent(config)
     signal.signal(signal.SIGTERM, agent.on_term)
@@ -260,7 +268,7 @@ def start(args):
     return 0
 
 
-def main(argv):
+def main(argv: list[str]) -> int:
     if argv[1:2] == ["--version"]:
         print(VERSION)
         return 0
