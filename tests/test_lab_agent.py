@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from lab.agent_api import AgentApi, AgentApiServer, Job
 
 AGENT = Path(__file__).resolve().parent.parent / "lab" / "guest" / "buildkite-agent.py"

@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-
 from lab import image, milestones, vm
 from lab.agent_api import AgentApi, AgentApiServer
 from lab.aws_front import Front, action_of
