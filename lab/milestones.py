@@ -15,7 +15,7 @@ MILESTONES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("agent started", re.compile(r"buildkite-agent: \S+ registered and connected")),
     ("bootstrap complete", re.compile(r"buildkite-bootstrap: complete")),
     ("first job", re.compile(r"buildkite-agent: \S+ running job")),
-    ("power-off", re.compile(r"reboot: Power down|Power-Off|System Power Off")),
+    ("power-off", re.compile(r"reboot: Power down")),
 )
 _STEP = re.compile(r"buildkite-bootstrap: step (\w+)")
 _STEP_END = re.compile(r"buildkite-bootstrap: (complete|FAILED step=)")

@@ -376,3 +376,13 @@ def test_imds_serves_gzip_user_data_byte_for_byte() -> None:
     assert metadata.answer("GET", "/latest/user-data", {"x-aws-ec2-metadata-token": token(metadata)}, NOW).body == (
         compressed
     )
+
+
+def test_the_readme_names_every_lab_scenario() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert [s.name for s in SCENARIOS if f"| `{s.name}` |" not in readme] == []
+
+
+def test_ci_installs_what_the_lab_needs() -> None:
+    ci = (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text(encoding="utf-8")
+    assert [p for p in ("qemu-system-x86", "qemu-utils", "mmdebstrap") if p not in ci] == []
