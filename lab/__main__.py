@@ -8,6 +8,7 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 from lab.image import Image, ImageError, ensure_image
@@ -68,7 +69,11 @@ def run_one(scenario: Scenario, image: Image, workdir: Path) -> str:
         with world(image, directory, scenario.queue, log) as lab:
             scenario.run(lab, outcome)
     except ScenarioFailed as failure:
-        log(f"FAIL {failure} ({time.monotonic() - started:.0f}s; console in {workdir / outcome.name})")
+        log(f"FAIL {failure} ({time.monotonic() - started:.0f}s; console in {directory})")
+        return outcome.name
+    except Exception:  # noqa: BLE001 - one scenario's crash must not hide the others' results
+        log(f"FAIL [{outcome.name}] crashed ({time.monotonic() - started:.0f}s; console in {directory}):")
+        log(traceback.format_exc())
         return outcome.name
     log(f"PASS [{outcome.name}] in {time.monotonic() - started:.0f}s")
     return ""

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import boto3
@@ -136,12 +137,13 @@ def finish(name: str, lab: World, vm: Vm, outcome: Outcome) -> None:
 def console_output_from(vm_ref: list[Vm]) -> Iterator[None]:
     """GetConsoleOutput answers with the VM's serial log (its last 64 KiB), as EC2's does."""
 
-    def answer(model: Any, **_: Any) -> dict[str, Any] | None:
-        if model.name != "GetConsoleOutput" or not vm_ref:
+    def answer(**_: Any) -> tuple[Any, dict[str, Any]] | None:
+        if not vm_ref:
             return None
         text = console_text(vm_ref[0])[-CONSOLE_LIMIT:]
+        # base64, as EC2 sends it: boto3 decodes it after the call.
         output = base64.b64encode(text.encode()).decode()
-        return {"Output": output, "InstanceId": vm_ref[0].spec.instance_id}
+        return SimpleNamespace(status_code=200), {"Output": output, "InstanceId": vm_ref[0].spec.instance_id}
 
     events = boto3.DEFAULT_SESSION.events
     events.register("before-call.ec2.GetConsoleOutput", answer)
@@ -205,13 +207,14 @@ def scenario_baked_overlayroot(lab: World, outcome: Outcome) -> None:
         "configured root with 'tmpfs'" in text,
         "overlayroot did not apply in the initramfs (its driver or busybox's grep missing?)",
     )
-    size = re.search(r"tmpfs\s+(\S+)\s+\S+\s+\S+\s+\S+\s+/media/root-rw", text)
+    size = re.search(r"tmpfs\S*\s+(\S+)\s+\S+\s+\S+\s+\S+\s+/media/root-rw", text)
     expect("baked-overlayroot", size is not None and size.group(1) == "512M", f"tmpfs size in the VM: {size}")
 
 
 def scenario_spot(lab: World, outcome: Outcome) -> None:
     name = "spot-interruption"
-    lab.api.schedule(lab.queue.name, "echo spot job; sleep 20; echo drained")
+    # Long enough to be running when the notice comes, after the bootstrap completed.
+    lab.api.schedule(lab.queue.name, "echo spot job; sleep 90; echo drained")
     instance_id = launch_one(name, lab)
     with lab.vm(instance_id, name) as vm:
         expect_line(name, vm, COMPLETE.pattern, BOOT_SECONDS, "bootstrap complete")
@@ -300,11 +303,12 @@ def scenario_warm_pool(lab: World, outcome: Outcome) -> None:
         expect_power_off(name, vm, 120, "the instance ends (pool or terminated, per its on-exit tag)")
         finish(name, lab, vm, outcome)
         lab.shut_down(instance_id)
+        # First: a hostile file that ran as root also breaks the calls that follow.
+        check_hostile(name, lab, vm)
         on_exit = lab.tags(instance_id).get("buildkite-autoscaler:on-exit")
         ended = lab.state(instance_id)
         expect(name, ended == ("stopped" if on_exit == "stop" else "terminated"), f"on-exit={on_exit} but {ended}")
         expect(name, job.exit_status == 0, f"job exit {job.exit_status}: {job.log}")
-        check_hostile(name, lab, vm)
 
 
 def check_hostile(name: str, lab: World, vm: Vm) -> None:

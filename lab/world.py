@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -235,6 +236,10 @@ def world(image: Image, workdir: Path, queue: QueueSetup, log: Callable[[str], N
     try:
         lab = World(image=image, workdir=workdir, queue=queue, log=log)
         lab.moto_port = moto.get_host_and_port()[1]
+        # moto's backends live in this process, shared by every server: each world starts empty.
+        urllib.request.urlopen(
+            urllib.request.Request(f"http://127.0.0.1:{lab.moto_port}/moto-api/reset", method="POST"), timeout=10
+        ).close()
         with AwsFrontServer(lab.front, lab.moto_port) as front, AgentApiServer(lab.api) as api:
             lab.front_port, lab.api_port = front.port, api.port
             os.environ.update(lab.environment("", ""))
