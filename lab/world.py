@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from aws_lambda_powertools.utilities import parameters
+from aws_lambda_powertools.utilities.parameters.base import DEFAULT_PROVIDERS
 from moto.server import ThreadedMotoServer
 
 from lab.agent_api import AgentApi, AgentApiServer
@@ -251,6 +253,9 @@ def world(image: Image, workdir: Path, queue: QueueSetup, log: Callable[[str], N
         os.environ.clear()
         os.environ.update(saved)
         moto.stop()
+        # Powertools keeps its SSM client (bound to this world's moto port) and the values it read.
+        parameters.clear_caches()
+        DEFAULT_PROVIDERS.clear()
 
 
 def _stack(ec2: Any) -> tuple[str, str]:

@@ -66,3 +66,10 @@ def test_a_powered_off_instance_terminates(lab: World) -> None:
     instance_id = launched(lab)
     lab.shut_down(instance_id)
     assert lab.state(instance_id) == "terminated"
+
+
+def test_a_second_world_launches_as_the_first_did(tmp_path: Path) -> None:
+    for run in ("first", "second"):
+        (tmp_path / run).mkdir()
+        with world(Image(tmp_path), tmp_path / run, QueueSetup(), lambda _: None) as lab:
+            assert launched(lab).startswith("i-")
