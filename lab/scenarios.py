@@ -236,6 +236,7 @@ def scenario_spot(lab: World, outcome: Outcome) -> None:
 def scenario_refused_tags(lab: World, outcome: Outcome) -> None:
     name = "refused-createtags"
     lab.front.refused.add("CreateTags")
+    lab.api.schedule(lab.queue.name, "echo never taken: the instance fails before its agent starts")
     instance_id = launch_one(name, lab)
     vm_ref: list[Vm] = []
     with lab.vm(instance_id, name) as vm:
