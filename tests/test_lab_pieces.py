@@ -386,3 +386,7 @@ def test_the_readme_names_every_lab_scenario() -> None:
 def test_ci_installs_what_the_lab_needs() -> None:
     ci = (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text(encoding="utf-8")
     assert [p for p in ("qemu-system-x86", "qemu-utils", "mmdebstrap") if p not in ci] == []
+
+
+def test_an_agent_exit_during_start_agent_is_named() -> None:
+    assert "during start_agent's checks" in hint("start_agent", "143")
