@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,9 +98,9 @@ def _input_files() -> list[Path]:
     return [Path(__file__).resolve(), *sorted(p for p in GUEST_DIR.iterdir() if p.is_file())]
 
 
-def missing_tools(which: object = shutil.which) -> list[str]:
+def missing_tools(which: Callable[[str], str | None] = shutil.which) -> list[str]:
     """The Debian packages to install for the commands the build needs and this host lacks."""
-    return sorted({package for command, package in REQUIRED_COMMANDS.items() if not which(command)})  # type: ignore[operator]
+    return sorted({package for command, package in REQUIRED_COMMANDS.items() if not which(command)})
 
 
 def mirror_sources() -> Path:
@@ -125,18 +126,18 @@ def vmlinux_from_bzimage(bzimage: bytes) -> bytes:
     return elf
 
 
-def ensure_image(log: object = print) -> Image:
+def ensure_image(log: Callable[[str], None] = print) -> Image:
     """The cached image for these inputs, built first when missing."""
     image = Image(cache_dir() / f"image-{inputs_key()}")
     if image.complete():
-        log(f"lab image: cached {image.directory}")  # type: ignore[operator]
+        log(f"lab image: cached {image.directory}")
         return image
     missing = missing_tools()
     if missing:
         raise ImageError(f"the lab image needs these Debian packages: {' '.join(missing)} (apt-get install them)")
     if os.geteuid() != 0:
         raise ImageError("building the lab image runs mmdebstrap and chroot as root: run `make lab` as root once")
-    log(f"lab image: building {image.directory} (a few minutes, once)")  # type: ignore[operator]
+    log(f"lab image: building {image.directory} (a few minutes, once)")
     _build(image)
     return image
 

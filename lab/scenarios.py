@@ -328,6 +328,7 @@ def scenario_warm_pool(lab: World, outcome: Outcome) -> None:
 def check_hostile(name: str, lab: World, vm: Vm) -> None:
     root_lines = [t for _, t in vm.lines if HOSTILE_MARK in t and "uid-0" in t]
     expect(name, not root_lines, f"the job's ~/.aws/config ran as root (HOME escape in agent-exited.sh): {root_lines}")
+    assert lab.imds is not None
     curl = [h for _, _, h in lab.imds.metadata.requests if "x-lab-hostile" in h]
     expect(name, not curl, "the job's ~/.curlrc was read by a root curl (HOME escape in agent-exited.sh)")
 

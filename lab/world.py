@@ -104,6 +104,7 @@ class World:
     moto_port: int = 0
     api_port: int = 0
     front_port: int = 0
+    imds: ImdsServer | None = None  # the latest VM's, for what its guest asked
 
     @property
     def ec2(self) -> Any:
