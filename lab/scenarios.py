@@ -20,6 +20,7 @@ from typing import Any
 
 import boto3
 
+from autoscaler.telemetry import logger as product_logger
 from lab.milestones import Timings, report, timings
 from lab.vm import Vm
 from lab.world import QueueSetup, World, wait_until
@@ -174,7 +175,7 @@ def captured_logs() -> Iterator[list[logging.LogRecord]]:
             records.append(record)
 
     handler = Keep()
-    logger = logging.getLogger("buildkite-autoscaler-lab")
+    logger = logging.getLogger(product_logger.name)
     logger.addHandler(handler)
     try:
         yield records

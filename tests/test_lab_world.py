@@ -6,11 +6,13 @@ from __future__ import annotations
 import gzip
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import boto3
 import pytest
 from botocore.exceptions import ClientError
 from lab.image import Image
+from lab.scenarios import captured_logs, console_output_from
 from lab.world import REGION, QueueSetup, World, world
 
 from autoscaler.lifecycle import BOOTSTRAP_TAG, QUEUE_TAG
@@ -73,3 +75,16 @@ def test_a_second_world_launches_as_the_first_did(tmp_path: Path) -> None:
         (tmp_path / run).mkdir()
         with world(Image(tmp_path), tmp_path / run, QueueSetup(), lambda _: None) as lab:
             assert launched(lab).startswith("i-")
+
+
+def test_the_reaper_logs_the_vms_console_as_ec2_would_give_it(lab: World) -> None:
+    instance_id = launched(lab)
+    console = SimpleNamespace(
+        lines=[(1.0, "buildkite-bootstrap: FAILED step=check_tag_permission exit=1")],
+        spec=SimpleNamespace(instance_id=instance_id),
+    )
+    lab.ec2.create_tags(Resources=[instance_id], Tags=[{"Key": BOOTSTRAP_TAG, "Value": "failed"}])
+    with console_output_from([console]), captured_logs() as records:  # type: ignore[list-item]
+        lab.run_reaper()
+    tails = [str(getattr(record, "console_tail", "")) for record in records]
+    assert [tail for tail in tails if "FAILED step=check_tag_permission" in tail] != []
