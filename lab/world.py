@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import os
 import time
 import urllib.request
@@ -154,8 +155,17 @@ class World:
     @contextlib.contextmanager
     def _control_plane_log(self) -> Iterator[None]:
         """The handlers' metrics and log lines go to a file beside the consoles, not the lab's output."""
+        from autoscaler.telemetry import logger  # noqa: PLC0415 - after the environment is set
+
+        # Powertools' handler holds the stdout it found at import: point it at the file meanwhile.
+        handlers = [h for h in logging.getLogger(logger.name).handlers if isinstance(h, logging.StreamHandler)]
         with (self.workdir / "control-plane.log").open("a") as log, contextlib.redirect_stdout(log):
-            yield
+            previous = [handler.setStream(log) for handler in handlers]
+            try:
+                yield
+            finally:
+                for handler, stream in zip(handlers, previous, strict=True):
+                    handler.setStream(stream)
 
     # ------------------------------------------------------------ instances
 
