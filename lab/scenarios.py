@@ -266,7 +266,12 @@ def scenario_refused_tags(lab: World, outcome: Outcome) -> None:
             lab.environ_for_reaper(bootstrap_timeout=60)
             lab.run_reaper()
         tails = [str(getattr(r, "console_tail", "")) for r in records]
-        expect(name, any("check_tag_permission" in t for t in tails), f"the reaper's tail misses the reason: {tails}")
+        expect(
+            name,
+            any("check_tag_permission" in t for t in tails),
+            "the reaper's console tail misses the reason: after the power-off its last lines are the shutdown's "
+            f"(functions/autoscaler/reaper.py, redact.py redacted_tail); it logged: {[t[-300:] for t in tails]}",
+        )
         lab.shut_down(instance_id)
 
 
