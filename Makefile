@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CHECKOV_VENV := .venv-checkov
 SAM_VENV := .venv-sam
 
-.PHONY: demo test lint pytest checkov sam-validate iam-simulate build invoke-scaler invoke-reaper image clean
+.PHONY: demo test lint pytest checkov sam-validate iam-simulate build invoke-scaler invoke-reaper image lab clean
 
 $(BIN)/.stamp: requirements-dev.txt functions/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,10 +39,16 @@ demo: $(BIN)/.stamp
 
 test: lint checkov pytest
 
+# `make lab`: boots the real user-data in a Debian 12 VM under QEMU, every scenario, one VM at
+# a time (`ARGS='--list'`, `ARGS='--scenario NAME'`). The image is built once, as root, into
+# ~/.cache/buildkite-autoscaler-lab. Needs qemu-system-x86, qemu-utils and mmdebstrap.
+lab: $(BIN)/.stamp
+	PYTHONPATH=functions:. $(BIN)/python -m lab $(ARGS)
+
 lint: $(BIN)/.stamp
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/shellcheck userdata/*.sh
+	$(BIN)/shellcheck userdata/*.sh lab/guest/*.sh
 	$(BIN)/cfn-lint template.yaml
 	$(MAKE) sam-validate
 
