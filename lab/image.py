@@ -48,6 +48,8 @@ PACKAGES = [
     "overlayroot",
     "less",
     "kmod",
+    # The build-space hook drains the agent through a one-command sudo rule, as on the instance.
+    "sudo",
 ]
 # Neither man pages, locales nor docs: a smaller, faster image.
 EXCLUDES = ("/usr/share/man/*", "/usr/share/locale/*", "/usr/share/doc/*", "/usr/share/info/*")

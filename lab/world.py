@@ -25,6 +25,7 @@ from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.parameters.base import DEFAULT_PROVIDERS
 from moto.server import ThreadedMotoServer
 
+from autoscaler.config import MIN_IDLE_TIMEOUT_SECONDS
 from lab.agent_api import AgentApi, AgentApiServer
 from lab.aws_front import AwsFrontServer, Front
 from lab.image import Image
@@ -70,7 +71,7 @@ class QueueSetup:
 
     name: str = "lab-x86"
     root_mode: str = "ebs"
-    idle_timeout_seconds: int = 60
+    idle_timeout_seconds: int = MIN_IDLE_TIMEOUT_SECONDS  # the product's floor: the shortest a user may set
     warm_pool_size: int = 0
     capacity_type: str = "on-demand"
     min_free_space_gib: int = 0
