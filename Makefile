@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CHECKOV_VENV := .venv-checkov
 SAM_VENV := .venv-sam
 
-.PHONY: demo test lint pytest checkov sam-validate iam-simulate build invoke-scaler invoke-reaper image lab clean
+.PHONY: demo test unit lint pytest checkov sam-validate iam-simulate build invoke-scaler invoke-reaper image lab clean
 
 $(BIN)/.stamp: requirements-dev.txt functions/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -55,8 +55,19 @@ lint: $(BIN)/.stamp
 checkov: $(CHECKOV_VENV)/bin/.stamp
 	$(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download --framework cloudformation -f template.yaml
 
+# Every test, one worker per core; a test file stays on one worker (its module fixtures,
+# such as the SAM build, are made once).
 pytest: $(BIN)/.stamp $(SAM_VENV)/bin/.stamp $(IAM_SIMULATE)/node_modules/.stamp
-	PATH="$(CURDIR)/$(SAM_VENV)/bin:$$PATH" $(BIN)/pytest
+	PATH="$(CURDIR)/$(SAM_VENV)/bin:$$PATH" $(BIN)/pytest -n auto --dist loadfile
+
+# The fast tier, for the edit-test loop: the pure decisions (planner, pool, reaping, effects,
+# jobs, schedules, configuration) and the instance scripts under stubs. No SAM, no IAM
+# simulator, no simulation.
+UNIT_TESTS := $(addprefix tests/test_,$(addsuffix .py,planner pool_planner reaping effects jobs schedules \
+	config redact launching buildkite bootstrap_script spot_watch pool_instance lab_agent lab_pieces))
+
+unit: $(BIN)/.stamp
+	$(BIN)/pytest -n auto --dist loadfile $(UNIT_TESTS)
 
 # ---- SAM: validate, build without Docker, run a handler in-process.
 SAM := $(SAM_VENV)/bin/sam

@@ -170,16 +170,6 @@ aws)
     fi
     ;;
 apt-cache) printf '%s\n' "$STUB_MADISON" ;;
-# How the agent's last run ended (STUB_AGENT_EXIT "code status"; never ran by default).
-systemctl)
-    if [[ "$1" == show ]]; then
-        read -r main_code main_status <<<"${STUB_AGENT_EXIT:-0 0}"
-        case "$2" in
-        *ExecMainCode) echo "$main_code" ;;
-        *ExecMainStatus) echo "$main_status" ;;
-        esac
-    fi
-    ;;
 apt-get)
     echo "NEEDRESTART_SUSPEND=${NEEDRESTART_SUSPEND-} NEEDRESTART_MODE=${NEEDRESTART_MODE-}" >>"$STUB_LOG.apt-env"
     ;;
@@ -304,7 +294,9 @@ def read_calls(log: Path) -> list[list[str]]:
 
 
 def install_user_data(root: Path, user_data: bytes) -> None:
-    """Write the cloud-config's files under root, as cloud-init would."""
+    """Write the cloud-config's files under root, as cloud-init would, on a root that has
+    the /run every booted machine has."""
+    (root / "run").mkdir(parents=True, exist_ok=True)
     if user_data[:2] == b"\x1f\x8b":
         user_data = gzip.decompress(user_data)
     for entry in yaml.safe_load(user_data)["write_files"]:
@@ -633,9 +625,17 @@ def test_a_complete_tag_ec2_did_not_take_is_named_as_what_it_was_not_as_a_refusa
     )
 
 
+def retired(root: Path) -> None:
+    """What agent-exited.sh leaves when the agent exits 0."""
+    (root / "run").mkdir(parents=True, exist_ok=True)
+    (root / "run/buildkite-agent-retired").touch()
+
+
 def test_an_agent_that_retires_during_its_start_checks_is_no_failure(tmp_path: Path, stubs: Path) -> None:
-    # The build-space hook drained it on its first job: it exited 0, and agent-exited.sh powers off.
-    run = boot(tmp_path, stubs, fail={"systemctl is-active": 3}, STUB_AGENT_EXIT="1 0")
+    # The build-space hook drained it on its first job: it exited 0, and agent-exited.sh
+    # left its mark and powers off.
+    retired(tmp_path / "root")
+    run = boot(tmp_path, stubs, fail={"systemctl is-active": 3})
 
     assert run.returncode == 0, run.console
     assert "FAILED" not in run.console
@@ -647,7 +647,8 @@ def test_an_agent_that_retires_during_its_start_checks_is_no_failure(tmp_path: P
 
 def test_the_power_off_of_a_retired_agent_stopping_the_bootstrap_is_no_failure(tmp_path: Path, stubs: Path) -> None:
     # agent-exited.sh's power-off stops the bootstrap service (SIGTERM) in the middle of its checks.
-    run = boot(tmp_path, stubs, term_from="sleep", STUB_AGENT_EXIT="1 0")
+    retired(tmp_path / "root")
+    run = boot(tmp_path, stubs, term_from="sleep")
 
     assert run.returncode == 0, run.console
     assert "FAILED" not in run.console
@@ -655,7 +656,7 @@ def test_the_power_off_of_a_retired_agent_stopping_the_bootstrap_is_no_failure(t
 
 
 def test_an_agent_that_crashes_during_its_start_checks_fails_the_bootstrap(tmp_path: Path, stubs: Path) -> None:
-    run = boot(tmp_path, stubs, fail={"systemctl is-active": 3}, STUB_AGENT_EXIT="1 1")
+    run = boot(tmp_path, stubs, fail={"systemctl is-active": 3})
 
     assert run.returncode == 1
     assert "FAILED step=start_agent exit=1: buildkite-agent is not running (check 1 of 4)" in run.console
@@ -1093,6 +1094,8 @@ def test_instance_powers_off_only_when_the_agent_exits_0(
     subprocess.run(["/bin/bash", str(script)], env=env, check=True, capture_output=True)
 
     assert (["systemctl", "--no-block", "poweroff"] in read_calls(log)) is powers_off
+    # The bootstrap's sign that a power-off stopping it is a retirement, not a failure.
+    assert (tmp_path / "run/buildkite-agent-retired").exists() is powers_off
 
 
 def plant_in_home(home: Path) -> tuple[Path, Path]:

@@ -73,7 +73,8 @@ def test_a_dry_run_with_starts_spot_launches_and_a_refill_to_do_makes_no_ec2_cal
     for key, value in scaler_env(buildkite.endpoint, [queue], DRY_RUN="true").items():
         monkeypatch.setenv(key, value)
 
-    summary = scaler.handler(json.loads((EVENTS / "scaler-scheduled.json").read_text()), LambdaContext(20.0))
+    context = LambdaContext(20.0)
+    summary = scaler.handler(json.loads((EVENTS / "scaler-scheduled.json").read_text()), context, clock=context.clock)
 
     assert summary["queues"][X86]["last_plan"]["launch_burst"] > 0
     assert summary["queues"][X86]["launched"] == []

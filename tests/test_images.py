@@ -60,14 +60,14 @@ ONE_POLL = 60
 
 
 def invoke(monkeypatch: pytest.MonkeyPatch, buildkite: FakeBuildkite, stack: Stack, budget: float = 40.0) -> Any:
-    """One poll, with time for the image look-up (two calls) besides the poll's own, and room
-    for a slow machine."""
+    """One poll, with time for the image look-up (two calls) besides the poll's own."""
     environment = scaler_env(
         buildkite.endpoint, [stack.queue(X86), stack.queue(ARM)], IMAGE_PARAMETERS=json.dumps(PARAMETERS)
     )
     for key, value in environment.items():
         monkeypatch.setenv(key, value)
-    return scaler.handler(json.loads((EVENTS / "scaler-scheduled.json").read_text()), LambdaContext(budget))
+    context = LambdaContext(budget)
+    return scaler.handler(json.loads((EVENTS / "scaler-scheduled.json").read_text()), context, clock=context.clock)
 
 
 def live(stack: Stack) -> list[dict[str, Any]]:

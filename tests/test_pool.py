@@ -36,7 +36,8 @@ def invoke(monkeypatch: pytest.MonkeyPatch, buildkite: FakeBuildkite, queue: dic
     for key, value in scaler_env(buildkite.endpoint, [queue]).items():
         monkeypatch.setenv(key, value)
     # 20 s: one poll, with time for its EC2 calls (as tests/test_scaler_handler.py).
-    return scaler.handler(json.loads((EVENTS / "scaler-scheduled.json").read_text()), LambdaContext(20.0))
+    context = LambdaContext(20.0)
+    return scaler.handler(json.loads((EVENTS / "scaler-scheduled.json").read_text()), context, clock=context.clock)
 
 
 def reap(monkeypatch: pytest.MonkeyPatch, queue: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ MARKET_TAG = "buildkite-autoscaler:market"
 
 def invoke(*args: Any, **kwargs: Any) -> dict[str, Any]:
     """One poll with time for the spot price call and a launch after it (two EC2 calls'
-    worst case, with room for a slow machine); with less, the scaler skips the prices and
+    worst case); with less, the scaler skips the prices and
     keeps the configured order. The metrics ask for the next poll in ONE_POLL seconds,
     later than the budget allows, so there is one poll."""
     return invoke_once(*args, budget=40.0, **kwargs)

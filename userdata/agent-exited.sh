@@ -14,8 +14,16 @@ set -euo pipefail
 
 # Left by spot-interruption-watch.sh on an interruption notice.
 RECLAIMED="${BOOTSTRAP_ROOT:-}/run/buildkite-spot-watch/reclaimed"
+# Left here for the bootstrap, when the agent retires during its start checks: the
+# power-off then stops the bootstrap, which is no failure. systemd cannot tell it by
+# then: it unloads the inactive agent unit, and with it how its last run ended.
+# In /run, root's alone: a job cannot plant it, and a boot starts without it.
+RETIRED="${BOOTSTRAP_ROOT:-}/run/buildkite-agent-retired"
 
 main() {
+    if [[ "${EXIT_CODE:-}" == exited && "${EXIT_STATUS:-}" == 0 ]]; then
+        : >"$RETIRED"
+    fi
     if [[ -e "$RECLAIMED" ]]; then
         printf 'buildkite-agent stopped on a spot interruption: powering off\n' >&2
         systemctl --no-block poweroff

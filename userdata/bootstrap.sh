@@ -169,12 +169,10 @@ on_failure() {
     exit "$rc"
 }
 
-# True when the agent's last run ended with exit status 0, agent-exited.sh's
-# own test of a retirement: it then powers off (or returns to the pool) itself.
+# True when the agent's last run ended with exit status 0: agent-exited.sh, which
+# then powers off (or returns to the pool) itself, leaves this mark.
 agent_retired() {
-    # ExecMainCode 1 is CLD_EXITED (not killed, not dumped); 0 means it never ran.
-    [[ "$(systemctl show --property=ExecMainCode --value buildkite-agent.service)" == 1 &&
-        "$(systemctl show --property=ExecMainStatus --value buildkite-agent.service)" == 0 ]]
+    [[ -e "$ROOT/run/buildkite-agent-retired" ]]
 }
 
 trap 'on_failure $?' ERR
