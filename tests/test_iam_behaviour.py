@@ -479,6 +479,23 @@ def test_each_pipeline_distributes_as_a_role_that_may_write_its_image_parameter(
     check(resolver, role, "imagebuilder", cases)
 
 
+def test_the_queue_check_reads_the_agent_token_and_no_other_secret(resolver: Resolver) -> None:
+    # It registers and deregisters the Buildkite stacks with the agent token; nothing else.
+    token, ssh_key, signing_key = (
+        secret(resolver.parameters[name])
+        for name in ("AgentTokenParameter", "SshKeyParameter", "NixSigningKeyParameter")
+    )
+    cases = {
+        "read the agent token": (Request("ssm:GetParameter", token), ALLOWED),
+        "read the deploy key": (Request("ssm:GetParameter", ssh_key), DENIED),
+        "read the signing key": (Request("ssm:GetParameter", signing_key), DENIED),
+        "overwrite the agent token": (Request("ssm:PutParameter", token), DENIED),
+        "decrypt directly": (kms("kms:Decrypt", f"arn:aws:kms:{REGION}:{ACCOUNT}:key/1234abcd-12ab-34cd"), DENIED),
+        "launch an instance": (Request("ec2:RunInstances", f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/*"), DENIED),
+    }
+    check(resolver, "QueueCheckRole", "queue-check", cases)
+
+
 def test_the_image_parameter_resource_writes_only_the_two_image_parameters(resolver: Resolver) -> None:
     x86, arm = (secret(resolver.ref(name)) for name in ("X86ImageParameter", "ArmImageParameter"))
     cases = {
