@@ -45,7 +45,8 @@ class AgentApi:
         self.token = token
         self.agents: dict[str, Agent] = {}  # access token → agent
         self.jobs: dict[str, Job] = {}
-        self._lock = threading.Lock()
+        # Notified after every answer, so a waiter sees each change as it happens.
+        self._lock = threading.Condition()
 
     def schedule(self, queue: str, command: str) -> Job:
         with self._lock:
@@ -55,7 +56,14 @@ class AgentApi:
 
     def handle(self, method: str, path: str, auth: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         with self._lock:
-            return self._route(method, path.removeprefix("/v3"), auth.removeprefix("Token "), body)
+            answer = self._route(method, path.removeprefix("/v3"), auth.removeprefix("Token "), body)
+            self._lock.notify_all()
+            return answer
+
+    def wait_for_state(self, job: Job, state: str, timeout: float) -> bool:
+        """Wait until the agents' requests have moved the job to this state; False on timeout."""
+        with self._lock:
+            return self._lock.wait_for(lambda: job.state == state, timeout)
 
     def _route(self, method: str, path: str, token: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         if (method, path) == ("POST", "/register"):

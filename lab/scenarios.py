@@ -192,7 +192,7 @@ def baked_boot(name: str, lab: World, outcome: Outcome) -> tuple[str, Vm]:
     instance_id = launch_one(name, lab)
     with lab.vm(instance_id, name) as vm:
         expect_line(name, vm, COMPLETE.pattern, BOOT_SECONDS, "bootstrap complete")
-        expect(name, wait_until(lambda: job.state == "finished", JOB_SECONDS), f"job {job.id} never finished")
+        expect(name, lab.api.wait_for_state(job, "finished", JOB_SECONDS), f"job {job.id} never finished")
         expect_power_off(name, vm, lab.queue.idle_timeout_seconds + EXIT_SECONDS, "idle out and power off")
         finish(name, lab, vm, outcome)
         check_no_flood(name, vm)
@@ -315,7 +315,7 @@ def scenario_warm_pool(lab: World, outcome: Outcome) -> None:
     expect(name, lab.state(instance_id) in ("pending", "running"), f"the scaler did not start {instance_id}")
     with lab.vm(instance_id, f"{name}-start") as vm:
         expect_line(name, vm, COMPLETE.pattern, BOOT_SECONDS, "the started instance completes")
-        expect(name, wait_until(lambda: job.state == "finished", JOB_SECONDS), f"job {job.id} never finished")
+        expect(name, lab.api.wait_for_state(job, "finished", JOB_SECONDS), f"job {job.id} never finished")
         expect_line(name, vm, r"buildkite-agent exited 0", lab.queue.idle_timeout_seconds + EXIT_SECONDS, "idle out")
         if "back into the warm pool" in console_text(vm) or lab.state(instance_id) in ("stopping", "stopped"):
             expect(name, wait_until(lambda: lab.state(instance_id) == "stopped", 60), "moto never saw the stop")

@@ -7,12 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lab.agent_api import AgentApi, AgentApiServer, Job
+from lab.agent_api import AgentApi, AgentApiServer
 
 AGENT = Path(__file__).resolve().parent.parent / "lab" / "guest" / "buildkite-agent.py"
 TOKEN = "reg-token"
@@ -51,13 +50,6 @@ def start(path: Path) -> subprocess.Popen[str]:
         stderr=subprocess.STDOUT,
         text=True,
     )
-
-
-def wait_for(job: Job, state: str) -> None:
-    deadline = time.monotonic() + 20
-    while job.state != state:
-        assert time.monotonic() < deadline, f"job stayed {job.state}"
-        time.sleep(0.05)
 
 
 def run_to_exit(path: Path) -> tuple[int, str]:
@@ -115,7 +107,7 @@ def test_one_sigterm_finishes_the_running_job(tmp_path: Path, api: tuple[AgentAp
     fake, endpoint = api
     job = fake.schedule("lab-x86", "sleep 1; echo finished")
     process = start(config(tmp_path, endpoint))
-    wait_for(job, "running")
+    assert fake.wait_for_state(job, "running", 20), f"job stayed {job.state}"
     process.send_signal(signal.SIGTERM)
     process.communicate(timeout=30)
     assert (process.returncode, job.exit_status, job.signal_reason) == (0, 0, None)
@@ -125,7 +117,7 @@ def test_two_sigterms_cancel_the_running_job(tmp_path: Path, api: tuple[AgentApi
     fake, endpoint = api
     job = fake.schedule("lab-x86", "sleep 30")
     process = start(config(tmp_path, endpoint))
-    wait_for(job, "running")
+    assert fake.wait_for_state(job, "running", 20), f"job stayed {job.state}"
     process.send_signal(signal.SIGTERM)
     # Two signals at once may arrive as one: the second goes once the first is handled.
     assert process.stdout is not None

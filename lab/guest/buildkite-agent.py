@@ -232,6 +232,10 @@ class Agent:
             start_new_session=True,
         )
         self.jobs[index] = process
+        # A cancel that came while the job was starting cancels it too: registered first,
+        # then checked, so either this or on_term sees the other.
+        if self.signals >= 2:
+            os.killpg(process.pid, signal.SIGTERM)
         output = process.stdout.read().decode(errors="replace")
         status = process.wait()
         del self.jobs[index]
