@@ -264,8 +264,11 @@ def start(args: list[str]) -> int:
     ]
     for thread in threads:
         thread.start()
+    # Joined in short waits: a signal that arrives just as a blocking join begins would
+    # wait, unhandled, until the thread ended (CPython runs handlers between bytecodes).
     for thread in threads:
-        thread.join()
+        while thread.is_alive():
+            thread.join(0.2)
     if agent.failure is not None:
         return 1
     log("all agents disconnected: exiting 0")
