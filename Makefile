@@ -48,7 +48,7 @@ lab: $(BIN)/.stamp
 lint: $(BIN)/.stamp
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/shellcheck userdata/*.sh lab/guest/*.sh
+	$(BIN)/shellcheck userdata/*.sh userdata/lib/*.sh userdata/steps/*.sh tests/stubs/*.sh lab/guest/*.sh
 	$(BIN)/cfn-lint template.yaml
 	$(MAKE) sam-validate
 

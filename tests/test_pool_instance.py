@@ -13,8 +13,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tests import test_bootstrap_script as harness
-from tests.test_bootstrap_script import (
+from tests.support import instance as harness
+from tests.support.instance import (
     INSTANCE_ID,
     X86_QUEUE,
     Run,
@@ -44,7 +44,8 @@ STARTED = NEVER_STARTED + "\nbuildkite-autoscaler:started-at=2026-11-26T08:00:00
 @pytest.fixture(autouse=True)
 def reads_files(stubs: Path) -> None:
     """`find` reads the volume in park; a stub here, like every command that touches the system."""
-    (stubs / "find").symlink_to(stubs.parent / "stub")
+    (stubs / "find").unlink()
+    (stubs / "find").symlink_to(harness.STUB)
 
 
 def run(

@@ -21,7 +21,7 @@ from pathlib import Path
 from threading import Condition, Thread
 
 import pytest
-from tests.test_bootstrap_script import X86_QUEUE, install_user_data, make_settings
+from tests.support.instance import X86_QUEUE, install_user_data, make_settings
 
 from autoscaler.userdata import render_user_data
 

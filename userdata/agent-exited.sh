@@ -7,20 +7,18 @@
 # SIGHUP, SIGINT, SIGTERM, SIGPIPE): only EXIT_CODE=exited with EXIT_STATUS=0
 # is the end. Anything else is restarted (Restart=, RestartForceExitStatus=),
 # and the instance stays.
-# shellcheck source=userdata/root-environment.sh
-. "${BOOTSTRAP_ROOT:-}/usr/local/lib/buildkite-bootstrap/root-environment.sh"
+# shellcheck source=userdata/lib/common.sh
+. "${BOOTSTRAP_ROOT:-}/usr/local/lib/buildkite-bootstrap/lib/common.sh"
 clean_environment SERVICE_RESULT EXIT_CODE EXIT_STATUS -- "$0"
 set -euo pipefail
 
 # Left by spot-interruption-watch.sh on an interruption notice.
-RECLAIMED="${BOOTSTRAP_ROOT:-}/run/buildkite-spot-watch/reclaimed"
-# Left here for the bootstrap, when the agent retires during its start checks: the
-# power-off then stops the bootstrap, which is no failure. systemd cannot tell it by
-# then: it unloads the inactive agent unit, and with it how its last run ended.
-# In /run, root's alone: a job cannot plant it, and a boot starts without it.
-RETIRED="${BOOTSTRAP_ROOT:-}/run/buildkite-agent-retired"
+RECLAIMED="$ROOT/run/buildkite-spot-watch/reclaimed"
 
 main() {
+    # $RETIRED tells the bootstrap, when the agent retires during its start checks,
+    # that the power-off stopping it is no failure. In /run, root's alone: a job
+    # cannot plant it, and a boot starts without it.
     if [[ "${EXIT_CODE:-}" == exited && "${EXIT_STATUS:-}" == 0 ]]; then
         : >"$RETIRED"
     fi
@@ -28,7 +26,7 @@ main() {
         printf 'buildkite-agent stopped on a spot interruption: powering off\n' >&2
         systemctl --no-block poweroff
     elif [[ "${EXIT_CODE:-}" == exited && "${EXIT_STATUS:-}" == 0 ]]; then
-        if "${BOOTSTRAP_ROOT:-}/usr/local/sbin/buildkite-bootstrap" release; then
+        if "$ROOT/usr/local/sbin/buildkite-bootstrap" release; then
             printf 'buildkite-agent exited 0: back into the warm pool\n' >&2
             return 0
         fi

@@ -11,20 +11,15 @@
 #       buildkite-agent), one last pass bounded by DRAIN_SECONDS.
 #   cache-uploader.sh drain SECONDS
 #       one pass over the queue, bounded by SECONDS.
-# shellcheck source=userdata/root-environment.sh
-. "${BOOTSTRAP_ROOT:-}/usr/local/lib/buildkite-bootstrap/root-environment.sh"
+# shellcheck source=userdata/lib/common.sh
+. "${BOOTSTRAP_ROOT:-}/usr/local/lib/buildkite-bootstrap/lib/common.sh"
 clean_environment -- "$0" "$@"
 set -u
 
-ROOT=${BOOTSTRAP_ROOT:-}
 STATE="$ROOT/var/lib/buildkite-cache-upload"
 QUEUE="$STATE/queue"
 FAILURES="$STATE/failed-batches"
-NIX="$ROOT/nix/var/nix/profiles/default/bin/nix"
-
-log() {
-    printf 'buildkite-cache-upload: %s\n' "$*" >&2
-}
+LOG_TAG=buildkite-cache-upload
 
 count_failure() {
     local failed=0
@@ -40,8 +35,7 @@ count_failure() {
 upload() {
     local batch=$1 seconds=$2 paths=() rc=0
     mapfile -t paths <"$batch"
-    # shellcheck source=/dev/null
-    . "$ROOT/etc/buildkite-bootstrap/settings.env"
+    read_settings
     local cache="s3://$BK_CACHE_BUCKET?region=$BK_CACHE_REGION&secret-key=/etc/nix/cache-priv-key.pem"
     timeout "$seconds" "$NIX" copy --to "$cache" "${paths[@]}" || rc=$?
     rm -f "$batch"

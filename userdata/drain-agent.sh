@@ -12,18 +12,15 @@
 # Exit 0: sent now or before. Exit 1: no agent runs yet (ask again later).
 # Exit 2: the marker's directory is not root's alone (never drains).
 
-# shellcheck source=userdata/root-environment.sh
-. "${BOOTSTRAP_ROOT:-}/usr/local/lib/buildkite-bootstrap/root-environment.sh"
+# shellcheck source=userdata/lib/common.sh
+. "${BOOTSTRAP_ROOT:-}/usr/local/lib/buildkite-bootstrap/lib/common.sh"
 clean_environment -- "$0" "$@"
 set -euo pipefail
 
-STATE="${BOOTSTRAP_ROOT:-}/run/buildkite-agent-drain"
+STATE="$ROOT/run/buildkite-agent-drain"
 MARKER="$STATE/signalled"
 AGENT=buildkite-agent.service
-
-log() {
-    printf 'drain-agent: %s\n' "$*" >&2
-}
+LOG_TAG=drain-agent
 
 # The marker's directory is root's alone: anything else is refused, not used.
 check_state_dir() {

@@ -17,36 +17,24 @@
 # are counted in CloudWatch. The console gets events only: no poll, failed or
 # not, prints anything (EC2 keeps only the console's last 64 KiB).
 
-# shellcheck source=userdata/root-environment.sh
-. "${BOOTSTRAP_ROOT:-}/usr/local/lib/buildkite-bootstrap/root-environment.sh"
+# shellcheck source=userdata/lib/common.sh
+. "${BOOTSTRAP_ROOT:-}/usr/local/lib/buildkite-bootstrap/lib/common.sh"
 clean_environment SPOT_WATCH_IMDS SPOT_WATCH_INTERVAL SPOT_WATCH_CANCEL_MARGIN -- "$0"
 set -euo pipefail
 
-ROOT=${BOOTSTRAP_ROOT:-}
-SETTINGS="$ROOT/etc/buildkite-bootstrap/settings.env"
 STATE="$ROOT/run/buildkite-spot-watch"
-DRAIN="$ROOT/usr/local/lib/buildkite-bootstrap/drain-agent.sh"
+DRAIN="$LIB/drain-agent.sh"
 IMDS=${SPOT_WATCH_IMDS:-http://169.254.169.254}/latest
+# A poll fails fast and silently: no event yet is a 404, and a missed poll is
+# taken again 5 s later.
+IMDS_CURL=(curl -q -fs --max-time 2)
 INTERVAL=${SPOT_WATCH_INTERVAL:-5}
 # The agent's cancel-grace-period is 10 s; the rest is for Buildkite to
 # receive the job's end before the instance goes.
 CANCEL_MARGIN=${SPOT_WATCH_CANCEL_MARGIN:-30}
 AGENT=buildkite-agent.service
 METRICS_NAMESPACE=BuildkiteAutoscaler/Spot
-
-log() {
-    printf 'spot-interruption-watch: %s\n' "$*" >&2
-}
-
-# imds_get PATH: the document, or a failure when there is none (404, the
-# answer until an event) or the service did not answer; silent either way.
-# The IMDSv2 token goes to curl on stdin.
-imds_get() {
-    local token
-    token=$(curl -q -fs --max-time 2 -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 60" "$IMDS/api/token") ||
-        return 1
-    printf 'X-aws-ec2-metadata-token: %s\n' "$token" | curl -q -fs --max-time 2 -H @- "$IMDS/$1"
-}
+LOG_TAG=spot-interruption-watch
 
 # count METRIC: one data point, best effort, in the background: a slow
 # CloudWatch (the CLI retries for minutes) must not hold back the drain.
@@ -136,8 +124,7 @@ main() {
         log "a $lifecycle instance: nothing to watch"
         exit 0
     fi
-    # shellcheck source=/dev/null
-    . "$SETTINGS"
+    read_settings
     mkdir -p "$STATE"
     log "watching for rebalance recommendations and interruption notices"
     while :; do

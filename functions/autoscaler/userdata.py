@@ -46,7 +46,7 @@ EC2_USER_DATA_LIMIT = 16384
 TEMPLATE = "cloud-config.yaml.tmpl"
 SETTINGS_FILE = "settings.env"
 
-_PLACEHOLDER = re.compile(r"@@([A-Za-z0-9._-]+)@@")
+_PLACEHOLDER = re.compile(r"@@([A-Za-z0-9_-][A-Za-z0-9._/-]*)@@")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _REGION = re.compile(r"[a-z]{2,4}(-[a-z]+)+-[0-9]{1,2}")
 # SSM parameter names (letters, digits, . _ - /) or a shared parameter's ARN.
