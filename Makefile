@@ -63,7 +63,7 @@ pytest: $(BIN)/.stamp $(SAM_VENV)/bin/.stamp $(IAM_SIMULATE)/node_modules/.stamp
 # The fast tier, for the edit-test loop: the pure decisions (planner, pool, reaping, effects,
 # jobs, schedules, configuration) and the instance scripts under stubs. No SAM, no IAM
 # simulator, no simulation.
-UNIT_TESTS := $(addprefix tests/test_,$(addsuffix .py,planner pool_planner reaping effects jobs schedules \
+UNIT_TESTS := $(addprefix tests/test_,$(addsuffix .py,planner pool_planner reaping effects jobs schedules bootstrap_plan \
 	config redact launching buildkite bootstrap_script spot_watch pool_instance lab_agent lab_pieces))
 
 unit: $(BIN)/.stamp

@@ -132,8 +132,9 @@ plan() {
         shown=true later=""
         for condition in $conditions; do
             case "$condition" in
-            parking) later=" [if parking]" ;;
-            not-parking) [[ "${BK_ROLE:-}" != pool ]] || later=" [unless parking]" ;;
+            # Only a pool instance parks.
+            parking) if holds pool; then later=" [if parking]"; else shown=false; fi ;;
+            not-parking) if holds pool; then later=" [unless parking]"; fi ;;
             *) holds "$condition" || shown=false ;;
             esac
         done
