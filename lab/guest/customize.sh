@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Turns a Debian 12 rootfs (mmdebstrap's output, argument 1) into the lab's
-# baked agent image: what `buildkite-bootstrap install` and the image bake
+# baked agent image: what `buildkite-bootstrap bake` and the image bake
 # leave on a disk, with stand-ins for buildkite-agent, Nix and the AWS
 # endpoint, and a console that records everything. Runs on the host as root;
 # commands that must run inside use chroot. Argument 2: this folder.
