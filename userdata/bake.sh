@@ -23,7 +23,7 @@ BOOTSTRAP="$ROOT/usr/local/sbin/buildkite-bootstrap"
 build() {
     local settings="$ARTIFACT/settings.json"
     aws ssm get-parameter --name "$1" --query Parameter.Value --output text >"$settings"
-    PYTHONPATH="$ARTIFACT" python3 -m instance.bake --root "${ROOT:-/}" install-files --settings "$settings" \
+    PYTHONPATH="$ARTIFACT" python3 -m instance.bake install-files --root "${ROOT:-/}" --settings "$settings" \
         --arch "$(machine_arch)"
     "$BOOTSTRAP" bake
 }
