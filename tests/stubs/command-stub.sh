@@ -74,6 +74,8 @@ curl)
         printf '%s\n' "${STUB_TAGS:-}" |
             awk -F= -v k="$key" '$1 == k { sub(/^[^=]*=/, ""); printf "%s", $0; f = 1 } END { exit !f }' || exit 22
         ;;
+    # The deployed Lambda artifact, from the pre-signed URL of lambda:GetFunction.
+    *awslambda*) cp "$STUB_ARTIFACT" "$(option -o "$@")" ;;
     *install.determinate.systems*) printf '#!/bin/sh\nexec nix-installer "$@"\n' >"$(option -o "$@")" ;;
     *) echo "-----BEGIN PGP PUBLIC KEY BLOCK-----" ;;
     esac
@@ -103,6 +105,8 @@ aws)
     if [[ "$1 $2" == "ssm get-parameter" ]]; then
         cat "$STUB_SSM_DIR$(option --name "$@")"
         echo
+    elif [[ "$1 $2" == "lambda get-function" ]]; then
+        printf '%s\n' "https://awslambda-eu-west-1-tasks.s3.eu-west-1.amazonaws.com/snapshots/artifact?signed"
     elif [[ "$1 $2" == "ec2 describe-tags" ]]; then
         # Image Builder's tag on its build instance.
         printf '%s\n' "${STUB_IMAGE_ARN-arn:aws:imagebuilder:us-west-2:123456789012:image/a/1.0.0/7}"
