@@ -241,7 +241,7 @@ BK_CACHE_BUCKET=fleet-nix-cache
 BK_CACHE_REGION=eu-central-1
 BK_CACHE_PUBLIC_KEY={key}
 """
-# What the component writes after the install (autoscaler.bake mark).
+# What the image component writes after the install (its mark step).
 MARKER = "image_version=1.0.0/7\nimage_arn=arn:aws:imagebuilder:us-west-2:123456789012:image/a/1.0.0/7\n"
 MARKER += "agent_version=3.87.0\nnix_version=2.31.2\n"
 MADISON = " buildkite-agent | 3.87.0-5805 | https://apt.buildkite.com/buildkite-agent stable/main amd64 Packages"
