@@ -82,12 +82,13 @@ build: $(SAM_VENV)/bin/.stamp
 
 # Run by `sam build` (BuildMethod: makefile) from the repository root, once per function
 # (SAM does not share the build between functions); every target makes the same artifact:
-# the pinned dependencies, the package and userdata/. Bytecode is compiled when this
+# the pinned dependencies, the packages (autoscaler/, and instance/, which the image bake
+# runs from this artifact) and userdata/. Bytecode is compiled when this
 # Python is the runtime's 3.13, since Lambda cannot write it at cold start.
 build-ScalerFunction build-ReaperFunction build-QueueCheckFunction build-ImageParameterFunction:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-compile $(LAMBDA_WHEELS) \
 		--target "$(ARTIFACTS_DIR)" -r functions/requirements.txt
-	cp -R functions/autoscaler userdata "$(ARTIFACTS_DIR)/"
+	cp -R functions/autoscaler functions/instance userdata "$(ARTIFACTS_DIR)/"
 	find "$(ARTIFACTS_DIR)" -name __pycache__ -prune -exec rm -rf {} +
 	if $(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))'; then \
 		$(PYTHON) -m compileall -q --invalidation-mode unchecked-hash "$(ARTIFACTS_DIR)"; fi

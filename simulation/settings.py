@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from autoscaler.config import (
-    ROOT_MODES,
     ConfigError,
     QueueConfig,
     check_int,
@@ -24,6 +23,7 @@ from autoscaler.config import (
     queues_from_env,
 )
 from autoscaler.schedules import MINUTES_PER_DAY, WEEKDAYS, Schedule
+from instance.settings import SettingsError, check_root_mode
 from simulation.deployment import deployment
 from simulation.runner import Scenario
 from simulation.world import BOOT_PATHS
@@ -99,7 +99,8 @@ def with_overrides(scenario: Scenario, overrides: dict[str, str]) -> Scenario:
     for key, text in overrides.items():
         try:
             scenario = _apply(scenario, key, text)
-        except ConfigError as error:
+        # A value the instance cannot be given fails here as a deployment would: with its message.
+        except (ConfigError, SettingsError) as error:
             raise ConfigError(f"{key}={text}: {error}") from None
     return scenario
 
@@ -117,10 +118,8 @@ def _apply(scenario: Scenario, key: str, text: str) -> Scenario:
     if name in DEPLOYED_KEYS:
         return replace(scenario, **{name: env_int({DEPLOYED_KEYS[name]: text}, DEPLOYED_KEYS[name])})
     if name == "root_mode":
-        # ROOT_MODE, as the Lambdas check it.
-        if text not in ROOT_MODES:
-            raise ConfigError(f"ROOT_MODE must be one of {', '.join(ROOT_MODES)} (got {text!r})")
-        return replace(scenario, root_mode=text)
+        # ROOT_MODE, as the instance's settings check it.
+        return replace(scenario, root_mode=check_root_mode(text))
     if name == "boot_path":
         if text not in BOOT_PATHS:
             raise ConfigError(f"boot_path must be one of {', '.join(BOOT_PATHS)} (got {text!r})")

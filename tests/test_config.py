@@ -253,7 +253,6 @@ def test_instance_architecture_comes_from_the_family(instance_type: str, archite
         ({"BOOTSTRAP_TIMEOUT_SECONDS": "20m"}, r"BOOTSTRAP_TIMEOUT_SECONDS must be an integer \(got '20m'\)"),
         ({"BOOTSTRAP_TIMEOUT_SECONDS": "5"}, r"BOOTSTRAP_TIMEOUT_SECONDS must be >= 60 \(got 5\)"),
         ({"DRY_RUN": "maybe"}, r"DRY_RUN must be true or false \(got 'maybe'\)"),
-        ({"ROOT_MODE": "zfs"}, r"ROOT_MODE must be one of overlayroot, ebs \(got 'zfs'\)"),
         ({"BUILDKITE_AGENT_ENDPOINT": "agent.buildkite.com"}, r"BUILDKITE_AGENT_ENDPOINT must be an http\(s\) URL"),
         ({"NIX_CACHE_BUCKET": " "}, r"NIX_CACHE_BUCKET is required \(got ' '\)"),
     ],

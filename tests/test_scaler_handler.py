@@ -21,7 +21,8 @@ from tools.invoke import load_template
 
 from autoscaler import scaler
 from autoscaler.config import ConfigError, ScalerSettings
-from autoscaler.userdata import UserDataError, render_user_data
+from autoscaler.userdata import render_user_data
+from instance.settings import SettingsError
 
 X86 = "nixos-x86-aws"
 ARM = "nixos-arm-aws"
@@ -315,12 +316,19 @@ def test_bad_configuration_fails_at_start_naming_field_and_value(
     assert buildkite.requests == []
 
 
-def test_a_value_the_user_data_cannot_render_fails_at_start(
-    stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"NIX_CACHE_PUBLIC_KEY": "no-key-here"}, "cache_public_key must be a Nix public key"),
+        ({"ROOT_MODE": "zfs"}, "root_mode must be one of overlayroot, ebs (got 'zfs')"),
+    ],
+)
+def test_a_value_the_instance_cannot_be_given_fails_at_start(
+    env: dict[str, str], message: str, stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The configuration only requires it; the renderer checks its form.
-    with pytest.raises(UserDataError, match="cache_public_key must be a Nix public key"):
-        invoke(monkeypatch, buildkite, [stack.queue(X86)], NIX_CACHE_PUBLIC_KEY="no-key-here")
+    # The configuration only reads these; instance.settings checks them as the user-data is rendered.
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        invoke(monkeypatch, buildkite, [stack.queue(X86)], **env)
     assert buildkite.requests == []
 
 

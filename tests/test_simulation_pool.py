@@ -198,7 +198,7 @@ def test_schedules_and_pool_sizes_are_checked_as_the_deployment_checks_them() ->
         with_overrides(default_scenario(), {f"{X86}.schedules": json.dumps([bad])})
     with pytest.raises(ConfigError, match="max_pool_instances must be >= warm_pool_size"):
         with_overrides(default_scenario(), _pool(3, **{f"{X86}.max_pool_instances": "2"}))
-    with pytest.raises(ConfigError, match="ROOT_MODE must be one of overlayroot, ebs"):
+    with pytest.raises(ConfigError, match=r"root_mode=tmpfs: root_mode must be one of overlayroot, ebs"):
         with_overrides(default_scenario(), {"root_mode": "tmpfs"})
     # A schedule survives a later setting of the same queue (the queue is re-read as QUEUES).
     scenario = with_overrides(

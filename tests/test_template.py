@@ -20,9 +20,9 @@ from tests.test_schedules import OFFICE
 from tools.invoke import load_template
 
 from autoscaler import queue_check
-from autoscaler.bake import BakeSettings
 from autoscaler.config import ConfigError, ReaperSettings, ScalerSettings
 from autoscaler.lifecycle import AGENT_VERSION_TAG, BOOTSTRAP_TAG, FLEET_TAG, NIX_VERSION_TAG, READY_AT_TAG
+from instance.settings import bake_values
 
 with warnings.catch_warnings():
     # parliament imports pkg_resources, which warns that it is deprecated.
@@ -1095,21 +1095,23 @@ def test_old_images_are_deleted_but_the_newest_and_recently_launched_are_kept(
 
 
 def test_the_bake_settings_are_the_install_time_template_values(template: dict[str, Any]) -> None:
-    resolver = Resolver(template, parameter_values(template, **CUSTOM, BuildkiteAgentVersion="3.87.0"))
+    overrides = {**CUSTOM, "BuildkiteAgentVersion": "3.87.0", "ImageWarmNixPaths": "nixpkgs#hello nixpkgs#jq"}
+    resolver = Resolver(template, parameter_values(template, **overrides))
     text = resolver.resolve(template["Resources"]["ImageBuildSettings"]["Properties"]["Value"])
-    settings = BakeSettings.from_json(text)
-    assert settings == BakeSettings(
-        fleet=FLEET,
-        region=REGION,
-        cache_bucket="test-nix-cache",
-        cache_region="us-west-2",
-        cache_public_key=REQUIRED_PARAMETERS["NixCachePublicKey"],
-        root_mode="ebs",
-        nix_determinate=True,
-        agent_version="3.87.0",
-        nix_installer_version="v3.21.2",
-        nix_trust_jobs=False,
-    )
+    assert bake_values(text, "arm64") == {
+        "BK_ARCH": "arm64",
+        "BK_FLEET": FLEET,
+        "BK_REGION": REGION,
+        "BK_CACHE_BUCKET": "test-nix-cache",
+        "BK_CACHE_REGION": "us-west-2",
+        "BK_CACHE_PUBLIC_KEY": REQUIRED_PARAMETERS["NixCachePublicKey"],
+        "BK_ROOT_MODE": "ebs",
+        "BK_NIX_DETERMINATE": "true",
+        "BK_AGENT_VERSION": "3.87.0",
+        "BK_NIX_INSTALLER_VERSION": "v3.21.2",
+        "BK_NIX_TRUST_JOBS": "false",
+        "BK_WARM_NIX_PATHS": "nixpkgs#hello nixpkgs#jq",
+    }
     # Install-time values only: no name of a secret parameter reaches the bake.
     assert "parameter" not in text.lower()
 

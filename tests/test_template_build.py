@@ -1,6 +1,6 @@
 """The SAM CLI on template.yaml: `sam validate --lint`; the SAM transform's generated roles and
 schedules; and a Docker-free `sam build` whose artifact imports every handler with its own
-dependencies and carries userdata/.
+dependencies and carries userdata/ and the instance package the image bake runs.
 
 Slow-ish (the build fetches arm64 wheels from PyPI): the build runs once per module.
 Neither command may need AWS credentials, so they run without any.
@@ -30,7 +30,7 @@ from tools.invoke import load_template
 
 from autoscaler import queue_check
 from autoscaler.config import ScalerSettings
-from autoscaler.userdata import instance_file
+from instance.files import instance_file
 
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTIONS = ("ScalerFunction", "ReaperFunction", "QueueCheckFunction", "ImageParameterFunction")
@@ -167,7 +167,9 @@ def test_built_artifact_imports_every_handler_with_its_own_dependencies(build_di
 
 
 @pytest.mark.parametrize("function", FUNCTIONS)
-def test_built_artifact_carries_userdata_and_nothing_of_the_dev_tree(build_dir: Path, function: str) -> None:
+def test_built_artifact_carries_userdata_and_the_instance_package_and_nothing_of_the_dev_tree(
+    build_dir: Path, function: str
+) -> None:
     artifact = build_dir / function
 
     def files(directory: Path) -> set[Path]:
@@ -175,6 +177,8 @@ def test_built_artifact_carries_userdata_and_nothing_of_the_dev_tree(build_dir: 
 
     assert files(artifact / "userdata") == files(ROOT / "userdata")
     assert files(artifact / "autoscaler") == files(ROOT / "functions" / "autoscaler")
+    # Beside autoscaler/: the renderer imports it, and the image bake runs it from this artifact.
+    assert files(artifact / "instance") == files(ROOT / "functions" / "instance")
     top_level = {path.name for path in artifact.iterdir()}
     assert not top_level & {"tests", "simulation", "events", "functions", "template.yaml", "Makefile"}
     assert not [name for name in top_level if name.startswith(".venv")]
@@ -231,7 +235,7 @@ def test_the_deploy_guides_gpu_queue_example_deploys_as_written(tmp_path: Path) 
 
 def test_the_image_component_can_install_from_the_built_artifact(build_dir: Path, tmp_path: Path) -> None:
     # What the component does on the build instance: the zipped artifact, extracted, runs
-    # `python3 -m autoscaler.bake` with nothing but the standard library (-S: no site-packages).
+    # `python3 -m instance.bake` with nothing but the standard library (-S: no site-packages).
     archive = Path(shutil.make_archive(str(tmp_path / "artifact"), "zip", build_dir / FUNCTIONS[0]))
     extracted, root = tmp_path / "artifact", tmp_path / "root"
     subprocess.run([sys.executable, "-m", "zipfile", "-e", str(archive), str(extracted)], check=True)
@@ -248,9 +252,9 @@ def test_the_image_component_can_install_from_the_built_artifact(build_dir: Path
         ),
         encoding="utf-8",
     )
-    bake = [sys.executable, "-S", "-m", "autoscaler.bake", "--root", str(root)]
+    bake = [sys.executable, "-S", "-m", "instance.bake", "install-files"]
     result = subprocess.run(
-        [*bake, "install-files", "--settings", str(settings), "--arch", "aarch64"],
+        [*bake, "--settings", str(settings), "--arch", "arm64", "--root", str(root)],
         env={"PYTHONPATH": str(extracted), "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,

@@ -15,7 +15,9 @@ import yaml
 
 from autoscaler import userdata
 from autoscaler.config import QueueConfig, UserDataSettings
-from autoscaler.userdata import UserDataError, instance_file, render_user_data
+from autoscaler.userdata import render_user_data
+from instance.files import instance_file
+from instance.settings import SettingsError
 
 REPO = Path(__file__).resolve().parent.parent
 PUBLIC_KEY = "fleet-cache-1:" + "Q" * 43 + "="
@@ -150,7 +152,7 @@ def test_user_data_too_big_even_compressed_fails_with_its_size(monkeypatch: pyte
     monkeypatch.setattr(userdata, "EC2_USER_DATA_LIMIT", 2000)
 
     with pytest.raises(
-        UserDataError, match=r"user-data is \d+ bytes gzip-compressed \(\d+ plain\), over .* 2000 bytes"
+        SettingsError, match=r"user-data is \d+ bytes gzip-compressed \(\d+ plain\), over .* 2000 bytes"
     ):
         render()
 
@@ -245,7 +247,7 @@ def test_odd_characters_stay_data_in_yaml_and_shell(tmp_path: Path) -> None:
     ],
 )
 def test_hostile_or_malformed_values_are_refused_naming_field_and_value(field: str, value: object) -> None:
-    with pytest.raises(UserDataError) as error:
+    with pytest.raises(SettingsError) as error:
         render(**{field: value})
 
     assert field in str(error.value)
@@ -256,7 +258,7 @@ def test_hostile_or_malformed_values_are_refused_naming_field_and_value(field: s
     "field", ["region", "agent_token_parameter", "ssh_key_parameter", "signing_key_parameter", "cache_bucket"]
 )
 def test_missing_value_is_refused_naming_the_field(field: str) -> None:
-    with pytest.raises(UserDataError, match=f"{field} is required"):
+    with pytest.raises(SettingsError, match=f"{field} is required"):
         render(**{field: ""})
 
 
@@ -264,27 +266,28 @@ def test_missing_value_is_refused_naming_the_field(field: str) -> None:
     ("role", "fleet", "queue_name", "message"),
     [
         ("spare", "ci-fleet", "nixos-x86-aws", "role must be one of floor, burst, pool (got 'spare')"),
-        ("burst", "ci fleet", "nixos-x86-aws", "fleet_name must be"),
+        ("burst", "ci fleet", "nixos-x86-aws", "fleet must be"),
         ("burst", "ci-fleet", "nixos,arch=arm64", "queue.name must be"),
     ],
 )
 def test_role_fleet_and_queue_name_are_checked(role: str, fleet: str, queue_name: str, message: str) -> None:
     queue = dataclasses.replace(QUEUES["x86"], name=queue_name)
 
-    with pytest.raises(UserDataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace(")", r"\)")):
         render_user_data(SETTINGS, queue, role, fleet)
 
 
 @pytest.mark.parametrize("architecture", ["aarch64", ""])
 def test_an_architecture_the_bootstrap_cannot_check_is_refused(architecture: str) -> None:
     queue = dataclasses.replace(QUEUES["x86"], architecture=architecture)
-    with pytest.raises(UserDataError, match=rf"queue.architecture must be x86_64 or arm64 \(got '{architecture}'\)"):
+    with pytest.raises(SettingsError, match=rf"arch must be x86_64 or arm64 \(got '{architecture}'\)"):
         render_user_data(SETTINGS, queue, "burst", "ci-fleet")
 
 
 def test_renderer_finds_userdata_in_the_lambda_artifact_layout(tmp_path: Path) -> None:
     artifact = tmp_path / "artifact"
     shutil.copytree(REPO / "functions/autoscaler", artifact / "autoscaler")
+    shutil.copytree(REPO / "functions/instance", artifact / "instance")
     shutil.copytree(REPO / "userdata", artifact / "userdata")
     script = (
         f"import sys; sys.path.insert(0, {str(artifact)!r})\n"
@@ -324,7 +327,7 @@ def test_comments_are_what_keeps_the_user_data_under_ec2s_limit() -> None:
 def test_an_idle_timeout_the_bootstrap_could_outlast_is_refused_naming_field_and_value() -> None:
     queue = dataclasses.replace(QUEUES["x86"], idle_timeout_seconds=30)
 
-    with pytest.raises(UserDataError, match=r"queue\.idle_timeout_seconds must be an integer >= 120 \(got 30\)"):
+    with pytest.raises(SettingsError, match=r"queue\.idle_timeout_seconds must be an integer >= 120 \(got 30\)"):
         render_user_data(SETTINGS, queue, "burst", "ci-fleet")
 
 
@@ -335,7 +338,7 @@ def test_the_agent_is_the_newest_of_major_3_or_an_exact_3x_release(version: str,
 
 @pytest.mark.parametrize("version", ["", "4", "4.0.1", "2.6.10", "33.1.0", "latest"])
 def test_an_agent_version_of_another_major_is_refused_pointing_at_the_move(version: str) -> None:
-    with pytest.raises(UserDataError) as error:
+    with pytest.raises(SettingsError) as error:
         render(agent_version=version)
 
     assert "agent_version" in str(error.value)

@@ -1,7 +1,9 @@
 """Settings of both Lambdas, read once from the environment and validated.
 
 Every error names the field and the value, so a bad deployment fails at the
-start of the invocation with a message an operator can act on.
+start of the invocation with a message an operator can act on. The values an
+instance receives (UserDataSettings) are read here but validated by
+instance.settings, when the scaler renders the user-data at its start.
 """
 
 from __future__ import annotations
@@ -13,6 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autoscaler.schedules import Schedule, ScheduleError, parse_schedule
+from instance.settings import (
+    AGENT_MAJOR_VERSION,
+    ARCHITECTURES,
+    DEFAULT_NIX_INSTALLER_VERSION,
+    MIN_IDLE_TIMEOUT_SECONDS,
+    InstallSettings,
+)
 
 DEFAULT_ENDPOINT = "https://agent.buildkite.com/v3"
 DEFAULT_BOOTSTRAP_TIMEOUT = 1200
@@ -22,24 +31,11 @@ DEFAULT_READY_GRACE = 30
 DEFAULT_REAP_CAP = 20
 # A week: a stopped pool instance older than this is replaced by a fresh one.
 DEFAULT_POOL_MAX_AGE = 7 * 24 * 3600
-# The nix-installer release every new agent installs; newer ones only by choice.
-DEFAULT_NIX_INSTALLER_VERSION = "v3.21.2"
-# The buildkite-agent major version the product is written against: its config keys,
-# flags and signals. "3" installs the newest 3.x; an exact 3.x.y pins one release.
-# Agent 4 changed the cancel settings; see docs/instance-boot.md, "Agent versions".
-AGENT_MAJOR_VERSION = "3"
 DEFAULT_ROOT_TMPFS_SIZE = "75%"
 DEFAULT_MIN_FREE_SPACE_GIB = 5
-# The agent's idle clock starts with the agent, before the bootstrap's ~20 s of
-# checks and its CreateTags (a VM needed ~33 s for both, up to ~19 s an AWS call
-# on a busy host). Shorter than this, an agent could idle out mid-bootstrap.
-MIN_IDLE_TIMEOUT_SECONDS = 120
-ROOT_MODES = ("overlayroot", "ebs")
-ROLES = ("floor", "burst", "pool")
 ON_DEMAND = "on-demand"
 SPOT = "spot"
 CAPACITY_TYPES = (ON_DEMAND, SPOT)
-ARCHITECTURES = ("x86_64", "arm64")
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _PARAMETER_NAME = re.compile(r"^/?[A-Za-z0-9_./-]{1,1011}$")
@@ -96,24 +92,6 @@ class QueueConfig:
         return (SPOT, ON_DEMAND) if self.on_demand_fallback else (SPOT,)
 
 
-@dataclass(frozen=True)
-class InstallSettings:
-    """What the install step needs, at a stock boot and in an image bake alike:
-    no secret and nothing of one instance."""
-
-    region: str
-    cache_bucket: str
-    cache_region: str
-    cache_public_key: str
-    # ebs by default: see docs/instance-boot.md, "Root mode and build space".
-    root_mode: str = "ebs"
-    nix_determinate: bool = True
-    agent_version: str = AGENT_MAJOR_VERSION
-    nix_installer_version: str = DEFAULT_NIX_INSTALLER_VERSION
-    # Opt-in: jobs become trusted Nix users, which lets them run commands as root.
-    nix_trust_jobs: bool = False
-
-
 @dataclass(frozen=True, kw_only=True)
 class UserDataSettings(InstallSettings):
     """Deployment-wide values rendered into every instance's user-data.
@@ -155,7 +133,8 @@ class ScalerSettings:
             cache_bucket=_required(env, "NIX_CACHE_BUCKET"),
             cache_region=env.get("NIX_CACHE_REGION") or region,
             cache_public_key=_required(env, "NIX_CACHE_PUBLIC_KEY"),
-            root_mode=_choice(env, "ROOT_MODE", ROOT_MODES, "ebs"),
+            # Validated with every value the instance gets, by instance.settings at the first render.
+            root_mode=env.get("ROOT_MODE", "").strip() or "ebs",
             nix_determinate=_env_bool(env, "NIX_DETERMINATE", True),
             agent_version=env.get("BUILDKITE_AGENT_VERSION") or AGENT_MAJOR_VERSION,
             root_tmpfs_size=env.get("ROOT_TMPFS_SIZE") or DEFAULT_ROOT_TMPFS_SIZE,
@@ -529,13 +508,6 @@ def _env_bool(env: Mapping[str, str], key: str, default: bool) -> bool:
     if text in ("false", "0", "no"):
         return False
     raise ConfigError(f"{key} must be true or false (got {env.get(key)!r})")
-
-
-def _choice(env: Mapping[str, str], key: str, choices: tuple[str, ...], default: str) -> str:
-    value = env.get(key, "").strip() or default
-    if value not in choices:
-        raise ConfigError(f"{key} must be one of {', '.join(choices)} (got {value!r})")
-    return value
 
 
 def _short(value: Any) -> str:

@@ -22,7 +22,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from autoscaler import pool, timetable
 from autoscaler.buildkite import DEFAULT_POLL_SECONDS, MetricsError, MetricsRateLimited, MetricsSnapshot
-from autoscaler.config import ON_DEMAND, ROLES, QueueConfig, ScalerSettings
+from autoscaler.config import ON_DEMAND, QueueConfig, ScalerSettings
 from autoscaler.domain import Fleet, Pool
 from autoscaler.effects import HELD_PAUSED, QueueEffects, after_starts, decide
 from autoscaler.execute import (
@@ -51,6 +51,7 @@ from autoscaler.observer import JobsObserver, JobsView
 from autoscaler.planner import QueueMetrics, QueuePlan
 from autoscaler.pool import PoolPlan, plan_with_pool
 from autoscaler.telemetry import emit, logger
+from instance.settings import ROLES
 
 RenderUserData = Callable[[QueueConfig, str], bytes]
 

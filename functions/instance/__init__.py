@@ -1,0 +1,1 @@
+"""What an agent instance receives: its validated settings and its files (standard library only)."""
