@@ -59,6 +59,7 @@ REAL_COMMANDS = (
     "readlink",
     "tr",
     "ln",
+    "cp",
 )
 STUBBED = ["curl", "aws", "apt-get", "apt-cache", "gpg", "systemctl", "uname", "usermod", "groupadd", "chgrp"]
 STUBBED += ["chown", "id", "update-grub", "update-initramfs", "unzip", "sleep", "poweroff", "nix-installer", "nix"]
