@@ -13,7 +13,7 @@ from aws_lambda_powertools.utilities import parameters
 from emulators import aws
 from emulators.buildkite import FakeBuildkite
 from moto import mock_aws
-from tests.custom_resource import ResponseBucket
+from tests.support.custom_resource import ResponseBucket
 
 from autoscaler.telemetry import logger
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from emulators.buildkite import FakeBuildkite
 from tests.conftest import Stack, scaler_env
-from tests.lambda_context import LambdaContext
+from tests.support.lambda_context import LambdaContext
 from tests.test_pool import fill
 
 from autoscaler import scaler
