@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from emulators.buildkite import FakeBuildkite
-from tests.conftest import Stack, scaler_env
+from tests.support.aws import Stack, scaler_env
 from tests.support.lambda_context import LambdaContext
 from tests.test_pool import fill
 

@@ -19,7 +19,7 @@ import yaml
 from botocore.exceptions import ClientError
 from emulators.buildkite import FakeBuildkite
 from freezegun import freeze_time
-from tests.conftest import FLEET, Stack, scaler_env
+from tests.support.aws import FLEET, Stack, scaler_env
 from tests.support.lambda_context import LambdaContext
 from tests.test_scaler_handler import tags_of, user_data_of
 from tests.test_schedules import OFFICE

@@ -14,7 +14,7 @@ import pytest
 import requests
 from emulators.buildkite import FakeBuildkite
 from emulators.stacks import Answer
-from tests.conftest import FAKE_TOKEN, FLEET, TOKEN_PARAMETER, Stack
+from tests.support.aws import FAKE_TOKEN, FLEET, TOKEN_PARAMETER, Stack
 from tests.support.custom_resource import ResponseBucket
 from tests.support.lambda_context import LambdaContext
 
