@@ -20,9 +20,9 @@ from botocore.exceptions import ClientError
 from emulators.buildkite import FakeBuildkite
 from freezegun import freeze_time
 from tests.support.aws import FLEET, Stack, scaler_env
+from tests.support.config import OFFICE
 from tests.support.lambda_context import LambdaContext
 from tests.test_scaler_handler import tags_of, user_data_of
-from tests.test_schedules import OFFICE
 
 from autoscaler import reaper, scaler
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.test_schedules import OFFICE
+from tests.support.config import OFFICE
 from tools.invoke import load_template
 
 from autoscaler import queue_check
