@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.test_template import ACCOUNT, FLEET, REGION, STACK, Resolver, parameter_values, resolve_role, statements
+from tests.support.template import ACCOUNT, FLEET, REGION, STACK, Resolver, parameter_values, resolve_role, statements
 from tools.invoke import load_template
 
 from autoscaler.lifecycle import (

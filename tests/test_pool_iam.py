@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from tests import test_iam_behaviour
+from tests.support.template import Resolver
 from tests.test_iam_behaviour import (
     ALLOWED,
     BOOTING,
@@ -25,7 +26,6 @@ from tests.test_iam_behaviour import (
     self_tag,
     terminate,
 )
-from tests.test_template import Resolver
 
 from autoscaler.lifecycle import BOOTSTRAP_TAG, FLEET_TAG, ON_EXIT_TAG, ROLE_TAG, STARTED_AT_TAG
 

@@ -16,7 +16,7 @@ from emulators.buildkite import FakeBuildkite, Reply, metrics_body
 from freezegun import freeze_time
 from tests.support.aws import FAKE_TOKEN, FLEET, Stack, emf_records, scaler_env
 from tests.support.lambda_context import LambdaContext
-from tests.test_template import Resolver, dashboard_queries, parameter_values
+from tests.support.template import Resolver, dashboard_queries, parameter_values
 from tools.invoke import load_template
 
 from autoscaler import scaler
