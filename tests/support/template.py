@@ -14,7 +14,6 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import parliament
 
-
 REGION = "eu-west-1"
 ACCOUNT = "123456789012"
 STACK = "bk-test"

@@ -10,7 +10,6 @@ from autoscaler.config import QueueConfig, UserDataSettings
 REPO = Path(__file__).resolve().parent.parent.parent
 PUBLIC_KEY = "fleet-cache-1:" + "Q" * 43 + "="
 
-
 SETTINGS = UserDataSettings(
     region="us-west-2",
     agent_token_parameter="/bk/agent-token",
