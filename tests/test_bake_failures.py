@@ -9,7 +9,7 @@ from typing import Any
 import boto3
 import pytest
 from moto import mock_aws
-from tests.test_template import ACCOUNT, REGION, STACK, Resolver, parameter_values
+from tests.support.template import ACCOUNT, REGION, STACK, Resolver, parameter_values
 from tools.invoke import load_template
 
 

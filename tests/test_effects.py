@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from emulators.buildkite import FakeBuildkite
-from tests.conftest import Stack, scaler_env
-from tests.lambda_context import LambdaContext
-from tests.test_pool import fill
+from tests.support.aws import Stack, scaler_env
+from tests.support.lambda_context import LambdaContext
+from tests.support.pool import fill
 
 from autoscaler import scaler
 from autoscaler.effects import HELD_PAUSED, LaunchOrder, QueueEffects, after_starts, decide

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from tests.test_template import Resolver, of_type, parameter_values
+from tests.support.template import Resolver, of_type, parameter_values
 from tools.invoke import load_template
 
 TEMPLATE = load_template()

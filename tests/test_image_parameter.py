@@ -10,8 +10,8 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
-from tests.custom_resource import ResponseBucket
-from tests.lambda_context import LambdaContext
+from tests.support.custom_resource import ResponseBucket
+from tests.support.lambda_context import LambdaContext
 
 from autoscaler import image_parameter
 from autoscaler.lifecycle import FLEET_TAG

@@ -16,8 +16,8 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 from emulators.buildkite import FakeBuildkite
-from tests.conftest import FLEET, REGION, Stack, scaler_env
-from tests.lambda_context import LambdaContext
+from tests.support.aws import FLEET, REGION, Stack, scaler_env
+from tests.support.lambda_context import LambdaContext
 
 from autoscaler import scaler
 from autoscaler.images import image_version

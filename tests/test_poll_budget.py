@@ -16,7 +16,7 @@ import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ReadTimeoutError
-from tests.conftest import FLEET, REGION, Stack, emf_records
+from tests.support.aws import FLEET, REGION, Stack, emf_records
 
 from autoscaler import scaler
 from autoscaler.buildkite import CONNECT_TIMEOUT, READ_TIMEOUT, MetricsSnapshot

@@ -10,7 +10,6 @@ import gzip
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -19,58 +18,22 @@ import yaml
 from botocore.exceptions import ClientError
 from emulators.buildkite import FakeBuildkite
 from freezegun import freeze_time
-from tests.conftest import FLEET, Stack, scaler_env
-from tests.lambda_context import LambdaContext
-from tests.test_scaler_handler import tags_of, user_data_of
-from tests.test_schedules import OFFICE
+from tests.support.aws import FLEET, Stack
+from tests.support.config import OFFICE
+from tests.support.lambda_context import LambdaContext
+from tests.support.pool import BOOTSTRAP, EVENTS, fill, instances, invoke, park, pool_members
+from tests.support.scaler import tags_of, user_data_of
 
-from autoscaler import reaper, scaler
+from autoscaler import reaper
 
 X86 = "nixos-x86-aws"
-EVENTS = Path(__file__).parent.parent / "events"
-BOOTSTRAP = "buildkite-autoscaler:bootstrap"
 ON_EXIT = "buildkite-autoscaler:on-exit"
-
-
-def invoke(monkeypatch: pytest.MonkeyPatch, buildkite: FakeBuildkite, queue: dict[str, Any]) -> dict[str, Any]:
-    for key, value in scaler_env(buildkite.endpoint, [queue]).items():
-        monkeypatch.setenv(key, value)
-    # 20 s: one poll, with time for its EC2 calls (as tests/test_scaler_handler.py).
-    context = LambdaContext(20.0)
-    return scaler.handler(json.loads((EVENTS / "scaler-scheduled.json").read_text()), context, clock=context.clock)
 
 
 def reap(monkeypatch: pytest.MonkeyPatch, queue: dict[str, Any]) -> dict[str, Any]:
     monkeypatch.setenv("QUEUES", json.dumps([queue]))
     monkeypatch.setenv("FLEET_NAME", FLEET)
     return reaper.handler(json.loads((EVENTS / "reaper-scheduled.json").read_text()), LambdaContext(60.0))
-
-
-def instances(stack: Stack, *states: str) -> list[dict[str, Any]]:
-    pages = stack.ec2.get_paginator("describe_instances").paginate(
-        Filters=[{"Name": "instance-state-name", "Values": list(states or ("pending", "running", "stopped"))}]
-    )
-    return [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
-
-
-def pool_members(stack: Stack, *states: str) -> list[dict[str, Any]]:
-    return [i for i in instances(stack, *states) if tags_of(i).get("buildkite-autoscaler:role") == "pool"]
-
-
-def park(stack: Stack, instance_ids: list[str]) -> None:
-    """What `buildkite-bootstrap park` (or `release`) does: tag pooled, stop itself."""
-    stack.ec2.create_tags(Resources=instance_ids, Tags=[{"Key": BOOTSTRAP, "Value": "pooled"}])
-    stack.ec2.stop_instances(InstanceIds=instance_ids)
-
-
-def fill(stack: Stack, buildkite: FakeBuildkite, monkeypatch: pytest.MonkeyPatch, queue: dict[str, Any]) -> list[str]:
-    buildkite.serve_metrics({})
-    invoke(monkeypatch, buildkite, queue)
-    ids = [i["InstanceId"] for i in pool_members(stack)]
-    park(stack, ids)
-    stack.behaviour.operations.clear()
-    stack.behaviour.run_calls.clear()
-    return ids
 
 
 def test_a_pool_is_filled_to_its_size_and_stopped_instances_are_not_capacity(

@@ -1,4 +1,4 @@
-"""The warm pool's permissions, judged on behaviour by the evaluator of tests/test_iam_behaviour.py.
+"""The warm pool's permissions, judged on behaviour by the evaluator of tests/support/iam.py.
 
 Only the scaler starts, only this fleet's pool instances; only an instance
 stops, only itself and only a pool instance; the reaper may retire a stopped
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from tests import test_iam_behaviour
-from tests.test_iam_behaviour import (
+from tests.support import iam
+from tests.support.iam import (
     ALLOWED,
     BOOTING,
     DENIED,
@@ -25,11 +25,11 @@ from tests.test_iam_behaviour import (
     self_tag,
     terminate,
 )
-from tests.test_template import Resolver
+from tests.support.template import Resolver
 
 from autoscaler.lifecycle import BOOTSTRAP_TAG, FLEET_TAG, ON_EXIT_TAG, ROLE_TAG, STARTED_AT_TAG
 
-resolver = test_iam_behaviour.resolver
+resolver = iam.resolver
 
 POOLED = {**BOOTING, ROLE_TAG: "pool", BOOTSTRAP_TAG: "pooled"}
 STARTED = {**POOLED, BOOTSTRAP_TAG: "complete"}

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from hypothesis import given
 from hypothesis import strategies as st
-from tests.test_planner import NOW, TIMEOUTS, counts, instance, metrics_strategy, queue
+from tests.support.planner import NOW, TIMEOUTS, counts, instance, metrics_strategy, queue
 
 from autoscaler.config import QueueConfig
 from autoscaler.lifecycle import Instance, Stage, Timeouts, stage_of

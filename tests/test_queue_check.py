@@ -14,9 +14,9 @@ import pytest
 import requests
 from emulators.buildkite import FakeBuildkite
 from emulators.stacks import Answer
-from tests.conftest import FAKE_TOKEN, FLEET, TOKEN_PARAMETER, Stack
-from tests.custom_resource import ResponseBucket
-from tests.lambda_context import LambdaContext
+from tests.support.aws import FAKE_TOKEN, FLEET, TOKEN_PARAMETER, Stack
+from tests.support.custom_resource import ResponseBucket
+from tests.support.lambda_context import LambdaContext
 
 from autoscaler import queue_check
 from autoscaler.stacks import stack_key

@@ -22,8 +22,8 @@ from moto import mock_aws
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ec2.models import ec2_backends
 from moto.ec2.models.instances import InstanceState
-from tests.conftest import emf_records
-from tests.lambda_context import LambdaContext
+from tests.support.aws import emf_records
+from tests.support.lambda_context import LambdaContext
 
 from autoscaler import reaper
 from autoscaler.invocation import EventError

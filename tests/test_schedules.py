@@ -8,21 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.test_config import QUEUE, settings
+from tests.support.config import OFFICE, QUEUE, settings
 
 from autoscaler import timetable
 from autoscaler.config import ConfigError, QueueConfig, parse_queues
 from autoscaler.schedules import Schedule
 
-OFFICE = {
-    "name": "office",
-    "days": ["mon", "tue", "wed", "thu", "fri"],
-    "start": "08:00",
-    "end": "19:00",
-    "time_zone": "Europe/Berlin",
-    "min_instances": 2,
-    "warm_pool_size": 3,
-}
 NIGHT = {
     "name": "nightly",
     "days": ["sun"],

@@ -10,7 +10,7 @@ from emulators.buildkite import FakeBuildkite, Reply
 from simulation import export
 from simulation.__main__ import main as simulate_main
 from simulation.trace import ARM, X86, load_csv
-from tests.conftest import FAKE_TOKEN
+from tests.support.aws import FAKE_TOKEN
 
 
 def _job(job_id: str, queue: str, minute: int, seconds: int, kind: str = "script") -> dict[str, object]:

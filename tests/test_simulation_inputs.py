@@ -12,7 +12,7 @@ import pytest
 from emulators.buildkite import FakeBuildkite, Reply
 from simulation import export
 from simulation.__main__ import main as simulate
-from tests.conftest import FAKE_TOKEN
+from tests.support.aws import FAKE_TOKEN
 
 SINCE = "2026-11-20T00:00:00Z"
 LINUX = {"name": "linux", "architecture": "x86_64", "max_instances": 4, "agents_per_instance": 2}

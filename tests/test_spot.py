@@ -14,9 +14,9 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 from emulators.buildkite import FakeBuildkite
-from tests.conftest import FLEET, Stack, emf_records
-from tests.test_scaler_handler import X86, by_queue, tags_of
-from tests.test_scaler_handler import invoke as invoke_once
+from tests.support.aws import FLEET, Stack, emf_records
+from tests.support.scaler import X86, by_queue, tags_of
+from tests.support.scaler import invoke as invoke_once
 
 C7I, M7I = "c7i.4xlarge", "m7i.4xlarge"
 MARKET_TAG = "buildkite-autoscaler:market"

@@ -17,8 +17,8 @@ import pytest
 from emulators.buildkite import FakeBuildkite
 from emulators.offline import SimulatedContext
 from emulators.stacks import Answer, FakeJob, rate_limited
-from tests.conftest import FAKE_TOKEN, FLEET, Stack, emf_records, scaler_env
-from tests.test_scaler_handler import by_queue
+from tests.support.aws import FAKE_TOKEN, FLEET, Stack, emf_records, scaler_env
+from tests.support.scaler import by_queue
 
 from autoscaler import scaler
 from autoscaler.stacks import scope_of, stack_key

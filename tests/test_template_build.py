@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.test_template import (
+from tests.support.template import (
     TEAM_DEFAULTS,
     Resolver,
     findings_by_statement,

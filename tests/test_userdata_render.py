@@ -12,46 +12,17 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tests.support.userdata import PUBLIC_KEY, QUEUES, REPO, SETTINGS
 
 from autoscaler import userdata
-from autoscaler.config import QueueConfig, UserDataSettings
 from autoscaler.userdata import render_user_data
 from instance.files import instance_file
 from instance.settings import SettingsError
 
-REPO = Path(__file__).resolve().parent.parent
-PUBLIC_KEY = "fleet-cache-1:" + "Q" * 43 + "="
 # The values the SSM stub of the bootstrap test serves; none may be rendered.
 FAKE_SECRETS = ("bkct_FAKE_TOKEN_7f3a9c", "FAKE-SSH-KEY-b64e1d", "FAKE-SIGNING-KEY-0d9c2e", "PRIVATE KEY")
 ODD = "q'\"$(touch${IFS}pwned)`id`:" + "Q" * 43 + "="
 
-SETTINGS = UserDataSettings(
-    region="us-west-2",
-    agent_token_parameter="/bk/agent-token",
-    ssh_key_parameter="/bk/ssh-key",
-    signing_key_parameter="/bk/nix-signing-key",
-    cache_bucket="fleet-nix-cache",
-    cache_region="eu-central-1",
-    cache_public_key=PUBLIC_KEY,
-)
-QUEUES = {
-    "x86": QueueConfig(
-        name="nixos-x86-aws",
-        architecture="x86_64",
-        launch_template_id="lt-0123",
-        instance_types=("m7i.4xlarge", "c7a.4xlarge"),
-        subnet_ids=("subnet-1",),
-        max_instances=4,
-    ),
-    "arm": QueueConfig(
-        name="nixos-arm-aws",
-        architecture="arm64",
-        launch_template_id="lt-0456",
-        instance_types=("c7g.4xlarge", "m7gd.4xlarge"),
-        subnet_ids=("subnet-1",),
-        max_instances=2,
-    ),
-}
 VARIANTS = list(itertools.product(QUEUES, ("floor", "burst"), ("overlayroot", "ebs")))
 
 

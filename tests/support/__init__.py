@@ -1,1 +1,1 @@
-"""Helpers shared by the test modules."""
+"""Helpers the test modules share: each module here is one concern; no test module imports another."""

@@ -1,4 +1,5 @@
-"""Settings and queues the user-data is rendered with in tests."""
+"""What the user-data is rendered from in tests: instance settings, two queues, and the repository
+whose userdata/ scripts it carries."""
 
 from __future__ import annotations
 
