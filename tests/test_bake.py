@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.test_userdata_render import QUEUES, SETTINGS
+from tests.support.userdata import QUEUES, SETTINGS
 
 from autoscaler.userdata import render_user_data
 from instance.bake import install_files

@@ -10,20 +10,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 TESTS = Path(__file__).resolve().parent
-
-# The allow-list: these four files are being rewritten elsewhere, and until then they
-# import helpers from the test modules named here (nothing else is allowed them). When a
-# file's helpers come from tests/support, remove the file from this list (a test below
-# fails while an entry allows an import its file no longer makes).
-STILL_IMPORTING_TEST_MODULES = {
-    "test_bake.py": {"tests.test_userdata_render"},
-    "test_bootstrap_script.py": {"tests.test_userdata_render"},
-    "test_pool_instance.py": {"tests.test_bootstrap_script"},
-    "test_spot_watch.py": {"tests.test_bootstrap_script"},
-}
 
 
 def is_test_module(module: str) -> bool:
@@ -62,22 +49,8 @@ def python_files() -> list[Path]:
 
 
 def test_no_module_imports_from_a_test_module_or_conftest() -> None:
-    offences = [
-        where
-        for path in python_files()
-        for module, where in imported_test_modules(path)
-        if module not in STILL_IMPORTING_TEST_MODULES.get(str(path.relative_to(TESTS)), set())
-    ]
+    offences = [where for path in python_files() for _, where in imported_test_modules(path)]
     assert offences == [], "shared helpers belong in tests/support:\n" + "\n".join(offences)
-
-
-@pytest.mark.parametrize("name", sorted(STILL_IMPORTING_TEST_MODULES))
-def test_each_file_allowed_to_import_a_test_module_still_does(name: str) -> None:
-    path = TESTS / name
-    assert path.is_file(), f"{name} is gone: remove it from STILL_IMPORTING_TEST_MODULES"
-    imported = {module for module, _ in imported_test_modules(path)}
-    unused = STILL_IMPORTING_TEST_MODULES[name] - imported
-    assert not unused, f"{name} no longer imports from {sorted(unused)}: take it off STILL_IMPORTING_TEST_MODULES"
 
 
 def test_conftest_holds_only_fixtures_and_hooks() -> None:
