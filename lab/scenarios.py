@@ -58,18 +58,19 @@ def hint(step: str, code: str) -> str:
     if step == "mark_complete" and code == "143":
         return (
             "the agent idled out while mark_complete's CreateTags was in flight: the idle-timeout race "
-            "(userdata/bootstrap.sh start_agent/mark_complete and the agent's idle timer)"
+            "(start_agent in userdata/steps/agent.sh, mark_complete in userdata/steps/completion.sh, "
+            "and the agent's idle timer)"
         )
     if step == "start_agent" and code == "143":
         return (
             "the agent exited on purpose (a refused job, a drain) during start_agent's checks and the step "
-            "was marked failed (userdata/bootstrap.sh start_agent)"
+            "was marked failed (start_agent in userdata/steps/agent.sh)"
         )
     if step == "check_tag_permission":
-        return "check_tag_permission in userdata/bootstrap.sh (a refusal or a network error?)"
+        return "check_tag_permission in userdata/steps/completion.sh (a refusal or a network error?)"
     if step == "check_image":
         return "check_image: the image booted another root mode (overlayroot driver missing from the initramfs?)"
-    return f"step {step} of userdata/bootstrap.sh"
+    return f"step {step}: `grep -n '^{step}()' userdata/steps/*.sh`"
 
 
 def console_text(vm: Vm) -> str:

@@ -55,7 +55,7 @@ LAUNCH_TAGS = {"Name": "buildkite-nixos-x86-aws", FLEET_TAG: FLEET, QUEUE_TAG: "
 # ----------------------------------------------------------------- agent
 
 
-# What the bootstrap tags in its one call at the end (mark_complete in userdata/bootstrap.sh).
+# What the bootstrap tags in its one call at the end (mark_complete in userdata/steps/completion.sh).
 COMPLETE_TAGS = {
     BOOTSTRAP_TAG: "complete",
     READY_AT_TAG: "2026-01-01T00:00:00Z",

@@ -23,13 +23,13 @@ from autoscaler.jobs import (
 )
 from autoscaler.stacks import Note, ScheduledJob
 
-BOOTSTRAP = Path(__file__).parent.parent / "userdata" / "bootstrap.sh"
+AGENT_STEPS = Path(__file__).parent.parent / "userdata" / "steps" / "agent.sh"
 X86 = QueueConfig("nixos-x86-aws", "x86_64", "lt-1", ("c7i.4xlarge",), ("subnet-a",), 10)
 TAGS = agent_tags(X86, "ci")
 
 
 def test_the_tags_matched_are_the_ones_the_bootstrap_gives_the_agents() -> None:
-    ((template, arguments),) = re.findall(r"printf 'tags=\"([^\"]*)\"\\n' (.*)", BOOTSTRAP.read_text())
+    ((template, arguments),) = re.findall(r"printf 'tags=\"([^\"]*)\"\\n' (.*)", AGENT_STEPS.read_text())
     values = {'"$BK_ARCH"': X86.architecture, '"$BK_QUEUE"': X86.name, '"$BK_FLEET"': "ci"}
     rendered = template.replace("%s", "{}").format(*(values[argument] for argument in arguments.split()))
 

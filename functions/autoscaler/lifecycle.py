@@ -50,7 +50,7 @@ LIVE_STATES = ("pending", "running")
 POOL_STATES = ("stopping", "stopped")
 
 # The bootstrap starts the agent, then checks it for this long before it
-# tags itself complete (start_agent in userdata/bootstrap.sh): its agents are
+# tags itself complete (start_agent in userdata/steps/agent.sh): its agents are
 # connected this much earlier than its ready-at tag says.
 AGENT_CHECK_SECONDS = 20
 
