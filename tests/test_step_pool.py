@@ -57,7 +57,9 @@ def test_check_on_exit_goes_on_only_when_the_scaler_says_stop(tmp_path: Path, st
 @pytest.mark.parametrize(
     ("role", "mode", "code"), [("pool", "overlayroot", 0), ("pool", "ebs", 1), ("burst", "overlayroot", 1)]
 )
-def test_check_release_returns_only_an_overlayroot_pool_instance(tmp_path: Path, role: str, mode: str, code: int) -> None:
+def test_check_release_returns_only_an_overlayroot_pool_instance(
+    tmp_path: Path, role: str, mode: str, code: int
+) -> None:
     run = run_step(tmp_path, "pool", "check_release", env=settings(BK_ROLE=role, BK_ROOT_MODE=mode))
 
     assert run.returncode == code, run.console
