@@ -89,10 +89,9 @@ def test_warm_nix_store_builds_each_reference_with_no_post_build_hook(tmp_path: 
     run = warm(tmp_path, "nixpkgs#hello  github:NixOS/nixpkgs/nixos-24.11#jq")
 
     assert run.returncode == 0, run.console
+    build = ["nix", "--extra-experimental-features", "nix-command flakes", "--option", "post-build-hook", "", "build"]
     assert run.calls_of("nix") == [
-        ["nix", "--extra-experimental-features", "nix-command flakes", "--option", "post-build-hook", "", "build"]
-        + ["--no-link", ref]
-        for ref in ["nixpkgs#hello", "github:NixOS/nixpkgs/nixos-24.11#jq"]
+        [*build, "--no-link", ref] for ref in ["nixpkgs#hello", "github:NixOS/nixpkgs/nixos-24.11#jq"]
     ]
 
 
