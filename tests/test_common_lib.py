@@ -10,7 +10,8 @@ from tests.support.steps import install_nix_profile, root_of, run_step, settings
 
 
 @pytest.mark.parametrize(
-    ("machine", "arch"), [("x86_64", "x86_64"), ("amd64", "x86_64"), ("aarch64", "arm64"), ("arm64", "arm64")]
+    ("machine", "arch"),
+    [("x86_64", "x86_64"), ("amd64", "x86_64"), ("aarch64", "arm64"), ("arm64", "arm64"), ("riscv64", "riscv64")],
 )
 def test_machine_arch_names_the_machine_as_the_fleet_does(tmp_path: Path, machine: str, arch: str) -> None:
     run = run_step(tmp_path, None, "machine_arch", commands=["uname"], env={"STUB_MACHINE": machine})
@@ -168,6 +169,32 @@ def test_on_failure_with_power_off_tags_failed_then_prints_the_failure_line_last
     assert run.returncode == 1
     (tag,) = run.calls_of("aws")
     assert tags(tag) == {"buildkite-autoscaler:bootstrap": "failed"}
+    assert run.calls[-1] == ["systemctl", "--no-block", "poweroff"]
+    assert run.stderr.splitlines()[-2:] == [
+        "buildkite-bootstrap: FAILED step=check_arch exit=1: this is wrong",
+        "buildkite-bootstrap: powering off",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("script", "fail"),
+    [
+        (FAILING_STEP.replace("INSTANCE_ID=i-0abc123def4567890", ""), None),
+        (FAILING_STEP, {"aws ec2 create-tags": (255, 9, "Could not connect to the endpoint URL")}),
+    ],
+)
+def test_on_failure_powers_off_even_when_it_cannot_tag(tmp_path: Path, script: str, fail: object) -> None:
+    run = run_step(
+        tmp_path,
+        None,
+        script,
+        commands=["aws", "systemctl"],
+        real=["grep", "awk"],
+        env=settings(POWER_OFF_ON_FAILURE="true"),
+        fail=fail,  # type: ignore[arg-type]
+    )
+
+    assert run.returncode == 1
     assert run.calls[-1] == ["systemctl", "--no-block", "poweroff"]
     assert run.stderr.splitlines()[-2:] == [
         "buildkite-bootstrap: FAILED step=check_arch exit=1: this is wrong",
