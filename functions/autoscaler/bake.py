@@ -39,7 +39,9 @@ MACHINE_ID_PATH = "etc/machine-id"
 NIX = "/nix/var/nix/profiles/default/bin/nix"
 
 # One write_files entry of the cloud-config template: path, permissions, file.
-_WRITE_FILE = re.compile(r'- path: (\S+)\n\s+permissions: "(0[0-7]{3})"\n\s+content: @@([A-Za-z0-9_-][A-Za-z0-9._/-]*)@@')
+_WRITE_FILE = re.compile(
+    r'- path: (\S+)\n\s+permissions: "(0[0-7]{3})"\n\s+content: @@([A-Za-z0-9_-][A-Za-z0-9._/-]*)@@'
+)
 _MACHINE_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
 _WARM_REF = re.compile(r"[A-Za-z0-9_.:/#?=&+@-]+")
 _IMAGE_ARN = re.compile(r"arn:[a-z-]+:imagebuilder:[a-z0-9-]+:[0-9]{12}:image/[^/]+/([0-9.]+)/([0-9]+)")
