@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from tests.support.instance import FINGERPRINT, INSTANCE_ID
-from tests.support.steps import put, root_of, run_step, settings
+from tests.support.steps import StepRun, put, root_of, run_step, settings
 
 MADISON = "\n".join(
     f" buildkite-agent | {version} | https://apt.buildkite.com/buildkite-agent stable/main amd64 Packages"
@@ -15,7 +15,7 @@ MADISON = "\n".join(
 TOKEN = "bkct_FAKE_TOKEN_7f3a9c"
 
 
-def package(tmp_path: Path, version: str, madison: str = MADISON) -> object:
+def package(tmp_path: Path, version: str, madison: str = MADISON) -> StepRun:
     return run_step(
         tmp_path,
         "agent",
@@ -55,7 +55,7 @@ def test_agent_package_refuses_a_version_the_repository_lacks(tmp_path: Path, ve
 INSTALL = ["curl", "gpg", "apt-get", "apt-cache", "systemctl", "sleep"]
 
 
-def install(tmp_path: Path, fingerprint: str = FINGERPRINT) -> object:
+def install(tmp_path: Path, fingerprint: str = FINGERPRINT) -> StepRun:
     return run_step(
         tmp_path,
         "agent",
@@ -88,7 +88,7 @@ def test_install_agent_refuses_a_key_of_another_fingerprint(tmp_path: Path) -> N
     assert run.calls_of("apt-get") == []
 
 
-def agent_config(tmp_path: Path, token: str = TOKEN, **changes: str) -> object:
+def agent_config(tmp_path: Path, token: str = TOKEN, **changes: str) -> StepRun:
     put(root_of(tmp_path), "/run/buildkite-bootstrap/agent-token", token, mode=0o600)
     return run_step(
         tmp_path,
@@ -99,7 +99,7 @@ def agent_config(tmp_path: Path, token: str = TOKEN, **changes: str) -> object:
     )
 
 
-def config(run: object) -> dict[str, str]:
+def config(run: StepRun) -> dict[str, str]:
     return dict(line.split("=", 1) for line in run.read("/etc/buildkite-agent/buildkite-agent.cfg").splitlines())
 
 
@@ -141,7 +141,7 @@ def test_write_agent_config_refuses_a_token_with_odd_characters(tmp_path: Path, 
     assert not run.path("/etc/buildkite-agent/buildkite-agent.cfg").exists()
 
 
-def start(tmp_path: Path, fail: dict | None = None) -> object:
+def start(tmp_path: Path, fail: dict | None = None) -> StepRun:
     return run_step(
         tmp_path, "agent", 'start_agent\necho "started=$AGENT_STARTED"', commands=["systemctl", "sleep"], fail=fail
     )

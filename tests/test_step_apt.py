@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.support.steps import run_step, settings
+from tests.support.steps import StepRun, run_step, settings
 
 APT = ["apt-get", "systemctl", "sleep"]
 
 
-def installs(run: object) -> list[list[str]]:
+def installs(run: StepRun) -> list[list[str]]:
     return [call[5:] for call in run.calls_of("apt-get")]
 
 

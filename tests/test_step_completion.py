@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from tests.support.instance import INSTANCE_ID
-from tests.support.steps import install_nix_profile, root_of, run_step, settings, tags
+from tests.support.steps import StepRun, install_nix_profile, root_of, run_step, settings, tags
 
 COMMANDS = ["aws", "sleep"]
 REAL = ["grep", "awk"]
@@ -14,7 +14,7 @@ UNAUTHORIZED = "An error occurred (UnauthorizedOperation) when calling the Creat
 UNREACHABLE = "Could not connect to the endpoint URL: https://ec2.us-west-2.amazonaws.com/"
 
 
-def check(tmp_path: Path, **fail: object) -> object:
+def check(tmp_path: Path, **fail: object) -> StepRun:
     return run_step(
         tmp_path,
         "completion",
@@ -66,7 +66,7 @@ def test_ec2_back_within_the_attempts_is_success(tmp_path: Path) -> None:
     assert len(run.calls_of("aws")) == 3
 
 
-def complete(tmp_path: Path, **fail: object) -> object:
+def complete(tmp_path: Path, **fail: object) -> StepRun:
     root = root_of(tmp_path)
     install_nix_profile(root)
     (root / "run/buildkite-bootstrap").mkdir(parents=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from tests.support.instance import INSTANCE_ID
-from tests.support.steps import install_nix_profile, put, root_of, run_step, settings
+from tests.support.steps import StepRun, install_nix_profile, put, root_of, run_step, settings
 
 ARN = "arn:aws:imagebuilder:us-west-2:123456789012:image/ci-fleet-x86/1.2.0/14"
 MARKER = f"image_version=1.2.0/14\nimage_arn={ARN}\nagent_version=3.87.0\nnix_version=2.31.2\n"
@@ -30,7 +30,7 @@ def test_check_arch_names_the_mismatch(tmp_path: Path) -> None:
     assert "this is a aarch64 instance but queue nixos-x86-aws runs on x86_64" in run.stderr
 
 
-def write_marker(tmp_path: Path) -> object:
+def write_marker(tmp_path: Path) -> StepRun:
     install_nix_profile(root_of(tmp_path))
     return run_step(
         tmp_path,

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.support.steps import PUBLIC_KEY, install_nix_profile, put, root_of, run_step, settings
+from tests.support.steps import PUBLIC_KEY, StepRun, install_nix_profile, put, root_of, run_step, settings
 
 INSTALLER = ["curl", "nix-installer"]
 
 
-def install(tmp_path: Path, **changes: str) -> object:
+def install(tmp_path: Path, **changes: str) -> StepRun:
     return run_step(tmp_path, "nix", "install_nix", commands=INSTALLER, real=["sh"], env=settings(**changes))
 
 
@@ -80,7 +80,7 @@ def test_configure_nix_users_opens_the_daemon_to_the_group(tmp_path: Path, ubunt
     assert run.mode("/nix/var/nix/daemon-socket") == 0o770
 
 
-def warm(tmp_path: Path, paths: str) -> object:
+def warm(tmp_path: Path, paths: str) -> StepRun:
     install_nix_profile(root_of(tmp_path))
     return run_step(tmp_path, "nix", "warm_nix_store", env={"BK_WARM_NIX_PATHS": paths})
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.support.steps import SETTINGS, put, root_of, run_step, settings
+from tests.support.steps import SETTINGS, StepRun, put, root_of, run_step, settings
 
 from autoscaler.userdata import settings_env
 
@@ -20,7 +20,7 @@ INSTALL_ONLY = [
 ]
 
 
-def load(tmp_path: Path, function: str, values: dict[str, str]) -> object:
+def load(tmp_path: Path, function: str, values: dict[str, str]) -> StepRun:
     put(root_of(tmp_path), "/etc/buildkite-bootstrap/settings.env", settings_env(values))
     return run_step(tmp_path, "settings", f'{function}\necho "queue=${{BK_QUEUE:-}}"')
 
