@@ -61,10 +61,12 @@ pytest: $(BIN)/.stamp $(SAM_VENV)/bin/.stamp $(IAM_SIMULATE)/node_modules/.stamp
 	PATH="$(CURDIR)/$(SAM_VENV)/bin:$$PATH" $(BIN)/pytest -n auto --dist loadfile
 
 # The fast tier, for the edit-test loop: the pure decisions (planner, pool, reaping, effects,
-# jobs, schedules, configuration) and the instance scripts under stubs. No SAM, no IAM
-# simulator, no simulation.
-UNIT_TESTS := $(addprefix tests/test_,$(addsuffix .py,planner pool_planner reaping effects jobs schedules bootstrap_plan \
-	config redact launching buildkite bootstrap_script spot_watch pool_instance lab_agent lab_pieces))
+# jobs, schedules, configuration) and the instance scripts under stubs: whole modes, their
+# plans, and each step alone (test_step_*, test_common_lib). No SAM, no IAM simulator, no
+# simulation.
+UNIT_TESTS := $(addprefix tests/test_,$(addsuffix .py,planner pool_planner reaping effects jobs schedules \
+	config redact launching buildkite bootstrap_script bootstrap_plan spot_watch pool_instance lab_agent lab_pieces \
+	common_lib $(addprefix step_,settings apt aws_cli nix agent root_mode secrets image pool completion units)))
 
 unit: $(BIN)/.stamp
 	$(BIN)/pytest -n auto --dist loadfile $(UNIT_TESTS)

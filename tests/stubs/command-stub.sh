@@ -55,8 +55,9 @@ option() {
 case "$name" in
 uname) echo "$STUB_MACHINE" ;;
 curl)
+    # Headers on stdin (-H @-): kept beside the log, where no argv is.
     if [[ " $* " == *" @- "* ]]; then
-        cat >/dev/null
+        cat >>"$STUB_LOG.stdin"
     fi
     case "${!#}" in
     */api/token) printf imds-session-token ;;
