@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from tests.support.steps import SETTINGS, StepRun, put, root_of, run_step, settings
 
-from autoscaler.userdata import settings_env
+from instance.settings import settings_env
 
 INSTALL_ONLY = [
+    "BK_REGION",
     "BK_ROOT_MODE",
     "BK_NIX_INSTALLER_VERSION",
     "BK_NIX_DETERMINATE",
@@ -21,7 +22,7 @@ INSTALL_ONLY = [
 
 
 def load(tmp_path: Path, function: str, values: dict[str, str]) -> StepRun:
-    put(root_of(tmp_path), "/etc/buildkite-bootstrap/settings.env", settings_env(values))
+    put(root_of(tmp_path), "/etc/buildkite-bootstrap/settings.env", settings_env(values, "test settings"))
     return run_step(tmp_path, "settings", f'{function}\necho "queue=${{BK_QUEUE:-}}"')
 
 
@@ -63,7 +64,8 @@ def test_load_install_settings_needs_only_the_install_time_values(tmp_path: Path
 
 
 def test_load_install_settings_refuses_a_missing_install_setting(tmp_path: Path) -> None:
-    run = load(tmp_path, "load_install_settings", {name: SETTINGS[name] for name in INSTALL_ONLY[1:]})
+    values = {name: SETTINGS[name] for name in INSTALL_ONLY if name != "BK_ROOT_MODE"}
+    run = load(tmp_path, "load_install_settings", values)
 
     assert run.returncode == 1
     assert "does not set BK_ROOT_MODE" in run.stderr

@@ -32,7 +32,7 @@ STANDING_NOTE_SECONDS = 60
 
 
 def agent_tags(queue: QueueConfig, fleet: str) -> dict[str, str]:
-    """The tags every agent of the queue runs with: write_agent_config in userdata/steps/agent.sh writes the same ones."""
+    """The tags every agent of the queue runs with: userdata/steps/agent.sh writes the same ones."""
     return {"nix": "true", "os": "nixos", "arch": queue.architecture, "queue": queue.name, "fleet": fleet}
 
 
