@@ -30,7 +30,7 @@ def test_check_arch_names_the_mismatch(tmp_path: Path) -> None:
     assert "this is a aarch64 instance but queue nixos-x86-aws runs on x86_64" in run.stderr
 
 
-def write_marker(tmp_path: Path) -> StepRun:
+def write_marker(tmp_path: Path, arn: str = ARN, fail: object = None, **env: str) -> StepRun:
     install_nix_profile(root_of(tmp_path))
     return run_step(
         tmp_path,
@@ -38,7 +38,8 @@ def write_marker(tmp_path: Path) -> StepRun:
         f"INSTANCE_ID={INSTANCE_ID}\nwrite_image_marker",
         commands=["aws", "buildkite-agent"],
         real=["tr"],
-        env=settings(STUB_IMAGE_ARN=ARN),
+        env={**settings(STUB_IMAGE_ARN=arn), **env},
+        fail=fail,  # type: ignore[arg-type]
     )
 
 
@@ -64,15 +65,7 @@ def test_write_image_marker_records_the_build_and_the_versions(tmp_path: Path) -
     ],
 )
 def test_write_image_marker_refuses_an_odd_arn(tmp_path: Path, arn: str) -> None:
-    install_nix_profile(root_of(tmp_path))
-    run = run_step(
-        tmp_path,
-        "image",
-        f"INSTANCE_ID={INSTANCE_ID}\nwrite_image_marker",
-        commands=["aws", "buildkite-agent"],
-        real=["tr"],
-        env=settings(STUB_IMAGE_ARN=arn),
-    )
+    run = write_marker(tmp_path, arn)
 
     assert run.returncode == 1
     assert "is not an image build ARN" in run.stderr
@@ -88,16 +81,7 @@ def test_write_image_marker_refuses_an_odd_arn(tmp_path: Path, arn: str) -> None
     ],
 )
 def test_write_image_marker_refuses_unknown_versions(tmp_path: Path, env: dict[str, str], fail: object) -> None:
-    install_nix_profile(root_of(tmp_path))
-    run = run_step(
-        tmp_path,
-        "image",
-        f"INSTANCE_ID={INSTANCE_ID}\nwrite_image_marker",
-        commands=["aws", "buildkite-agent"],
-        real=["tr"],
-        env={**settings(STUB_IMAGE_ARN=ARN), **env},
-        fail=fail,  # type: ignore[arg-type]
-    )
+    run = write_marker(tmp_path, fail=fail, **env)
 
     assert run.returncode == 1
     assert "versions not found" in run.stderr

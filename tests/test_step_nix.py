@@ -58,6 +58,7 @@ def test_configure_nix_cache_adds_the_s3_cache_and_its_key(tmp_path: Path, trust
         f"trusted-public-keys = cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY= {PUBLIC_KEY}\n" in conf
     )
     assert "post-build-hook = /etc/nix/upload-to-cache.sh\n" in conf
+    assert "download-buffer-size = 1073741824\n" in conf
     assert ("accept-flake-config = true" in conf) == accepts
     assert run.calls == [["systemctl", "restart", "nix-daemon.service"]]
 
