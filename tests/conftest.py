@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import freezegun
 import pytest
 from aws_lambda_powertools.utilities import parameters
 from emulators import aws
@@ -16,6 +17,13 @@ from tests.support.aws import FAKE_TOKEN, REGION, TOKEN_PARAMETER, Stack
 from tests.support.custom_resource import ResponseBucket
 
 from autoscaler.telemetry import logger
+
+
+def pytest_configure() -> None:
+    """pytest times each test with _pytest.timing's clock, which freezegun would freeze too
+    (its own ignore list names only _pytest.runner and _pytest.terminal): --durations then
+    reports the frozen tests' setup as decades long."""
+    freezegun.configure(extend_ignore_list=["_pytest.timing"])
 
 
 @pytest.fixture(autouse=True)

@@ -66,6 +66,16 @@ def test_check_release_returns_only_an_overlayroot_pool_instance(
     assert run.calls == []
 
 
+@pytest.mark.parametrize("name", ["BK_ON_EXIT_TAG", "BK_ON_EXIT_STOP", "BK_BOOTSTRAP_POOLED"])
+def test_check_release_names_a_pool_setting_the_settings_lack(tmp_path: Path, name: str) -> None:
+    env = settings(BK_ROLE="pool", BK_ROOT_MODE="overlayroot", **{name: ""})
+
+    run = run_step(tmp_path, "pool", "check_release", env=env)
+
+    assert run.returncode == 1
+    assert f"does not set {name}" in run.stderr
+
+
 def test_stop_into_pool_tags_pooled_before_it_stops(tmp_path: Path) -> None:
     run = run_step(
         tmp_path, "pool", f"INSTANCE_ID={INSTANCE_ID}\nstop_into_pool", commands=["aws"], real=["grep"], env=settings()

@@ -35,6 +35,7 @@ check_release() {
     if [[ "$BK_ROLE" != pool || "$BK_ROOT_MODE" != overlayroot ]]; then
         exit 1
     fi
+    require_settings BK_ON_EXIT_TAG BK_ON_EXIT_STOP BK_BOOTSTRAP_POOLED
 }
 
 # The scaler's tag on a started pool instance, read from the instance metadata
@@ -52,6 +53,7 @@ check_on_exit() {
 # Tagged first: a stop that fails ends in the ERR trap, which powers off,
 # and a powered-off instance terminates (InstanceInitiatedShutdownBehavior).
 stop_into_pool() {
+    require_settings BK_BOOTSTRAP_POOLED
     tag_instance "$BK_BOOTSTRAP_POOLED"
     aws ec2 stop-instances --region "$BK_REGION" --instance-ids "$INSTANCE_ID" >/dev/null
     log "stopping into the warm pool of $BK_QUEUE"
