@@ -138,3 +138,14 @@ def test_an_unknown_mode_is_refused_with_the_usage(tmp_path: Path, stubs: Path, 
     assert result.returncode == 2
     assert "usage:" in result.stderr
     assert read_calls(tmp_path / "calls.log") == []
+
+
+def test_a_mode_list_with_an_unknown_condition_stops_instead_of_skipping_the_step(tmp_path: Path, stubs: Path) -> None:
+    root = machine(tmp_path, "stock", "burst", "ebs")
+    script = root / "usr/local/sbin/buildkite-bootstrap"
+    script.write_text(script.read_text().replace('"check_image baked"', '"check_image bakd"'))
+
+    result, _ = plan(tmp_path, stubs, root, "prepare")
+
+    assert result.returncode == 70
+    assert "unknown condition bakd" in result.stderr
