@@ -20,6 +20,7 @@ from instance.settings import (
     ARCHITECTURES,
     DEFAULT_NIX_INSTALLER_VERSION,
     MIN_IDLE_TIMEOUT_SECONDS,
+    NAME,
     InstallSettings,
 )
 
@@ -37,7 +38,6 @@ ON_DEMAND = "on-demand"
 SPOT = "spot"
 CAPACITY_TYPES = (ON_DEMAND, SPOT)
 
-_QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _PARAMETER_NAME = re.compile(r"^/?[A-Za-z0-9_./-]{1,1011}$")
 # Graviton families carry a "g" after the generation (m7g, c7gn, r8gd, im4gn,
 # g5g); a1 is the first Graviton. Other families (g4dn, g5, m7i, c7a) are x86.
@@ -288,7 +288,7 @@ def _queue(index: int, raw: Any, stack: _StackDefaults) -> QueueConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a JSON object (got {_short(raw)})")
     name = _string(where, raw, "name")
-    if not _QUEUE_NAME.match(name):
+    if not NAME.fullmatch(name):
         raise ConfigError(f"{where}.name must be letters, digits, '.', '_' or '-' (got {name!r})")
     where = queue_where(index, name)
     unknown = sorted(set(raw) - _QUEUE_FIELDS)
@@ -470,7 +470,7 @@ def _subnet_ids(env: Mapping[str, str]) -> tuple[str, ...]:
 
 def _fleet_name(env: Mapping[str, str]) -> str:
     name = _required(env, "FLEET_NAME")
-    if not _QUEUE_NAME.match(name):
+    if not NAME.fullmatch(name):
         raise ConfigError(f"FLEET_NAME must be letters, digits, '.', '_' or '-' (got {name!r})")
     return name
 

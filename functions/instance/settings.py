@@ -33,7 +33,8 @@ ROOT_MODES = ("overlayroot", "ebs")
 ARCHITECTURES = ("x86_64", "arm64")
 ROLES = ("floor", "burst", "pool")
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+# A fleet or queue name; the Lambdas' configuration checks its names with it too.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _REGION = re.compile(r"[a-z]{2,4}(-[a-z]+)+-[0-9]{1,2}")
 # SSM parameter names (letters, digits, . _ - /) or a shared parameter's ARN.
 _PARAMETER = re.compile(r"[A-Za-z0-9_./:-]{1,2048}")
@@ -95,7 +96,7 @@ _INSTALL_FIELDS = {field.name: field.default for field in fields(InstallSettings
 
 def install_values(settings: InstallSettings, fleet: str, arch: str) -> dict[str, str]:
     """The validated install-time BK_* variables: what the stock boot and an image bake install with."""
-    _check_pattern("fleet", fleet, _NAME, "letters, digits, '.', '_' or '-'")
+    _check_pattern("fleet", fleet, NAME, "letters, digits, '.', '_' or '-'")
     _check("arch", arch, arch in ARCHITECTURES, " or ".join(ARCHITECTURES))
     check_root_mode(settings.root_mode)
     _check_pattern("region", settings.region, _REGION, "an AWS region such as us-west-2")
@@ -130,7 +131,7 @@ def install_values(settings: InstallSettings, fleet: str, arch: str) -> dict[str
 def launch_values(settings: InstallSettings, launch: Launch, fleet: str) -> dict[str, str]:
     """The validated BK_* variables of one launched instance, in file order."""
     _check("role", launch.role, launch.role in ROLES, f"one of {', '.join(ROLES)}")
-    _check_pattern("queue.name", launch.queue, _NAME, "letters, digits, '.', '_' or '-'")
+    _check_pattern("queue.name", launch.queue, NAME, "letters, digits, '.', '_' or '-'")
     _check_count("queue.agents_per_instance", launch.agents_per_instance, 1)
     _check_count("queue.idle_timeout_seconds", launch.idle_timeout_seconds, MIN_IDLE_TIMEOUT_SECONDS)
     _check_count("queue.max_uptime_seconds", launch.max_uptime_seconds, 0)
